@@ -1,0 +1,1 @@
+"""The site director: submits pilots to computing elements and follows them to their end."""

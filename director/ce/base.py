@@ -1,0 +1,168 @@
+"""The contract every computing-element backend fulfils.
+
+All methods are bulk and async. A bulk method returns one result per input item, in the same
+order, so the loop can line them up with its pilots; an item's failure is a value
+(`error` set, `temporary` saying whether to retry), not an exception. An exception
+(`CETemporaryError` / `CEPermanentError` from `director.errors`) means the whole call failed,
+for example because the CE is unreachable.
+
+Backends only do I/O. The loop owns retries, back-off, locks and the server; a backend never
+talks to the server and never sleeps to retry.
+
+Adding a CE kind: one module here with a `<Kind>CEConfig` Pydantic model (`kind:
+Literal["<kind>"]`) and a class implementing `ComputingElement`, one entry in
+`director/ce/__init__.py`'s registry, its templates, a fixture in the CE contract suite, and an
+example block in `config.example.yaml`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from server.models import PilotStatus
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """What a CE needs to know about the queue it submits into."""
+
+    name: str
+    """The CE-side queue (batch queue, ARC queue, HTCondor-CE route); may be empty."""
+    site: str
+    ce: str
+    processors: int = 1
+    memory_mb: int | None = None
+    max_runtime_s: int | None = None
+    tags: tuple[str, ...] = ()
+    platform: str | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    extra_attributes: Mapping[str, str] = field(default_factory=dict)
+    """CE-kind-specific submit attributes, passed through verbatim (e.g. HTCondor `+Attr`)."""
+
+
+@dataclass(frozen=True)
+class PilotSubmission:
+    """One pilot to submit. `wrapper` holds the pilot's secret: never log it."""
+
+    stamp: str
+    wrapper: str
+
+    def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
+        return f"PilotSubmission(stamp={self.stamp!r}, wrapper=<{len(self.wrapper)} chars>)"
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    stamp: str
+    reference: str | None = None
+    error: str | None = None
+    temporary: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.reference is not None and self.error is None
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    """The state of one job: `status` is the mapped pilot status, `ce_state` the CE's own word.
+
+    `status` is None when the query failed for this item (then `error` says why). A job the CE no
+    longer knows is reported as `PilotStatus.ABORTED` (or DONE where the CE's history says so)
+    with a reason, never as an error.
+    """
+
+    reference: str
+    status: PilotStatus | None
+    ce_state: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    error: str | None = None
+    temporary: bool = False
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    reference: str
+    error: str | None = None
+    temporary: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class CELoad:
+    """Jobs the CE holds for this queue: waiting counts accepting and preparing jobs too."""
+
+    running: int
+    waiting: int
+    free_slots: int | None = None
+    """Free slots the CE itself reports, when it does; None when it cannot tell."""
+
+
+@dataclass(frozen=True)
+class CEJob:
+    """A job found on the CE, with the pilot stamp it carries (for crash reconciliation)."""
+
+    reference: str
+    stamp: str
+    status: PilotStatus
+
+
+@dataclass(frozen=True)
+class PilotOutput:
+    reference: str
+    stdout: str
+    stderr: str
+
+
+class ComputingElement(abc.ABC):
+    """One CE endpoint. Instances are made from their config block and live for the daemon."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    async def load(self, queue: QueueSpec) -> CELoad:
+        """The queue's running and waiting jobs as the CE counts them.
+
+        Raises CETemporaryError when the CE cannot tell; the loop then counts from the
+        server's pilot records.
+        """
+
+    @abc.abstractmethod
+    async def submit(
+        self, queue: QueueSpec, pilots: Sequence[PilotSubmission]
+    ) -> list[SubmitResult]:
+        """Submit pilots in bulk; one result per pilot, in order.
+
+        Files holding a wrapper (and so its secret) are mode 0600 and removed once the CE has
+        its copy. Raises CEError when nothing could be submitted at all.
+        """
+
+    @abc.abstractmethod
+    async def status(self, references: Sequence[str]) -> list[StatusResult]:
+        """Status of many jobs in as few CE calls as possible; one result per reference."""
+
+    @abc.abstractmethod
+    async def output(self, reference: str) -> PilotOutput:
+        """The job's stdout and stderr, as far as the CE still has them."""
+
+    @abc.abstractmethod
+    async def kill(self, references: Sequence[str]) -> list[ActionResult]:
+        """Ask the CE to end these jobs; one result per reference."""
+
+    @abc.abstractmethod
+    async def clean(self, references: Sequence[str]) -> list[ActionResult]:
+        """Remove what the CE keeps of ended jobs (session dirs, spool, history)."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, queue: QueueSpec) -> list[CEJob]:
+        """Every job of this queue the CE still knows, with its stamp, for reconciliation."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections; called once when the daemon stops."""

@@ -1,0 +1,1 @@
+"""The pilot and auth server: pilot records, secrets, pilot tokens and pilot logs."""

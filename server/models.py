@@ -1,0 +1,324 @@
+"""Wire models shared by the server and the director's client.
+
+This module imports only Pydantic, so `director/client.py` can use it without pulling in the
+server. Field names, aliases and length limits follow DiracX 0.7.0 where DiracX has the
+endpoint; `max_length` equals the column size so oversized input is a 422, never a database
+error.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PilotStatus(StrEnum):
+    SUBMITTED = "Submitted"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    DONE = "Done"
+    FAILED = "Failed"
+    DELETED = "Deleted"
+    ABORTED = "Aborted"
+    UNKNOWN = "Unknown"
+
+
+#: A pilot in one of these states never changes again (DIRAC's PilotStatus.PILOT_FINAL_STATES).
+FINAL_STATUSES: frozenset[PilotStatus] = frozenset(
+    {PilotStatus.DONE, PilotStatus.FAILED, PilotStatus.ABORTED, PilotStatus.DELETED}
+)
+
+Stamp = Annotated[str, Field(min_length=1, max_length=32)]
+VOName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- pilots (DiracX 0.7.0) ------------------------------------------------------------------
+
+
+class PilotRegistration(_Strict):
+    """Body of `POST /api/pilots/` (DiracX `PilotRegistrationParams`)."""
+
+    pilot_stamp: Stamp
+    vo: VOName
+    grid_type: str = Field("DIRAC", max_length=32)
+    grid_site: str = Field("Unknown", max_length=128)
+    destination_site: str = Field("NotAssigned", max_length=128)
+    pilot_reference: str | None = Field(None, max_length=255)
+    pilot_status: PilotStatus = PilotStatus.SUBMITTED
+
+
+class PilotMetadata(_Strict):
+    """One value of the `PATCH /api/pilots/metadata` mapping; absent fields are left alone.
+
+    `PilotJobReference` is our addition: the director learns a pilot's CE reference only after
+    it registered the stamp, and patches it on afterwards.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    status_reason: str | None = Field(None, alias="StatusReason", max_length=255)
+    status: PilotStatus | None = Field(None, alias="Status")
+    benchmark: float | None = Field(None, alias="BenchMark", allow_inf_nan=False)
+    destination_site: str | None = Field(None, alias="DestinationSite", max_length=128)
+    queue: str | None = Field(None, alias="Queue", max_length=128)
+    grid_site: str | None = Field(None, alias="GridSite", max_length=128)
+    grid_type: str | None = Field(None, alias="GridType", max_length=32)
+    accounting_sent: bool | None = Field(None, alias="AccountingSent")
+    current_job_id: int | None = Field(None, alias="CurrentJobID", ge=0, le=2**63 - 1)
+    pilot_job_reference: str | None = Field(None, alias="PilotJobReference", max_length=255)
+
+
+# --- search (DiracX search DSL) ---------------------------------------------------------------
+
+
+class ScalarOperator(StrEnum):
+    EQ = "eq"
+    NEQ = "neq"
+    GT = "gt"
+    LT = "lt"
+    LIKE = "like"
+    NOT_LIKE = "not like"
+    REGEX = "regex"
+
+
+class VectorOperator(StrEnum):
+    IN = "in"
+    NOT_IN = "not in"
+
+
+SearchValue = Annotated[str, Field(max_length=255)] | int | float
+
+
+class ScalarSearch(_Strict):
+    parameter: str = Field(max_length=64)
+    operator: ScalarOperator
+    value: SearchValue
+
+
+class VectorSearch(_Strict):
+    parameter: str = Field(max_length=64)
+    operator: VectorOperator
+    values: list[SearchValue] = Field(max_length=10_000)
+
+
+SearchSpec = ScalarSearch | VectorSearch
+
+
+class SortSpec(_Strict):
+    parameter: str = Field(max_length=64)
+    direction: Literal["asc", "desc"] = "asc"
+
+
+class SearchParams(_Strict):
+    parameters: list[str] | None = Field(None, max_length=64)
+    search: list[SearchSpec] = Field(default_factory=list, max_length=64)
+    sort: list[SortSpec] = Field(default_factory=list, max_length=16)
+    distinct: bool = False
+
+
+class SummaryParams(_Strict):
+    grouping: list[str] = Field(max_length=16)
+    search: list[SearchSpec] = Field(default_factory=list, max_length=64)
+
+
+# --- beyond DiracX 0.7.0: bulk registration, deletion, jobs -----------------------------------
+
+
+class SecretConstraints(_Strict):
+    """Constraints on minted secrets; DiracX's draft names. None means unlimited."""
+
+    expiration_minutes: int | None = Field(None, ge=1, le=10 * 365 * 24 * 60)
+    pilot_secret_use_count_max: int | None = Field(None, ge=1)
+    vos: list[VOName] = Field(default_factory=list, max_length=64)
+    sites: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=1000)
+    ces: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=1000)
+    queues: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=1000
+    )
+
+
+class BulkPilot(_Strict):
+    pilot_stamp: Stamp
+    grid_type: str = Field("DIRAC", max_length=32)
+    grid_site: str = Field("Unknown", max_length=128)
+    destination_site: str = Field("NotAssigned", max_length=128)
+    queue: str = Field("Unknown", max_length=128)
+    pilot_reference: str | None = Field(None, max_length=255)
+    pilot_status: PilotStatus = PilotStatus.SUBMITTED
+
+
+class BulkRegistration(_Strict):
+    """Body of `POST /api/pilots/bulk`: all pilots or none, in one transaction.
+
+    With `mint_secrets`, one secret bound to each stamp is minted in the same transaction, with
+    `secret_constraints` (the stamp binding and `vo` are implied).
+    """
+
+    vo: VOName
+    pilots: list[BulkPilot] = Field(min_length=1, max_length=10_000)
+    mint_secrets: bool = False
+    secret_constraints: SecretConstraints = Field(default_factory=SecretConstraints)
+
+
+class RegisteredPilot(BaseModel):
+    pilot_stamp: str
+    pilot_id: int
+
+
+class MintedSecret(BaseModel):
+    pilot_secret: str
+    pilot_secret_expires_in: int | None
+    pilot_stamp: str | None
+
+
+class BulkRegistrationResult(BaseModel):
+    pilots: list[RegisteredPilot]
+    secrets: list[MintedSecret] = Field(default_factory=list)
+
+
+class PilotDeletion(_Strict):
+    """Body of `DELETE /api/pilots/`: by stamps, or by age and status (maintenance)."""
+
+    pilot_stamps: list[Stamp] | None = Field(None, max_length=10_000)
+    older_than_days: int | None = Field(None, ge=0)
+    statuses: list[PilotStatus] | None = None
+    vo: VOName | None = None
+
+
+class DeletionResult(BaseModel):
+    deleted: int
+
+
+class JobAssociation(_Strict):
+    """Body of `PATCH /api/pilots/jobs`: the jobs a pilot has run (DIRAC's JobToPilotMapping)."""
+
+    pilot_stamp: Stamp
+    job_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(min_length=1, max_length=10_000)
+
+
+class PilotJobs(BaseModel):
+    pilot_stamp: str
+    job_ids: list[int]
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+class SecretMintRequest(SecretConstraints):
+    """Body of `POST /api/pilots/secrets`; with `pilot_stamps`, secret i is bound to stamp i."""
+
+    vo: VOName
+    n: int | None = Field(None, ge=1, le=10_000)
+    pilot_stamps: list[Stamp] = Field(default_factory=list, max_length=10_000)
+
+
+class SecretInfo(BaseModel):
+    """What an admin sees of a secret: never the secret itself."""
+
+    secret_id: int
+    vos: list[str]
+    pilot_stamps: list[str]
+    sites: list[str]
+    ces: list[str]
+    queues: list[str]
+    expires_at: int | None
+    remaining_uses: int | None
+    created_at: int
+    last_used_at: int | None
+    revoked: bool
+
+
+class SecretUpdate(_Strict):
+    expiration_minutes: int | None = Field(None, ge=1)
+    pilot_secret_use_count_max: int | None = Field(None, ge=0)
+    sites: list[Annotated[str, Field(max_length=128)]] | None = None
+    ces: list[Annotated[str, Field(max_length=128)]] | None = None
+    queues: list[Annotated[str, Field(max_length=128)]] | None = None
+
+
+class SecretRevocation(_Strict):
+    secret_ids: list[int] = Field(default_factory=list, max_length=10_000)
+    pilot_stamps: list[Stamp] = Field(default_factory=list, max_length=10_000)
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+class SecretExchange(_Strict):
+    """Body of `POST /api/auth/secret-exchange`; the vacuum fields may be empty strings."""
+
+    pilot_stamp: Stamp
+    pilot_secret: str = Field(min_length=1, max_length=128)
+    vo: str | None = Field(None, max_length=128)
+    grid_type: str | None = Field(None, max_length=32)
+    grid_site: str | None = Field(None, max_length=128)
+    status: str | None = Field(None, max_length=32)
+    ce: str | None = Field(None, max_length=128)
+    queue: str | None = Field(None, max_length=128)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    expires_in: int
+    token_type: Literal["Bearer"] = "Bearer"
+    refresh_token: str | None = None
+
+
+class PilotTokenRefresh(_Strict):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+    pilot_stamp: Stamp
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+class LogLine(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    timestamp: str = Field(max_length=64)
+    severity: str = Field(max_length=16)
+    message: str
+    scope: str = Field("Pilot", max_length=64)
+
+
+class LogBatch(BaseModel):
+    """Body of `POST /api/pilots/internal/message`; `pilot_stamp` is ignored: the token decides."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lines: list[LogLine] = Field(default_factory=list)
+    pilot_stamp: str | None = None
+
+
+class LegacyLogBatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    pilot_stamp: Stamp
+    lines: list[LogLine] = Field(default_factory=list)
+
+
+# --- director leases --------------------------------------------------------------------------
+
+
+class LeaseRequest(_Strict):
+    """Body of `POST /api/director/leases`: take or renew the leases on these queues."""
+
+    holder: str = Field(min_length=1, max_length=128)
+    queues: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(max_length=10_000)
+    ttl_seconds: int = Field(ge=1, le=24 * 3600)
+
+
+class LeaseGrant(BaseModel):
+    granted: list[str]
+    refused: list[str]
+
+
+def drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    """The fields a client actually set, for PATCH-style bodies."""
+    return {k: v for k, v in values.items() if v is not None}
