@@ -1,0 +1,243 @@
+#!/bin/bash
+# A real single-node HTCondor pool for the test suite, addressed like an HTCondor-CE.
+#
+# Debian 12 ships no HTCondor; Debian sid's `minicondor` (the same 25.x as the PyPI bindings)
+# needs a newer glibc, so it runs in a debootstrapped sid chroot on loopback. The collector and
+# every daemon listen behind the shared port 127.0.0.1:9619, the port an HTCondor-CE uses, and
+# the host-side `htcondor2` bindings reach it with an IDTOKEN for the non-root user `pilot`.
+#
+# Usage (as root):
+#   tests/infra/htcondor-setup.sh [start]   build once (≈1 min), then start or refresh (seconds)
+#   tests/infra/htcondor-setup.sh stop      stop condor_master and unmount
+#   tests/infra/htcondor-setup.sh status    mounts, master pid, daemons in the collector
+#   tests/infra/htcondor-setup.sh purge     stop, then delete everything under the directory
+#
+# Environment:
+#   HTCONDOR_INFRA_DIR  where everything lives (default: <repo>/.test-infra/htcondor)
+#   DEBIAN_MIRROR       apt mirror for debootstrap (default: http://deb.debian.org/debian)
+#   PILOT_USER / PILOT_UID   the job owner the token names (default: pilot / 1000)
+#
+# Result: <dir>/htcondor.env, shell KEY=VALUE lines the tests read (CONDOR_CONFIG,
+# HTCONDOR_TOKEN_DIR, HTCONDOR_COLLECTOR, HTCONDOR_SCHEDD_NAME, HTCONDOR_ROOT, ...).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DIR=${HTCONDOR_INFRA_DIR:-$REPO/.test-infra/htcondor}
+ROOT=$DIR/root
+CLIENT=$DIR/client
+TOKENS=$CLIENT/tokens.d
+LOGS=$DIR/logs
+PIDFILE=$DIR/master.pid
+ENVFILE=$DIR/htcondor.env
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PILOT_USER=${PILOT_USER:-pilot}
+PILOT_UID=${PILOT_UID:-1000}
+PORT=9619
+# a clean environment inside the chroot: nothing of the caller's CONDOR_* leaks in
+CHROOT_ENV=(/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
+
+say() { printf '[htcondor-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+in_root() { chroot "$ROOT" "${CHROOT_ENV[@]}" "$@"; }
+master_alive() { [[ -s $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+need_root() { [[ $(id -u) == 0 ]] || die "must run as root (debootstrap, chroot, mount)"; }
+
+ensure_debootstrap() {
+  command -v debootstrap >/dev/null && return
+  say "installing debootstrap"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+}
+
+# The starter unshares a mount namespace per job and makes / rprivate: that fails with EINVAL
+# (every job held, code 6/22) unless the chroot's root is itself a mount point.
+mount_all() {
+  mountpoint -q "$ROOT" || mount --bind "$ROOT" "$ROOT"
+  mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+}
+
+unmount_all() {
+  local m
+  for m in "$ROOT/proc" "$ROOT"; do
+    mountpoint -q "$m" 2>/dev/null || continue
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+}
+
+build_root() {
+  if [[ -x $ROOT/usr/sbin/condor_master ]]; then
+    return
+  fi
+  ensure_debootstrap
+  mkdir -p "$LOGS"
+  if [[ ! -x $ROOT/usr/bin/apt-get ]]; then
+    say "debootstrap sid into $ROOT (about 40 s)"
+    rm -rf "$ROOT"
+    debootstrap --variant=minbase sid "$ROOT" "$MIRROR" >"$LOGS/debootstrap.log" 2>&1 ||
+      die "debootstrap failed, see $LOGS/debootstrap.log"
+  fi
+  say "installing minicondor in the chroot (about 25 s)"
+  # no service starts from maintainer scripts; the mirror's Release may look expired to this clock
+  printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
+  chmod 755 "$ROOT/usr/sbin/policy-rc.d"
+  echo 'Acquire::Check-Valid-Until "false";' >"$ROOT/etc/apt/apt.conf.d/99-no-valid-until"
+  mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+  if ! { in_root apt-get update -qq &&
+         in_root DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           minicondor python3 curl ca-certificates; } >"$LOGS/apt.log" 2>&1; then
+    umount "$ROOT/proc" || true
+    die "apt-get install minicondor failed, see $LOGS/apt.log"
+  fi
+  in_root apt-get clean
+  rm -rf "$ROOT"/var/lib/apt/lists/*
+  umount "$ROOT/proc"
+  say "minicondor $(in_root dpkg-query -W -f='${Version}' minicondor) installed"
+}
+
+write_pool_config() {
+  cp /etc/hosts "$ROOT/etc/hosts"   # the host name must resolve the same inside and out
+  grep -q "^$PILOT_USER:" "$ROOT/etc/passwd" ||
+    in_root useradd --create-home --uid "$PILOT_UID" --shell /bin/sh "$PILOT_USER"
+  cat >"$ROOT/etc/condor/config.d/99-site-director-tests.conf" <<EOF
+# Written by tests/infra/htcondor-setup.sh: a loopback-only pool addressed like an HTCondor-CE.
+CONDOR_HOST = 127.0.0.1
+COLLECTOR_HOST = 127.0.0.1:$PORT
+SHARED_PORT_PORT = $PORT
+NETWORK_INTERFACE = 127.0.0.1
+BIND_ALL_INTERFACES = false
+ENABLE_IPV6 = false
+# more slots than the 2 cores, so a batch of small test jobs runs at once
+NUM_CPUS = 8
+# short cycles: a test job runs within seconds of its submission
+SCHEDD_INTERVAL = 2
+SCHEDD_MIN_INTERVAL = 1
+NEGOTIATOR_INTERVAL = 2
+NEGOTIATOR_CYCLE_DELAY = 2
+NEGOTIATOR_MIN_INTERVAL = 1
+STARTER_UPDATE_INTERVAL = 2
+SHADOW_QUEUE_UPDATE_INTERVAL = 2
+PERIODIC_EXPR_INTERVAL = 2
+# a private /tmp per job is fine, but keep /tmp itself visible to the jobs
+MOUNT_UNDER_SCRATCH = /var/tmp
+EOF
+}
+
+start_master() {
+  mount_all
+  if master_alive; then
+    say "condor_master already running (pid $(cat "$PIDFILE")): reconfig"
+    in_root condor_reconfig >/dev/null 2>&1 || true
+  else
+    mkdir -p "$LOGS"
+    setsid chroot "$ROOT" "${CHROOT_ENV[@]}" /usr/sbin/condor_master -f \
+      >"$LOGS/master.out" 2>&1 </dev/null &
+    echo $! >"$PIDFILE"
+    say "started condor_master (pid $(cat "$PIDFILE"))"
+  fi
+  # ready = the pool signing key exists and the schedd is advertised in the collector
+  local _
+  for _ in $(seq 240); do
+    if [[ -s $ROOT/etc/condor/passwords.d/POOL ]] &&
+       [[ -n $(in_root condor_status -schedd -af Name 2>/dev/null) ]]; then
+      return
+    fi
+    master_alive || die "condor_master exited, see $LOGS/master.out and $ROOT/var/log/condor/"
+    sleep 0.25
+  done
+  die "schedd not advertised after 60 s, see $ROOT/var/log/condor/"
+}
+
+write_client_side() {
+  mkdir -p "$TOKENS"
+  chmod 700 "$CLIENT" "$TOKENS"
+  local uid_domain schedd token
+  uid_domain=$(in_root condor_config_val UID_DOMAIN)
+  schedd=$(in_root condor_status -schedd -af Name | head -n1)
+  token=$TOKENS/$PILOT_USER.token
+  if [[ ! -s $token ]] || ! grep -q . "$token"; then
+    in_root condor_token_create -identity "$PILOT_USER@$uid_domain" >"$token.new"
+    mv "$token.new" "$token"
+  fi
+  # a token readable by others is silently ignored by the client (AUTHENTICATE:1004)
+  chmod 600 "$token"
+  cat >"$CLIENT/condor_config" <<EOF
+# host-side client configuration for the test pool (written by tests/infra/htcondor-setup.sh)
+CONDOR_HOST = 127.0.0.1
+COLLECTOR_HOST = 127.0.0.1:$PORT
+NETWORK_INTERFACE = 127.0.0.1
+ENABLE_IPV6 = false
+SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS
+SEC_TOKEN_DIRECTORY = $TOKENS
+EOF
+  cat >"$ENVFILE.new" <<EOF
+CONDOR_CONFIG=$CLIENT/condor_config
+HTCONDOR_TOKEN_DIR=$TOKENS
+HTCONDOR_COLLECTOR=127.0.0.1:$PORT
+HTCONDOR_HOST=127.0.0.1
+HTCONDOR_PORT=$PORT
+HTCONDOR_SCHEDD_NAME=$schedd
+HTCONDOR_ROOT=$ROOT
+HTCONDOR_JOB_USER=$PILOT_USER
+HTCONDOR_VERSION=$(in_root dpkg-query -W -f='${Version}' minicondor)
+EOF
+  mv "$ENVFILE.new" "$ENVFILE"
+  say "ready: schedd $schedd via 127.0.0.1:$PORT, token for $PILOT_USER@$uid_domain, env in $ENVFILE"
+}
+
+do_start() {
+  need_root
+  mkdir -p "$DIR" "$LOGS"
+  # a stale env file must never point a test at a pool that is not up
+  rm -f "$ENVFILE"
+  build_root
+  write_pool_config
+  start_master
+  write_client_side
+}
+
+do_stop() {
+  need_root
+  rm -f "$ENVFILE"
+  if master_alive; then
+    local pid _
+    pid=$(cat "$PIDFILE")
+    say "stopping condor_master (pid $pid)"
+    in_root condor_off -master >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "condor_master still alive after 20 s: SIGQUIT"
+      kill -QUIT "$pid" 2>/dev/null || true
+      sleep 2
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$PIDFILE"
+  unmount_all
+  say "stopped"
+}
+
+do_status() {
+  grep " $ROOT" /proc/mounts || echo "nothing mounted under $ROOT"
+  if master_alive; then
+    echo "condor_master pid $(cat "$PIDFILE")"
+    in_root condor_status -any -af MyType Name || true
+  else
+    echo "condor_master not running"
+  fi
+}
+
+do_purge() {
+  do_stop
+  grep -q " $ROOT" /proc/mounts && die "still mounted under $ROOT, not deleting"
+  rm -rf "$DIR"
+  say "purged $DIR"
+}
+
+case ${1:-start} in
+  start | up) do_start ;;
+  stop | down) do_stop ;;
+  status) do_status ;;
+  purge) do_purge ;;
+  *) echo "usage: $0 [start|stop|status|purge]" >&2; exit 2 ;;
+esac
