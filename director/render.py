@@ -27,8 +27,10 @@ def default_template_dir() -> Path:
 
 def example_config_path() -> Path:
     """`config.example.yaml` of a source checkout or of an installed wheel."""
-    for candidate in (_PACKAGE_DIR.parent / "config.example.yaml",
-                      _PACKAGE_DIR / "_templates" / "config.example.yaml"):
+    for candidate in (
+        _PACKAGE_DIR.parent / "config.example.yaml",
+        _PACKAGE_DIR / "_templates" / "config.example.yaml",
+    ):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("config.example.yaml not found (broken installation?)")

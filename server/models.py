@@ -136,7 +136,9 @@ class SecretConstraints(_Strict):
     expiration_minutes: int | None = Field(None, ge=1, le=10 * 365 * 24 * 60)
     pilot_secret_use_count_max: int | None = Field(None, ge=1)
     vos: list[VOName] = Field(default_factory=list, max_length=64)
-    sites: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=1000)
+    sites: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=1000
+    )
     ces: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=1000)
     queues: list[Annotated[str, Field(max_length=128)]] = Field(
         default_factory=list, max_length=1000
@@ -199,7 +201,9 @@ class JobAssociation(_Strict):
     """Body of `PATCH /api/pilots/jobs`: the jobs a pilot has run (DIRAC's JobToPilotMapping)."""
 
     pilot_stamp: Stamp
-    job_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(min_length=1, max_length=10_000)
+    job_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        min_length=1, max_length=10_000
+    )
 
 
 class PilotJobs(BaseModel):
@@ -266,7 +270,7 @@ class SecretExchange(_Strict):
 class TokenResponse(BaseModel):
     access_token: str
     expires_in: int
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name
     refresh_token: str | None = None
 
 

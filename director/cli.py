@@ -1,0 +1,67 @@
+"""The `site-director` console script: one entry point for the server and the director.
+
+Exit codes: 0 success, 2 bad usage or configuration, 1 anything else, with a one-line reason
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from director.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="site-director", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    from server import cli as server_cli
+
+    server_cli.add_parsers(sub)
+    try:
+        commands = importlib.import_module("director.commands")
+    except ImportError:
+        commands = None  # the director's commands are not installed in this checkout yet
+    if commands is not None and hasattr(commands, "add_parsers"):
+        commands.add_parsers(sub)
+    return parser
+
+
+def _one_line(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors()
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    from server.cli import SystemExit2
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, SystemExit2) as exc:
+        print(f"site-director: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"site-director: invalid settings: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 1
+    except Exception as exc:  # the contract: one line on stderr, exit 1
+        print(f"site-director: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The FastAPI application: routers, the error table, access logs, metrics and size limits.
+
+`create_app(settings)` builds everything from settings passed in; nothing is read from globals,
+so tests make as many apps as they like (one per database backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from server.context import ServerContext
+from server.db.engine import Database
+from server.db.migrate import upgrade
+from server.errors import RateLimited, ServerDomainError, status_of
+from server.keys import KeyStore
+from server.routers import pilots, wellknown
+from server.settings import ServerSettings
+
+log = logging.getLogger("server.access")
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+REQUESTS = Counter(
+    "site_director_server_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "site_director_server_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413 before the app parses them: memory stays
+    bounded whatever a client sends (declared length or a stream that does not end)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _send_json(
+                    send,
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    b'{"detail":"Request body too large"}',
+                )
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_json(
+                    send,
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    b'{"detail":"Request body too large"}',
+                )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class AccessLog:
+    """One key=value line and the Prometheus figures per request; never the query string
+    (the DIRAC pilot sends its refresh token in one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            REQUESTS.labels(scope["method"], path, str(status)).inc()
+            LATENCY.labels(scope["method"], path).observe(elapsed)
+            if log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                log.info(
+                    "method=%s path=%s status=%d ms=%.1f client=%s",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
+                    client[0],
+                )
+
+
+def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServerDomainError)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return JSONResponse({"detail": exc.detail}, status_of(exc), headers=headers)
+
+
+def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The database is down or overloaded: 503 so clients retry, never a bare 500."""
+    logging.getLogger("server").warning("database unavailable: %s", type(exc).__name__)
+    return JSONResponse(
+        {"detail": "Database unavailable, retry later"},
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database_url)
+        if settings.auto_migrate:
+            await upgrade(db)
+        app.state.ctx = ServerContext(
+            settings=settings, db=db, keys=KeyStore(settings.keyset_path, settings.issuer)
+        )
+        try:
+            yield
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="Site Director server",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Pilot and auth endpoints, wire-compatible with DiracX 0.7.0.",
+    )
+    app.add_exception_handler(ServerDomainError, _domain_error)
+    for db_error in (OperationalError, PoolTimeout, DBAPIError, ConnectionError, OSError):
+        app.add_exception_handler(db_error, _database_unavailable)
+    for router in (pilots.router, wellknown.router):
+        app.include_router(router)
+    for extra in _optional_routers():
+        app.include_router(extra)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(AccessLog)
+    return app
+
+
+def _optional_routers() -> list[Any]:
+    """Routers of the later parts (auth, secrets, logs, leases, CE tokens), when present."""
+    import importlib
+
+    found = []
+    for name in ("auth", "secrets", "logs", "leases", "cetokens"):
+        try:
+            module = importlib.import_module(f"server.routers.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"server.routers.{name}":
+                raise
+            continue
+        found.append(module.router)
+    return found

@@ -1,0 +1,27 @@
+"""What every request needs, built once at start-up and kept on `app.state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.db.engine import Database
+from server.keys import KeyStore
+from server.settings import ServerSettings
+
+
+@dataclass
+class ServerContext:
+    settings: ServerSettings
+    db: Database
+    keys: KeyStore
+
+
+def _context(request: Request) -> ServerContext:
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+Context = Annotated[ServerContext, Depends(_context)]

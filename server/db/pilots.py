@@ -1,0 +1,227 @@
+"""Pilot records: bulk operations on PilotAgents and JobToPilotMapping.
+
+Every function takes an open connection, so the logic decides what shares a transaction
+(registration + secrets, for instance). Functions work in bulk and raise domain errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, ColumnElement, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.db.schema import JOBS, PILOTS
+from server.db.search import jsonable_row, order_by, where_clause
+from server.errors import AlreadyExists, InvalidRequest, NotFound
+from server.models import SearchSpec, SortSpec
+
+T = PILOTS
+COLUMNS: dict[str, Column[Any]] = {c.name: c for c in T.columns}
+_CHUNK = 900  # stay under SQLite's and drivers' bound-parameter limits
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def existing_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> list[str]:
+    found: list[str] = []
+    for chunk in _chunks(stamps):
+        rows = await conn.execute(select(T.c.PilotStamp).where(T.c.PilotStamp.in_(chunk)))
+        found.extend(r[0] for r in rows)
+    return found
+
+
+async def insert_pilots(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Insert pilot rows (DiracX column names); returns stamp -> PilotID.
+
+    Raises AlreadyExists naming every clashing stamp; nothing is inserted then.
+    """
+    stamps = [r["PilotStamp"] for r in rows]
+    clash = await existing_stamps(conn, stamps)
+    if clash:
+        raise AlreadyExists(
+            {"message": "Pilot stamps already registered", "pilot_stamps": sorted(clash)}
+        )
+    try:
+        await conn.execute(insert(T), list(rows))
+    except IntegrityError as exc:  # a concurrent registration won the race
+        clash = await existing_stamps(conn, stamps)
+        raise AlreadyExists(
+            {"message": "Pilot stamps already registered", "pilot_stamps": sorted(clash)}
+        ) from exc
+    return await ids_for_stamps(conn, stamps)
+
+
+async def ids_for_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for chunk in _chunks(stamps):
+        rows = await conn.execute(
+            select(T.c.PilotStamp, T.c.PilotID).where(T.c.PilotStamp.in_(chunk))
+        )
+        ids.update({r[0]: r[1] for r in rows})
+    return ids
+
+
+async def pilots_by_stamp(
+    conn: AsyncConnection,
+    stamps: Sequence[str],
+    columns: Sequence[str] = ("PilotStamp", "PilotID", "VO", "Status"),
+) -> dict[str, dict[str, Any]]:
+    cols = [COLUMNS[c] for c in columns]
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(stamps):
+        rows = await conn.execute(select(*cols).where(T.c.PilotStamp.in_(chunk)))
+        for row in rows.mappings():
+            found[row["PilotStamp"]] = dict(row)
+    return found
+
+
+async def update_pilots(
+    conn: AsyncConnection, updates: Mapping[str, dict[str, Any]], now: datetime
+) -> None:
+    """Apply per-stamp column updates; one executemany per distinct set of columns.
+
+    Raises NotFound listing unknown stamps before changing anything.
+    """
+    stamps = list(updates)
+    known = set(await existing_stamps(conn, stamps))
+    missing = sorted(set(stamps) - known)
+    if missing:
+        raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": missing})
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for stamp, values in updates.items():
+        key = tuple(sorted(values))
+        row = {f"v_{col}": val for col, val in values.items()}
+        row["b_stamp"] = stamp
+        row["v_LastUpdateTime"] = now
+        by_columns.setdefault(key, []).append(row)
+    for key, rows in by_columns.items():
+        cols = (*key, "LastUpdateTime")
+        stmt = (
+            update(T)
+            .where(T.c.PilotStamp == bindparam("b_stamp"))
+            .values({COLUMNS[c]: bindparam(f"v_{c}") for c in cols})
+        )
+        for chunk in _chunks(rows):
+            await conn.execute(stmt, list(chunk))
+
+
+async def search(
+    conn: AsyncConnection,
+    *,
+    parameters: Sequence[str] | None,
+    specs: Sequence[SearchSpec],
+    sort: Sequence[SortSpec],
+    distinct: bool,
+    page: int,
+    per_page: int,
+) -> tuple[int, list[dict[str, Any]]]:
+    """One page of matching pilots and the total count of matches."""
+    cols = (
+        [COLUMNS[p] if p in COLUMNS else _unknown(p) for p in parameters]
+        if parameters
+        else list(T.columns)
+    )
+    where = where_clause(COLUMNS, specs)
+    base = select(*cols)
+    if where is not None:
+        base = base.where(where)
+    if distinct:
+        base = base.distinct()
+    count_stmt = select(func.count()).select_from(base.subquery())
+    total = (await conn.execute(count_stmt)).scalar_one()
+    if total == 0:
+        return 0, []
+    ordering = order_by(COLUMNS, sort)
+    if not distinct:
+        ordering.append(T.c.PilotID.asc())  # stable pages
+    stmt = base.order_by(*ordering).limit(per_page).offset((page - 1) * per_page)
+    rows = await conn.execute(stmt)
+    return total, [jsonable_row(dict(r)) for r in rows.mappings()]
+
+
+def _unknown(parameter: str) -> Any:
+    raise InvalidRequest(f"Unknown parameter {parameter!r}")
+
+
+async def summary(
+    conn: AsyncConnection, *, grouping: Sequence[str], specs: Sequence[SearchSpec]
+) -> list[dict[str, Any]]:
+    where = where_clause(COLUMNS, specs)
+    if grouping:
+        cols = [COLUMNS[g] if g in COLUMNS else _unknown(g) for g in grouping]
+        stmt = select(*cols, func.count().label("count")).group_by(*cols).order_by(*cols)
+    else:
+        stmt = select(*T.columns, func.count().label("count")).group_by(*T.columns)
+    if where is not None:
+        stmt = stmt.where(where)
+    rows = await conn.execute(stmt)
+    return [jsonable_row(dict(r)) for r in rows.mappings()]
+
+
+async def delete_pilots(
+    conn: AsyncConnection,
+    *,
+    stamps: Sequence[str] | None = None,
+    older_than: datetime | None = None,
+    statuses: Sequence[str] | None = None,
+    vos: Iterable[str] | None = None,
+) -> int:
+    """Delete pilots (and their job mappings); returns how many pilots went."""
+    conditions: list[ColumnElement[bool]] = []
+    if stamps is not None:
+        conditions.append(T.c.PilotStamp.in_(stamps))
+    if older_than is not None:
+        conditions.append(T.c.SubmissionTime < older_than)
+    if statuses:
+        conditions.append(T.c.Status.in_(statuses))
+    if vos is not None:
+        conditions.append(T.c.VO.in_(list(vos)))
+    ids = [r[0] for r in await conn.execute(select(T.c.PilotID).where(*conditions))]
+    for chunk in _chunks(ids):
+        await conn.execute(delete(JOBS).where(JOBS.c.PilotID.in_(chunk)))
+        await conn.execute(delete(T).where(T.c.PilotID.in_(chunk)))
+    return len(ids)
+
+
+async def add_jobs(
+    conn: AsyncConnection, pilot_id: int, job_ids: Sequence[int], now: datetime
+) -> None:
+    """Record jobs run by a pilot; a job already recorded for it is not an error."""
+    known = {
+        r[0]
+        for r in await conn.execute(
+            select(JOBS.c.JobID).where(JOBS.c.PilotID == pilot_id, JOBS.c.JobID.in_(job_ids))
+        )
+    }
+    new = sorted(set(job_ids) - known)
+    if new:
+        await conn.execute(
+            insert(JOBS), [{"PilotID": pilot_id, "JobID": j, "StartTime": now} for j in new]
+        )
+    row = (await conn.execute(select(T.c.InitialJobID).where(T.c.PilotID == pilot_id))).one()
+    values: dict[str, Any] = {"CurrentJobID": max(job_ids), "LastUpdateTime": now}
+    if not row[0]:
+        values["InitialJobID"] = min(job_ids)
+    await conn.execute(update(T).where(T.c.PilotID == pilot_id).values(values))
+
+
+async def jobs_of(conn: AsyncConnection, pilot_id: int) -> list[int]:
+    rows = await conn.execute(
+        select(JOBS.c.JobID).where(JOBS.c.PilotID == pilot_id).order_by(JOBS.c.JobID)
+    )
+    return [r[0] for r in rows]
+
+
+async def pilot_ids_for_jobs(conn: AsyncConnection, job_ids: Sequence[int]) -> list[int]:
+    ids: set[int] = set()
+    for chunk in _chunks(list(job_ids)):
+        rows = await conn.execute(select(JOBS.c.PilotID).where(JOBS.c.JobID.in_(chunk)).distinct())
+        ids.update(r[0] for r in rows)
+    return sorted(ids)

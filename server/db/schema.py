@@ -1,0 +1,200 @@
+"""The database schema: snake_case attributes mapped to the DiracX/DIRAC column names.
+
+`PilotAgents` and `JobToPilotMapping` keep DIRAC's names, so a DIRAC operator's SQL still
+works; we add a unique index on PilotStamp (the hot path of every pilot call). The other
+tables are ours. Datetimes are naive UTC with microseconds on every backend.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UTCDateTime = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+BigID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PilotAgents(Base):
+    __tablename__ = "PilotAgents"
+
+    pilot_id: Mapped[int] = mapped_column("PilotID", BigID, primary_key=True, autoincrement=True)
+    initial_job_id: Mapped[int] = mapped_column("InitialJobID", BigInteger, default=0)
+    current_job_id: Mapped[int] = mapped_column("CurrentJobID", BigInteger, default=0)
+    pilot_job_reference: Mapped[str] = mapped_column("PilotJobReference", String(255))
+    pilot_stamp: Mapped[str] = mapped_column("PilotStamp", String(32))
+    destination_site: Mapped[str] = mapped_column("DestinationSite", String(128))
+    queue: Mapped[str] = mapped_column("Queue", String(128))
+    grid_site: Mapped[str] = mapped_column("GridSite", String(128))
+    vo: Mapped[str] = mapped_column("VO", String(128))
+    grid_type: Mapped[str] = mapped_column("GridType", String(32))
+    benchmark: Mapped[float] = mapped_column("BenchMark", Double, default=0.0)
+    submission_time: Mapped[datetime | None] = mapped_column("SubmissionTime", UTCDateTime)
+    last_update_time: Mapped[datetime | None] = mapped_column("LastUpdateTime", UTCDateTime)
+    status: Mapped[str] = mapped_column("Status", String(32))
+    status_reason: Mapped[str] = mapped_column("StatusReason", String(255))
+    accounting_sent: Mapped[bool] = mapped_column("AccountingSent", Boolean, default=False)
+
+    __table_args__ = (
+        Index("PilotStamp", "PilotStamp", unique=True),
+        Index("PilotJobReference", "PilotJobReference"),
+        Index("Status", "Status"),
+        Index("Statuskey", "GridSite", "DestinationSite", "Status"),
+        Index("idx_dest_queue_status", "DestinationSite", "Queue", "Status"),
+        Index("idx_vo_status", "VO", "Status"),
+        Index("idx_submission_time", "SubmissionTime"),
+    )
+
+
+class JobToPilotMapping(Base):
+    __tablename__ = "JobToPilotMapping"
+
+    pilot_id: Mapped[int] = mapped_column("PilotID", BigID, primary_key=True)
+    job_id: Mapped[int] = mapped_column("JobID", BigInteger, primary_key=True)
+    start_time: Mapped[datetime] = mapped_column("StartTime", UTCDateTime)
+
+    __table_args__ = (Index("JobID", "JobID"),)
+
+
+class PilotSecrets(Base):
+    """A secret is kept only as its SHA-256; constraints are JSON lists (empty = any)."""
+
+    __tablename__ = "PilotSecrets"
+
+    secret_id: Mapped[int] = mapped_column("SecretID", BigID, primary_key=True, autoincrement=True)
+    secret_hash: Mapped[str] = mapped_column("SecretHash", String(64))
+    vos: Mapped[str] = mapped_column("VOs", Text)
+    sites: Mapped[str] = mapped_column("Sites", Text)
+    ces: Mapped[str] = mapped_column("CEs", Text)
+    queues: Mapped[str] = mapped_column("Queues", Text)
+    expires_at: Mapped[datetime | None] = mapped_column("ExpiresAt", UTCDateTime)
+    remaining_uses: Mapped[int | None] = mapped_column("RemainingUses", Integer)
+    created_at: Mapped[datetime] = mapped_column("CreatedAt", UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column("LastUsedAt", UTCDateTime)
+    revoked: Mapped[bool] = mapped_column("Revoked", Boolean, default=False)
+
+    __table_args__ = (
+        Index("SecretHash", "SecretHash", unique=True),
+        Index("idx_secret_expiry", "ExpiresAt"),
+    )
+
+
+class PilotSecretStamps(Base):
+    """The stamps a secret is bound to; a secret without rows here is unbound."""
+
+    __tablename__ = "PilotSecretStamps"
+
+    secret_id: Mapped[int] = mapped_column(
+        "SecretID", BigID, ForeignKey("PilotSecrets.SecretID", ondelete="CASCADE"), primary_key=True
+    )
+    pilot_stamp: Mapped[str] = mapped_column("PilotStamp", String(32), primary_key=True)
+
+    __table_args__ = (Index("idx_secret_stamp", "PilotStamp"),)
+
+
+class RefreshTokens(Base):
+    """One row per refresh token issued; a used or revoked one never works again."""
+
+    __tablename__ = "RefreshTokens"
+
+    jti: Mapped[str] = mapped_column("JTI", String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column("FamilyID", String(64))
+    sub: Mapped[str] = mapped_column("Sub", String(255))
+    vo: Mapped[str] = mapped_column("VO", String(128))
+    pilot_stamp: Mapped[str | None] = mapped_column("PilotStamp", String(32))
+    issued_at: Mapped[datetime] = mapped_column("IssuedAt", UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column("ExpiresAt", UTCDateTime)
+    used: Mapped[bool] = mapped_column("Used", Boolean, default=False)
+    revoked: Mapped[bool] = mapped_column("Revoked", Boolean, default=False)
+
+    __table_args__ = (
+        Index("idx_refresh_family", "FamilyID"),
+        Index("idx_refresh_expiry", "ExpiresAt"),
+    )
+
+
+class RevokedFamilies(Base):
+    """Token families revoked as a whole: their access tokens die with them (RFC 7009 2.1)."""
+
+    __tablename__ = "RevokedFamilies"
+
+    family_id: Mapped[str] = mapped_column("FamilyID", String(64), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column("RevokedAt", UTCDateTime)
+
+
+class PilotLogs(Base):
+    __tablename__ = "PilotLogs"
+
+    log_id: Mapped[int] = mapped_column("LogID", BigID, primary_key=True, autoincrement=True)
+    pilot_id: Mapped[int] = mapped_column("PilotID", BigInteger)
+    pilot_stamp: Mapped[str] = mapped_column("PilotStamp", String(32))
+    vo: Mapped[str] = mapped_column("VO", String(128))
+    timestamp: Mapped[datetime] = mapped_column("TimeStamp", UTCDateTime)
+    severity: Mapped[str] = mapped_column("Severity", String(16))
+    scope: Mapped[str] = mapped_column("Scope", String(64))
+    message: Mapped[str] = mapped_column("Message", Text)
+    received_time: Mapped[datetime] = mapped_column("ReceivedTime", UTCDateTime)
+
+    __table_args__ = (
+        Index("idx_logs_stamp_time", "PilotStamp", "TimeStamp"),
+        Index("idx_logs_vo_time", "VO", "TimeStamp"),
+        Index("idx_logs_received", "ReceivedTime"),
+    )
+
+
+class PilotLogQuota(Base):
+    """Per-pilot log accounting for the size and rate limits (kept in the database, so any
+    worker or host enforces the same limits)."""
+
+    __tablename__ = "PilotLogQuota"
+
+    pilot_stamp: Mapped[str] = mapped_column("PilotStamp", String(32), primary_key=True)
+    total_bytes: Mapped[int] = mapped_column("TotalBytes", BigInteger, default=0)
+    window_start: Mapped[datetime] = mapped_column("WindowStart", UTCDateTime)
+    window_lines: Mapped[int] = mapped_column("WindowLines", Integer, default=0)
+
+
+class DirectorLeases(Base):
+    """Which director instance works a queue, until when."""
+
+    __tablename__ = "DirectorLeases"
+
+    queue: Mapped[str] = mapped_column("Queue", String(255), primary_key=True)
+    holder: Mapped[str] = mapped_column("Holder", String(128))
+    expires_at: Mapped[datetime] = mapped_column("ExpiresAt", UTCDateTime)
+
+
+metadata = Base.metadata
+
+
+def _table(mapped: type[Base]) -> Table:
+    return cast(Table, mapped.__table__)
+
+
+PILOTS = _table(PilotAgents)
+JOBS = _table(JobToPilotMapping)
+SECRETS = _table(PilotSecrets)
+SECRET_STAMPS = _table(PilotSecretStamps)
+REFRESH_TOKENS = _table(RefreshTokens)
+REVOKED_FAMILIES = _table(RevokedFamilies)
+LOGS = _table(PilotLogs)
+LOG_QUOTA = _table(PilotLogQuota)
+LEASES = _table(DirectorLeases)

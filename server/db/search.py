@@ -1,0 +1,110 @@
+"""The DiracX search DSL turned into SQLAlchemy expressions, for any table.
+
+Values arrive as strings or numbers whatever the column; they are converted to the column's
+type here, so `{"parameter": "PilotID", "operator": "eq", "value": "5"}` works on PostgreSQL
+too (asyncpg refuses a string for an integer parameter), and a value that cannot be converted
+is a 400 naming the parameter, never a database error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ColumnElement, DateTime, Double, Float, Integer, and_, not_
+from sqlalchemy.sql.schema import Column
+
+from server.errors import InvalidRequest
+from server.models import ScalarOperator, ScalarSearch, SearchSpec, SortSpec, VectorOperator
+
+
+def parse_datetime(value: str) -> datetime:
+    """ISO 8601, `Z` or offset or naive (taken as UTC) -> naive UTC, as the columns store it."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _convert(column: Column[Any], value: Any, parameter: str) -> Any:
+    kind = column.type
+    try:
+        if isinstance(kind, Boolean):
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(kind, Integer):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(kind, Double | Float):
+            return float(value)
+        if isinstance(kind, DateTime):
+            return parse_datetime(str(value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequest(f"Invalid value {value!r} for parameter {parameter!r}") from exc
+    return str(value)
+
+
+def _is_text(column: Column[Any]) -> bool:
+    return not isinstance(column.type, Boolean | Integer | Double | Float | DateTime)
+
+
+def column_for(columns: Mapping[str, Column[Any]], parameter: str) -> Column[Any]:
+    try:
+        return columns[parameter]
+    except KeyError:
+        raise InvalidRequest(f"Unknown parameter {parameter!r}") from None
+
+
+def condition(columns: Mapping[str, Column[Any]], spec: SearchSpec) -> ColumnElement[bool]:
+    column = column_for(columns, spec.parameter)
+    if isinstance(spec, ScalarSearch):
+        op = spec.operator
+        if op in (ScalarOperator.LIKE, ScalarOperator.NOT_LIKE, ScalarOperator.REGEX):
+            if not _is_text(column):
+                raise InvalidRequest(
+                    f"Operator {op.value!r} needs a text parameter, not {spec.parameter!r}"
+                )
+            pattern = str(spec.value)
+            if op is ScalarOperator.LIKE:
+                return column.like(pattern)
+            if op is ScalarOperator.NOT_LIKE:
+                return not_(column.like(pattern))
+            return column.regexp_match(pattern)
+        value = _convert(column, spec.value, spec.parameter)
+        if op is ScalarOperator.EQ:
+            return column.__eq__(value)
+        if op is ScalarOperator.NEQ:
+            return column.__ne__(value)
+        if op is ScalarOperator.GT:
+            return column.__gt__(value)
+        return column.__lt__(value)
+    values = [_convert(column, v, spec.parameter) for v in spec.values]
+    if spec.operator is VectorOperator.IN:
+        return column.in_(values)
+    return column.not_in(values)
+
+
+def where_clause(
+    columns: Mapping[str, Column[Any]], specs: Sequence[SearchSpec]
+) -> ColumnElement[bool] | None:
+    conditions = [condition(columns, spec) for spec in specs]
+    return and_(*conditions) if conditions else None
+
+
+def order_by(columns: Mapping[str, Column[Any]], sort: Sequence[SortSpec]) -> list[Any]:
+    clauses = []
+    for spec in sort:
+        column = column_for(columns, spec.parameter)
+        clauses.append(column.desc() if spec.direction == "desc" else column.asc())
+    return clauses
+
+
+def jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Datetimes as DiracX sends them (naive ISO 8601, UTC)."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}

@@ -1,0 +1,74 @@
+"""Domain errors raised by the logic and db layers, and the one table mapping them to HTTP.
+
+    ServerDomainError
+    ├── InvalidRequest       400  bad search, unknown VO, contradictory fields
+    ├── Unauthorized         401  no, bad or expired credentials (secret, token)
+    ├── Forbidden            403  authenticated, but not allowed to do this
+    ├── NotFound             404  e.g. unknown pilot stamps
+    ├── AlreadyExists        409  e.g. stamps already registered
+    ├── TooLarge             413  over a size or count limit: nothing was stored
+    └── RateLimited          429  over a rate limit: nothing was stored
+
+Logic never imports FastAPI; the app installs one exception handler that reads STATUS_OF.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class ServerDomainError(Exception):
+    """`detail` is what the client sees, in DiracX's `{"detail": ...}` shape."""
+
+    def __init__(self, detail: Any) -> None:
+        super().__init__(detail if isinstance(detail, str) else repr(detail))
+        self.detail = detail
+
+
+class InvalidRequest(ServerDomainError):
+    pass
+
+
+class Unauthorized(ServerDomainError):
+    pass
+
+
+class Forbidden(ServerDomainError):
+    pass
+
+
+class NotFound(ServerDomainError):
+    pass
+
+
+class AlreadyExists(ServerDomainError):
+    pass
+
+
+class TooLarge(ServerDomainError):
+    pass
+
+
+class RateLimited(ServerDomainError):
+    def __init__(self, detail: Any, retry_after: int = 60) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+STATUS_OF: dict[type[ServerDomainError], HTTPStatus] = {
+    InvalidRequest: HTTPStatus.BAD_REQUEST,
+    Unauthorized: HTTPStatus.UNAUTHORIZED,
+    Forbidden: HTTPStatus.FORBIDDEN,
+    NotFound: HTTPStatus.NOT_FOUND,
+    AlreadyExists: HTTPStatus.CONFLICT,
+    TooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    RateLimited: HTTPStatus.TOO_MANY_REQUESTS,
+}
+
+
+def status_of(error: ServerDomainError) -> HTTPStatus:
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return HTTPStatus.BAD_REQUEST

@@ -1,0 +1,307 @@
+"""Pilot management: registration, metadata, search, summary, deletion, job association.
+
+Plain async functions over the data layer; they check what depends on the data (which VO a
+stamp belongs to), while the route's policy already checked who the caller is.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from server.clock import utcnow
+from server.context import ServerContext
+from server.db import pilots as db
+from server.errors import Forbidden, InvalidRequest, NotFound
+from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity
+from server.logic import secrets_minting
+from server.models import (
+    BulkRegistration,
+    BulkRegistrationResult,
+    PilotDeletion,
+    PilotJobs,
+    PilotMetadata,
+    PilotRegistration,
+    PilotStatus,
+    RegisteredPilot,
+    ScalarOperator,
+    ScalarSearch,
+    SearchParams,
+    SearchSpec,
+    SummaryParams,
+    VectorOperator,
+    VectorSearch,
+)
+from server.policies import require_vo, vo_scope
+
+MAX_PER_PAGE = 10_000
+JOB_ID = "JobID"
+
+#: What a pilot may change about itself with its own token.
+PILOT_SELF_FIELDS = frozenset(
+    {
+        "Status",
+        "StatusReason",
+        "BenchMark",
+        "CurrentJobID",
+        "GridSite",
+        "DestinationSite",
+        "Queue",
+        "GridType",
+    }
+)
+
+
+def _known_vo(ctx: ServerContext, vo: str) -> None:
+    if vo not in ctx.settings.vos:
+        raise InvalidRequest(f"Unknown VO {vo!r}")
+
+
+def _legacy_only(identity: Identity) -> bool:
+    """A GenericPilot user token without any managing property."""
+    return GENERIC_PILOT in identity.properties and not identity.properties & {ADMIN, TRUSTED_HOST}
+
+
+def _one_pilot_for_legacy(identity: Identity, stamps: list[str] | None) -> None:
+    """A stolen legacy pilot credential may touch one pilot per call, not a fleet."""
+    if _legacy_only(identity) and (stamps is None or len(set(stamps)) > 1):
+        raise Forbidden("Insufficient permissions to modify more than one pilot.")
+
+
+def _pilot_row(
+    vo: str,
+    stamp: str,
+    reference: str | None,
+    status: PilotStatus,
+    *,
+    grid_type: str,
+    grid_site: str,
+    destination_site: str,
+    queue: str,
+    now: Any,
+) -> dict[str, Any]:
+    return {
+        "PilotStamp": stamp,
+        "VO": vo,
+        "PilotJobReference": reference or stamp,
+        "Status": status.value,
+        "StatusReason": "Unknown",
+        "GridType": grid_type,
+        "GridSite": grid_site,
+        "DestinationSite": destination_site,
+        "Queue": queue,
+        "SubmissionTime": now,
+        "LastUpdateTime": now,
+        "InitialJobID": 0,
+        "CurrentJobID": 0,
+        "BenchMark": 0.0,
+        "AccountingSent": False,
+    }
+
+
+async def register_pilot(ctx: ServerContext, identity: Identity, reg: PilotRegistration) -> None:
+    require_vo(identity, reg.vo)
+    _known_vo(ctx, reg.vo)
+    now = utcnow()
+    row = _pilot_row(
+        reg.vo,
+        reg.pilot_stamp,
+        reg.pilot_reference,
+        reg.pilot_status,
+        grid_type=reg.grid_type,
+        grid_site=reg.grid_site,
+        destination_site=reg.destination_site,
+        queue="Unknown",
+        now=now,
+    )
+    async with ctx.db.transaction() as conn:
+        await db.insert_pilots(conn, [row])
+
+
+async def register_bulk(
+    ctx: ServerContext, identity: Identity, body: BulkRegistration
+) -> BulkRegistrationResult:
+    """All pilots or none; with `mint_secrets`, one secret bound to each, same transaction."""
+    if _legacy_only(identity):
+        raise Forbidden("Legacy pilots register one pilot at a time.")
+    require_vo(identity, body.vo)
+    _known_vo(ctx, body.vo)
+    stamps = [p.pilot_stamp for p in body.pilots]
+    if len(set(stamps)) != len(stamps):
+        dupes = sorted({s for s in stamps if stamps.count(s) > 1})
+        raise InvalidRequest({"message": "Duplicate stamps in the request", "pilot_stamps": dupes})
+    now = utcnow()
+    rows = [
+        _pilot_row(
+            body.vo,
+            p.pilot_stamp,
+            p.pilot_reference,
+            p.pilot_status,
+            grid_type=p.grid_type,
+            grid_site=p.grid_site,
+            destination_site=p.destination_site,
+            queue=p.queue,
+            now=now,
+        )
+        for p in body.pilots
+    ]
+    async with ctx.db.transaction() as conn:
+        ids = await db.insert_pilots(conn, rows)
+        minted = []
+        if body.mint_secrets:
+            minted = await secrets_minting.mint(
+                conn, vo=body.vo, constraints=body.secret_constraints, bound_stamps=stamps, now=now
+            )
+    return BulkRegistrationResult(
+        pilots=[RegisteredPilot(pilot_stamp=s, pilot_id=ids[s]) for s in stamps],
+        secrets=minted,
+    )
+
+
+async def update_metadata(
+    ctx: ServerContext, identity: Identity, updates: dict[str, PilotMetadata]
+) -> None:
+    if not updates:
+        return
+    stamps = list(updates)
+    values = {stamp: m.model_dump(by_alias=True, exclude_none=True) for stamp, m in updates.items()}
+    if identity.is_pilot:
+        if stamps != [identity.pilot_stamp]:
+            raise Forbidden("A pilot may only update its own record.")
+        forbidden = {k for v in values.values() for k in v} - PILOT_SELF_FIELDS
+        if forbidden:
+            raise Forbidden(f"A pilot may not change {sorted(forbidden)}.")
+    else:
+        _one_pilot_for_legacy(identity, stamps)
+    values = {s: v for s, v in values.items() if v}
+    async with ctx.db.transaction() as conn:
+        found = await db.pilots_by_stamp(conn, stamps)
+        missing = sorted(set(stamps) - set(found))
+        if missing:
+            raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": missing})
+        scope = vo_scope(identity)
+        if scope is not None and any(p["VO"] not in scope for p in found.values()):
+            raise Forbidden("Insufficient permissions to access all of the provided pilots.")
+        if values:
+            await db.update_pilots(conn, values, utcnow())
+
+
+def _scoped(specs: list[SearchSpec], identity: Identity) -> list[SearchSpec]:
+    scope = vo_scope(identity)
+    if scope is None:
+        return specs
+    return [*specs, VectorSearch(parameter="VO", operator=VectorOperator.IN, values=sorted(scope))]
+
+
+async def _resolve_job_ids(conn: Any, specs: list[SearchSpec]) -> list[SearchSpec] | None:
+    """Rewrite the `JobID` pseudo-parameter into a PilotID filter; None = nothing can match."""
+    job_specs = [s for s in specs if s.parameter == JOB_ID]
+    if not job_specs:
+        return specs
+    if any(s.parameter == "PilotID" for s in specs):
+        raise InvalidRequest(
+            "Cannot combine 'JobID' pseudo-parameter with a real 'PilotID' "
+            "filter in the same request."
+        )
+    job_ids: list[int] = []
+    try:
+        for spec in job_specs:
+            if isinstance(spec, ScalarSearch) and spec.operator is ScalarOperator.EQ:
+                job_ids.append(int(spec.value))
+            elif isinstance(spec, VectorSearch) and spec.operator is VectorOperator.IN:
+                job_ids.extend(int(v) for v in spec.values)
+            else:
+                raise InvalidRequest("Only 'eq' and 'in' are supported on 'JobID'.")
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("'JobID' pseudo-parameter values must be integers.") from exc
+    pilot_ids = await db.pilot_ids_for_jobs(conn, job_ids)
+    if not pilot_ids:
+        return None
+    rest = [s for s in specs if s.parameter != JOB_ID]
+    return [
+        *rest,
+        VectorSearch(parameter="PilotID", operator=VectorOperator.IN, values=list(pilot_ids)),
+    ]
+
+
+async def search(
+    ctx: ServerContext, identity: Identity, body: SearchParams | None, page: int, per_page: int
+) -> tuple[int, list[dict[str, Any]]]:
+    body = body or SearchParams()
+    async with ctx.db.read() as conn:
+        specs = await _resolve_job_ids(conn, list(body.search))
+        if specs is None:
+            return 0, []
+        return await db.search(
+            conn,
+            parameters=body.parameters,
+            specs=_scoped(specs, identity),
+            sort=body.sort,
+            distinct=body.distinct,
+            page=page,
+            per_page=min(per_page, MAX_PER_PAGE),
+        )
+
+
+async def summary(
+    ctx: ServerContext, identity: Identity, body: SummaryParams
+) -> list[dict[str, Any]]:
+    async with ctx.db.read() as conn:
+        specs = await _resolve_job_ids(conn, list(body.search))
+        if specs is None:
+            return []
+        return await db.summary(conn, grouping=body.grouping, specs=_scoped(specs, identity))
+
+
+async def delete_pilots(ctx: ServerContext, identity: Identity, body: PilotDeletion) -> int:
+    if body.pilot_stamps is None and body.older_than_days is None:
+        raise InvalidRequest("Give pilot_stamps, or older_than_days (with optional statuses).")
+    if body.pilot_stamps is not None and body.older_than_days is not None:
+        raise InvalidRequest("Give either pilot_stamps or older_than_days, not both.")
+    _one_pilot_for_legacy(identity, body.pilot_stamps)
+    if body.vo is not None:
+        require_vo(identity, body.vo)
+    scope = vo_scope(identity)
+    vos = {body.vo} if body.vo else scope
+    older = (
+        utcnow() - timedelta(days=body.older_than_days)
+        if body.older_than_days is not None
+        else None
+    )
+    async with ctx.db.transaction() as conn:
+        if body.pilot_stamps is not None and scope is not None:
+            found = await db.pilots_by_stamp(conn, body.pilot_stamps)
+            if any(p["VO"] not in scope for p in found.values()):
+                raise Forbidden("Insufficient permissions to access all of the provided pilots.")
+        return await db.delete_pilots(
+            conn,
+            stamps=body.pilot_stamps,
+            older_than=older,
+            statuses=[s.value for s in body.statuses] if body.statuses else None,
+            vos=vos,
+        )
+
+
+async def _pilot_for(conn: Any, identity: Identity, stamp: str) -> dict[str, Any]:
+    found = await db.pilots_by_stamp(conn, [stamp])
+    if stamp not in found:
+        raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": [stamp]})
+    pilot = found[stamp]
+    if identity.is_pilot and identity.pilot_stamp != stamp:
+        raise Forbidden("A pilot may only act on its own record.")
+    scope = vo_scope(identity)
+    if scope is not None and pilot["VO"] not in scope:
+        raise Forbidden("Insufficient permissions to access this pilot.")
+    return pilot
+
+
+async def add_jobs(ctx: ServerContext, identity: Identity, stamp: str, job_ids: list[int]) -> None:
+    async with ctx.db.transaction() as conn:
+        pilot = await _pilot_for(conn, identity, stamp)
+        await db.add_jobs(conn, pilot["PilotID"], job_ids, utcnow())
+
+
+async def jobs_of(ctx: ServerContext, identity: Identity, stamp: str) -> PilotJobs:
+    async with ctx.db.read() as conn:
+        pilot = await _pilot_for(conn, identity, stamp)
+        return PilotJobs(pilot_stamp=stamp, job_ids=await db.jobs_of(conn, pilot["PilotID"]))

@@ -1,0 +1,151 @@
+"""Access policies: one object per kind of caller, injected into every route.
+
+A route declares who may call it by depending on exactly one policy; the policy authenticates
+the bearer token and returns the caller's `Identity`, or raises 401/403. Finer checks (which
+VO, which stamps) are made by the logic with the identity in hand. `tests/server/
+test_policies.py` walks the route table so that no route escapes a policy.
+
+    Public          no credentials (secret exchange, refresh, revoke, discovery, health)
+    Reader          any user or service token (not a pilot, not a GenericPilot): reads its VO
+    PilotManager    admin, TrustedHost (its VOs), GenericPilot (one pilot of its VO per call)
+    PilotSelf       admin and managers as above, or a pilot token acting on its own stamp
+    PilotOnly       a pilot token from the secret exchange
+    LegacyPilot     a user token with GenericPilot
+    Admin           ServiceAdministrator
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.context import ServerContext
+from server.errors import Forbidden, Unauthorized
+from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity, identity_from_token
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Missing bearer token")
+    return token.strip()
+
+
+class Policy:
+    """Base of every policy; `check` says whether an authenticated identity may pass."""
+
+    name = "policy"
+    public = False
+
+    async def __call__(self, request: Request) -> Identity | None:
+        if self.public:
+            return None
+        ctx: ServerContext = request.app.state.ctx
+        identity = identity_from_token(ctx.keys, bearer_token(request))
+        self.check(identity)
+        return identity
+
+    def check(self, identity: Identity) -> None:
+        raise NotImplementedError
+
+
+class _Public(Policy):
+    name = "public"
+    public = True
+
+    def check(self, identity: Identity) -> None:
+        return None
+
+
+class _Reader(Policy):
+    name = "reader"
+
+    def check(self, identity: Identity) -> None:
+        if identity.is_pilot:
+            raise Forbidden("Pilot tokens cannot call operator endpoints.")
+        if GENERIC_PILOT in identity.properties and not identity.is_admin:
+            raise Forbidden("Pilots cannot read other pilots' metadata.")
+
+
+class _PilotManager(Policy):
+    name = "pilot-manager"
+
+    def check(self, identity: Identity) -> None:
+        if identity.is_pilot:
+            raise Forbidden("Pilot tokens cannot call operator endpoints.")
+        if not identity.properties & {ADMIN, TRUSTED_HOST, GENERIC_PILOT}:
+            raise Forbidden("Insufficient permissions to manage pilots.")
+
+
+class _PilotSelf(Policy):
+    name = "pilot-self"
+
+    def check(self, identity: Identity) -> None:
+        if identity.is_pilot:
+            return
+        _PilotManager.check(PILOT_MANAGER, identity)
+
+
+class _PilotOnly(Policy):
+    name = "pilot-only"
+
+    def check(self, identity: Identity) -> None:
+        if not identity.is_pilot:
+            raise Forbidden("This endpoint takes a pilot token.")
+
+
+class _LegacyPilot(Policy):
+    name = "legacy-pilot"
+
+    def check(self, identity: Identity) -> None:
+        if identity.is_pilot or GENERIC_PILOT not in identity.properties:
+            raise Forbidden("This endpoint takes a user token with the GenericPilot property.")
+
+
+class _Admin(Policy):
+    name = "admin"
+
+    def check(self, identity: Identity) -> None:
+        if not identity.is_admin:
+            raise Forbidden("This endpoint is for service administrators.")
+
+
+class _Director(Policy):
+    """Admins and TrustedHost service tokens: the director's own endpoints (leases, CE tokens)."""
+
+    name = "director"
+
+    def check(self, identity: Identity) -> None:
+        if identity.is_pilot or not identity.properties & {ADMIN, TRUSTED_HOST}:
+            raise Forbidden("This endpoint is for the site director's service token.")
+
+
+PUBLIC = _Public()
+READER = _Reader()
+PILOT_MANAGER = _PilotManager()
+PILOT_SELF = _PilotSelf()
+PILOT_ONLY = _PilotOnly()
+LEGACY_PILOT = _LegacyPilot()
+ADMIN_ONLY = _Admin()
+DIRECTOR = _Director()
+
+Public = Annotated[None, Depends(PUBLIC)]
+Reader = Annotated[Identity, Depends(READER)]
+PilotManager = Annotated[Identity, Depends(PILOT_MANAGER)]
+PilotSelf = Annotated[Identity, Depends(PILOT_SELF)]
+PilotOnly = Annotated[Identity, Depends(PILOT_ONLY)]
+LegacyPilot = Annotated[Identity, Depends(LEGACY_PILOT)]
+AdminOnly = Annotated[Identity, Depends(ADMIN_ONLY)]
+Director = Annotated[Identity, Depends(DIRECTOR)]
+
+
+def vo_scope(identity: Identity) -> frozenset[str] | None:
+    """The VOs whose records this caller sees; None = all (administrators)."""
+    return None if identity.is_admin else identity.vos
+
+
+def require_vo(identity: Identity, vo: str) -> None:
+    if not identity.is_admin and vo not in identity.vos:
+        raise Forbidden("Pilots can only be managed within your own VO.")

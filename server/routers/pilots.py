@@ -1,0 +1,122 @@
+"""`/api/pilots`: DiracX 0.7.0's pilot management, plus bulk registration, deletion and jobs."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+
+from server.context import Context
+from server.logic import pilots as logic
+from server.models import (
+    BulkRegistration,
+    BulkRegistrationResult,
+    DeletionResult,
+    JobAssociation,
+    PilotDeletion,
+    PilotJobs,
+    PilotMetadata,
+    PilotRegistration,
+    SearchParams,
+    SummaryParams,
+)
+from server.policies import PilotManager, PilotSelf, Reader
+
+router = APIRouter(prefix="/api/pilots", tags=["pilots"])
+
+
+def json_response(
+    payload: Any, status: int = HTTPStatus.OK, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialise once with the standard library; rows are already JSON-ready."""
+    return Response(
+        json.dumps(payload, separators=(",", ":")),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def paged(kind: str, total: int, rows: list[dict[str, Any]], page: int, per_page: int) -> Response:
+    """RFC 7233 Content-Range as DiracX sends it: 206 for a part, 416 past the end."""
+    if not rows and total > 0:
+        return json_response(
+            rows, HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, {"Content-Range": f"{kind} */{total}"}
+        )
+    if len(rows) < total:
+        first = per_page * (page - 1)
+        last = first + len(rows) - 1
+        return json_response(
+            rows, HTTPStatus.PARTIAL_CONTENT, {"Content-Range": f"{kind} {first}-{last}/{total}"}
+        )
+    return json_response(rows)
+
+
+@router.post("/", status_code=HTTPStatus.CREATED)
+async def register_pilot(
+    ctx: Context, identity: PilotManager, registration: PilotRegistration
+) -> None:
+    """Register one pilot (DiracX). 409 if the stamp exists, 400 for an unknown VO."""
+    await logic.register_pilot(ctx, identity, registration)
+
+
+@router.post("/bulk", status_code=HTTPStatus.CREATED)
+async def register_pilots(
+    ctx: Context, identity: PilotManager, body: BulkRegistration
+) -> BulkRegistrationResult:
+    """Register many pilots in one transaction, optionally minting one bound secret each.
+
+    All or nothing: a clash is a 409 listing every clashing stamp, and nothing is stored.
+    """
+    return await logic.register_bulk(ctx, identity, body)
+
+
+@router.patch("/metadata", status_code=HTTPStatus.NO_CONTENT)
+async def update_pilot_metadata(
+    ctx: Context, identity: PilotSelf, updates: Annotated[dict[str, PilotMetadata], Body()]
+) -> None:
+    """Update pilots by stamp; a pilot token may update its own record only."""
+    await logic.update_metadata(ctx, identity, updates)
+
+
+@router.post("/search")
+async def search(
+    ctx: Context,
+    identity: Reader,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=logic.MAX_PER_PAGE)] = 100,
+    body: Annotated[SearchParams | None, Body()] = None,
+) -> list[dict[str, Any]]:
+    """Pilots of the caller's VO (all VOs for administrators), DiracX search DSL."""
+    total, rows = await logic.search(ctx, identity, body, page, per_page)
+    return paged("pilots", total, rows, page, per_page)  # type: ignore[return-value]
+
+
+@router.post("/summary")
+async def summary(ctx: Context, identity: Reader, body: SummaryParams) -> list[dict[str, Any]]:
+    """Counts grouped by the given columns."""
+    return json_response(await logic.summary(ctx, identity, body))  # type: ignore[return-value]
+
+
+@router.delete("/")
+async def delete_pilots(
+    ctx: Context, identity: PilotManager, body: PilotDeletion
+) -> DeletionResult:
+    """Delete pilots by stamps, or by age and status (maintenance)."""
+    return DeletionResult(deleted=await logic.delete_pilots(ctx, identity, body))
+
+
+@router.patch("/jobs", status_code=HTTPStatus.NO_CONTENT)
+async def associate_jobs(ctx: Context, identity: PilotSelf, body: JobAssociation) -> None:
+    """Record jobs a pilot ran (JobToPilotMapping)."""
+    await logic.add_jobs(ctx, identity, body.pilot_stamp, body.job_ids)
+
+
+@router.get("/jobs")
+async def pilot_jobs(
+    ctx: Context, identity: Reader, pilot_stamp: Annotated[str, Query(min_length=1, max_length=32)]
+) -> PilotJobs:
+    """The jobs a pilot ran."""
+    return await logic.jobs_of(ctx, identity, pilot_stamp)

@@ -1,0 +1,53 @@
+"""Server settings: built once by the CLI (or a test) and passed down; no module globals.
+
+Sources, lowest first: defaults, environment variables `SITE_DIRECTOR_...`, then the CLI's
+flags (passed as init arguments). The database defaults to a SQLite file under the data
+directory, so a fresh machine needs nothing but a writable folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SITE_DIRECTOR_", extra="forbid")
+
+    data_dir: Path = Field(Path("data"), description="Keys and the default SQLite database.")
+    db_url: str | None = Field(
+        None, description="SQLAlchemy async URL; SQLite under data_dir if unset."
+    )
+    issuer: str = Field(
+        "http://127.0.0.1:8000", description="`iss` of every token; the public base URL."
+    )
+    vos: list[str] = Field(default_factory=lambda: ["lhcb", "dteam"])
+    auto_migrate: bool = Field(True, description="Run the Alembic migrations at start-up.")
+
+    access_token_lifetime: int = Field(1200, ge=10, description="Seconds, user and service tokens.")
+    pilot_token_lifetime: int = Field(1200, ge=1, description="Seconds, pilot access tokens.")
+    refresh_token_lifetime: int = Field(7 * 24 * 3600, ge=60, description="Seconds.")
+
+    log_max_lines_per_request: int = Field(5000, ge=1)
+    log_max_line_bytes: int = Field(16 * 1024, ge=64)
+    log_max_bytes_per_pilot: int = Field(64 * 1024 * 1024, ge=1024)
+    log_rate_lines_per_minute: int = Field(60_000, ge=1, description="Per pilot.")
+
+    @field_validator("vos")
+    @classmethod
+    def _no_empty_vo(cls, vos: list[str]) -> list[str]:
+        if any(not vo.strip() for vo in vos):
+            raise ValueError("a VO name cannot be empty")
+        return vos
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'site-director.db').resolve()}"
+
+    @property
+    def keyset_path(self) -> Path:
+        return self.data_dir / "jwks.json"
