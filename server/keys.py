@@ -23,7 +23,7 @@ from joserfc.jwk import KeySet, OKPKey, RSAKey
 
 # RFC 9864 deprecates the "EdDSA" name in favour of "Ed25519"; DiracX and the DIRAC clients still
 # use "EdDSA", so we keep it and silence joserfc's warning about it.
-warnings.filterwarnings("ignore", message="EdDSA is deprecated", module="joserfc")
+warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
 ACCEPTED_ALGORITHMS = ["EdDSA", "RS256"]
 _RELOAD_CHECK_SECONDS = 5.0
