@@ -1,0 +1,385 @@
+"""The director's settings: YAML file < environment (`SITE_DIRECTOR_...`) < command-line flags.
+
+Layout (see `config.example.yaml` for every key, commented):
+
+    server:    url, ca_bundle, token_file (reread when it changes), timeout_seconds
+    director:  name, work_dir, template_dir, intervals, concurrency, back-off, leases, demand,
+               grace and timeout periods, metrics
+    vos:       the VOs this director submits for (the first is the default of every site)
+    pilot:     pilot options for every queue (setup, installation, project, extensions, pilot
+               files with SHA-512 sums, CVMFS locations, extra options); queues may override
+    sites:     {site: {enabled, vo, ces: {ce: {enabled, ce: {kind: ...}, queues: {queue: {...}}}}}}
+
+A CE's `ce` block is a union keyed on `kind` over the backends `director.ce` knows, so a typo is
+reported with its key path at load time. `load_config()` turns every validation problem into
+one line `key.path: reason` of a single `ConfigError` (exit code 2).
+
+Environment variables nest with `__`: `SITE_DIRECTOR_SERVER__URL`,
+`SITE_DIRECTOR_DIRECTOR__CONCURRENCY`. Flags arrive as a nested dict of overrides.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from director import ce as ce_registry
+from director.errors import ConfigError
+
+if TYPE_CHECKING:
+    CEBlock = Any
+else:
+    CEBlock = ce_registry.config_union()
+
+ENV_PREFIX = "SITE_DIRECTOR_"
+
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Model):
+    """Where the pilot/auth server is and how the director authenticates to it."""
+
+    url: AnyHttpUrl = Field(description="base URL of the site-director server (or DiracX)")
+    ca_bundle: Path | None = Field(None, description="PEM CA bundle; default: system CAs")
+    token_file: Path | None = Field(None, description="the director's TrustedHost token")
+    token: SecretStr | None = Field(None, description="the token itself (prefer token_file)")
+    timeout_seconds: float = Field(30.0, gt=0, le=600)
+
+
+class BackoffConfig(_Model):
+    initial_seconds: float = Field(60.0, gt=0)
+    max_seconds: float = Field(3600.0, gt=0)
+    factor: float = Field(2.0, ge=1.0)
+
+
+class FillDemand(_Model):
+    """Always fill the free slots."""
+
+    source: Literal["fill"] = "fill"
+
+
+class DiracXDemand(_Model):
+    """Waiting jobs of the site from a DiracX job service (`POST /api/jobs/summary`)."""
+
+    source: Literal["diracx"]
+    url: AnyHttpUrl = Field(description="base URL of the DiracX instance")
+    token_file: Path | None = Field(None, description="default: the server token")
+    ca_bundle: Path | None = None
+    include_any_site: bool = Field(
+        False, description="count jobs whose Site is ANY as demand at every site"
+    )
+
+
+Demand = Annotated[FillDemand | DiracXDemand, Field(discriminator="source")]
+
+
+class SecretConfig(_Model):
+    """Constraints on the secret minted for each pilot (bound to its stamp in any case)."""
+
+    expiration_minutes: int | None = Field(
+        3 * 24 * 60, ge=1, description="null: no expiry (not recommended)"
+    )
+    use_count_max: int | None = Field(None, ge=1, description="null: unlimited uses")
+
+
+class DirectorConfig(_Model):
+    name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=128,
+        description="this instance's lease holder name (default: the host name)",
+    )
+    work_dir: Path = Path("/var/lib/site-director")
+    template_dir: Path | None = Field(None, description="templates here override the packaged ones")
+    submission_interval_seconds: float = Field(120.0, gt=0)
+    monitoring_interval_seconds: float = Field(300.0, gt=0)
+    concurrency: int = Field(8, ge=1, le=1024, description="queues handled at once")
+    queue_timeout_seconds: float = Field(300.0, gt=0, description="one queue's cycle at most")
+    shutdown_timeout_seconds: float = Field(30.0, gt=0)
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    demand: Demand = Field(default_factory=FillDemand)
+    secret: SecretConfig = Field(default_factory=SecretConfig)
+    leases: bool = Field(True, description="take per-queue leases from the server (HA)")
+    lease_ttl_seconds: int = Field(600, ge=10, le=24 * 3600)
+    submit_grace_seconds: float = Field(
+        600.0, gt=0, description="registered pilots missing on the CE after this are Aborted"
+    )
+    unknown_timeout_seconds: float = Field(3600.0, gt=0)
+    held_timeout_seconds: float = Field(3600.0, gt=0)
+    clean_finished: bool = Field(True, description="remove CE leftovers of ended pilots")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus; null: off")
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["keyvalue", "json"] = "keyvalue"
+
+
+class PilotFile(_Model):
+    url: str = Field(min_length=1, description="https://..., file:///... or a path")
+    sha512: str | None = Field(None, pattern=r"^[0-9a-fA-F]{128}$")
+
+
+class PilotOptions(_Model):
+    """Options for the DIRAC pilot; a queue's `pilot` block overrides these key by key."""
+
+    setup: str | None = None
+    installation: str | None = None
+    project: str | None = None
+    version: str | None = None
+    extensions: list[str] | None = None
+    files: list[PilotFile] | None = Field(None, description="pilot files with SHA-512 sums")
+    cvmfs_locations: list[str] | None = None
+    extra_options: list[str] | None = None
+    diracx_url: str | None = Field(None, description="URL pilots call; default: server.url")
+    log_level: str | None = None
+
+    def merged(self, override: PilotOptions | None) -> PilotOptions:
+        if override is None:
+            return self
+        values = self.model_dump()
+        values.update(override.model_dump(exclude_unset=True))
+        return PilotOptions.model_validate(values)
+
+
+class QueueConfig(_Model):
+    enabled: bool = True
+    ce_queue: str | None = Field(None, description="CE-side queue name; default: the key")
+    max_total_pilots: int = Field(10, ge=0, description="DIRAC MaxTotalJobs")
+    max_waiting_pilots: int = Field(5, ge=0, description="DIRAC MaxWaitingJobs")
+    pilots_per_cycle: int = Field(5, ge=0, description="at most this many per cycle")
+    processors: int = Field(1, ge=1, le=4096)
+    memory_mb: int | None = Field(None, ge=1)
+    max_runtime_s: int | None = Field(None, ge=1)
+    tags: list[str] = Field(default_factory=list)
+    platform: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+    extra_attributes: dict[str, str] = Field(default_factory=dict)
+    pilot: PilotOptions | None = None
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key.replace("_", "a").isalnum() or key[0].isdigit():
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+
+class CEEntry(_Model):
+    enabled: bool = True
+    ce: CEBlock = Field(description="the backend block, keyed on kind")
+    queues: dict[Name, QueueConfig] = Field(min_length=1)
+
+
+class SiteConfig(_Model):
+    enabled: bool = True
+    vo: str | None = Field(None, description="default: the first of `vos`")
+    ces: dict[Name, CEEntry] = Field(min_length=1)
+
+
+_yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML file named to `load_config`, the lowest of the sources."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _yaml_path.get()
+        if path is None:
+            return {}
+        return _read_yaml(path)
+
+
+class Settings(BaseSettings):
+    """All of the director's configuration; built once in the CLI and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    server: ServerConfig
+    director: DirectorConfig = Field(default_factory=DirectorConfig)
+    vos: list[Name] = Field(min_length=1)
+    pilot: PilotOptions = Field(default_factory=PilotOptions)
+    sites: dict[Name, SiteConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    def queues(self) -> Iterator[QueueRef]:
+        """Every configured queue, enabled or not, in config order."""
+        for site_name, site in self.sites.items():
+            vo = site.vo or self.vos[0]
+            for ce_name, entry in site.ces.items():
+                for queue_name, queue in entry.queues.items():
+                    yield QueueRef(
+                        site=site_name,
+                        ce=ce_name,
+                        queue=queue_name,
+                        vo=vo,
+                        config=queue,
+                        entry=entry,
+                        enabled=site.enabled and entry.enabled and queue.enabled,
+                        pilot=self.pilot.merged(queue.pilot),
+                    )
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """One queue with what it inherits from its site and CE."""
+
+    site: str
+    ce: str
+    queue: str
+    vo: str
+    config: QueueConfig
+    entry: CEEntry
+    enabled: bool
+    pilot: PilotOptions
+
+    @property
+    def key(self) -> str:
+        """`site/ce/queue`: the queue's name in logs, metrics and leases."""
+        return f"{self.site}/{self.ce}/{self.queue}"
+
+    @property
+    def ce_queue(self) -> str:
+        return self.config.ce_queue if self.config.ce_queue is not None else self.queue
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def _problem_lines(error: ValidationError) -> list[str]:
+    lines = []
+    for problem in error.errors(include_url=False):
+        path = ".".join(str(p) for p in problem["loc"]) or "<root>"
+        lines.append(f"{path}: {problem['msg']}")
+    return lines
+
+
+def _semantic_problems(settings: Settings) -> list[str]:
+    """What the types cannot say: cross-references between keys."""
+    problems = []
+    for site_name, site in settings.sites.items():
+        if site.vo is not None and site.vo not in settings.vos:
+            problems.append(f"sites.{site_name}.vo: {site.vo!r} is not one of vos {settings.vos}")
+    for ref in settings.queues():
+        limits = ref.config
+        if limits.max_waiting_pilots > limits.max_total_pilots:
+            problems.append(
+                f"sites.{ref.site}.ces.{ref.ce}.queues.{ref.queue}."
+                "max_waiting_pilots: larger than max_total_pilots"
+            )
+    if settings.server.token_file is None and settings.server.token is None:
+        problems.append("server.token_file: required (or server.token)")
+    backoff = settings.director.backoff
+    if backoff.initial_seconds > backoff.max_seconds:
+        problems.append("director.backoff.initial_seconds: larger than max_seconds")
+    return problems
+
+
+def load_config(
+    path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    require_token: bool = True,
+) -> Settings:
+    """Settings from the YAML file, the environment and flag overrides (highest last).
+
+    Raises ConfigError with one line per problem, each naming the key path and the reason.
+    `require_token=False` serves the dry run, which never calls the server.
+    """
+    token = _yaml_path.set(path)
+    try:
+        settings = Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_report(path, _problem_lines(exc))) from exc
+    finally:
+        _yaml_path.reset(token)
+    problems = _semantic_problems(settings)
+    if not require_token:
+        problems = [p for p in problems if not p.startswith("server.token_file")]
+    if problems:
+        raise ConfigError(_report(path, problems))
+    return settings
+
+
+def _report(path: Path | None, problems: list[str]) -> str:
+    prefix = f"{path}: " if path is not None else ""
+    return "\n".join(prefix + p for p in problems)
+
+
+def nested_override(dotted: str, value: Any) -> dict[str, Any]:
+    """`("director.work_dir", v)` -> `{"director": {"work_dir": v}}`, for flag overrides."""
+    result: dict[str, Any] = {}
+    node = result
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return result
+
+
+def merge(*dicts: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge, later wins: to combine several flag overrides."""
+    out: dict[str, Any] = {}
+    for d in dicts:
+        for key, value in d.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+    return out
