@@ -1,0 +1,262 @@
+"""Pilot wrappers: a queue's pilot options -> the wrapper template's variables, rendered fast.
+
+The director renders one wrapper per pilot, thousands per cycle. Everything that depends only
+on the queue (the pilot's options, the embedded pilot files, the CA bundle) is serialised once
+by `WrapperRenderer.prepare()`; `PreparedWrapper.render()` then only adds the stamp and the
+secret, so a render is one pass of the compiled Jinja template over mostly static text.
+
+The variables the template receives are listed in the header of
+`templates/pilot-wrapper.sh.j2`; an operator's own template (found first in the folders given to
+`TemplateRenderer`) receives the same ones.
+
+A rendered wrapper holds the pilot's secret: never log it (`PilotSubmission` hides it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+
+from director.errors import ConfigError
+from director.render import TemplateRenderer
+
+WRAPPER_TEMPLATE = "pilot-wrapper.sh.j2"
+
+#: Stamps and secrets go into the wrapper unescaped, so their alphabet is checked instead.
+_STAMP = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_SECRET = re.compile(r"[A-Za-z0-9._~+/=-]{1,128}")
+_COMMAND = re.compile(r"[A-Za-z0-9_./+-]+")
+_SHA512 = re.compile(r"[0-9a-f]{128}")
+_OPTION = re.compile(r"(-[A-Za-z0-9]|--[A-Za-z0-9][A-Za-z0-9_-]*)?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class PilotFile:
+    """One file the pilot needs: embedded when `content` is set, else downloaded.
+
+    `sha512` (lowercase hex) is required for downloaded files; for embedded ones it is computed
+    from `content` when empty.
+    """
+
+    name: str
+    sha512: str = ""
+    content: bytes | None = None
+
+
+@dataclass(frozen=True)
+class WrapperTuning:
+    """Timings and bounds of the wrapper; the defaults suit a production worker node."""
+
+    exchange_attempts: int = 8
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 60.0
+    http_timeout_s: float = 30.0
+    download_max_bytes: int = 64 * 1024 * 1024
+    log_batch_lines: int = 500
+    log_flush_interval_s: float = 5.0
+    log_buffer_lines: int = 50_000
+    log_max_line_chars: int = 8192
+    refresh_margin_s: float = 120.0
+    final_flush_timeout_s: float = 30.0
+    status_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class PilotOptions:
+    """What a queue says about its pilots; `director.config` maps the YAML onto this."""
+
+    server_url: str
+    vo: str
+    site: str
+    ce: str
+    queue: str
+    pilot_files: tuple[PilotFile, ...]
+    pilot_locations: tuple[str, ...] = ()
+    setup: str = ""
+    installation: str = ""
+    project: str = ""
+    extensions: tuple[str, ...] = ()
+    wn_vo: str = ""
+    """The VO given to `--wnVO`; empty = `vo`."""
+    pilot_script: str = "dirac-pilot.py"
+    extra_options: tuple[str, ...] = ()
+    diracx_url_option: str = "--diracx_URL"
+    stamp_option: str = "--pilotUUID"
+    token_file_option: str = ""
+    """Option that passes the token file's path to the pilot; empty = environment only."""
+    ca_pem: str = ""
+    ca_path: str = ""
+    python_commands: tuple[str, ...] = ("python3",)
+    environment: Mapping[str, str] = field(default_factory=dict)
+    work_dir_base: str = ""
+    tuning: WrapperTuning = field(default_factory=WrapperTuning)
+    template: str = WRAPPER_TEMPLATE
+
+
+def pilot_arguments(options: PilotOptions) -> list[str]:
+    """The pilot's command-line options, in DIRAC's SiteDirector order; empty values left out.
+
+    The per-pilot ones (the stamp, the token file) are appended by the wrapper itself.
+    """
+    args: list[str] = []
+    for flag, value in (
+        ("-S", options.setup),
+        ("-V", options.installation),
+        ("-l", options.project),
+        ("-e", ",".join(options.extensions)),
+        ("-N", options.ce),
+        ("-Q", options.queue),
+        ("-n", options.site),
+    ):
+        if value:
+            args += [flag, value]
+    args.append(f"--wnVO={options.wn_vo or options.vo}")
+    if options.diracx_url_option:
+        args.append(f"{options.diracx_url_option}={options.server_url.rstrip('/')}")
+    args += options.extra_options
+    return args
+
+
+def _python_literal_json(value: Any) -> str:
+    """JSON that is also the body of a Python raw string literal r'...': no quote, no newline.
+
+    `ensure_ascii` escapes every control character and non-ASCII one; the single quote is the
+    only character left that could end the literal, and JSON never ends with a backslash.
+    """
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("'", "\\u0027")
+
+
+def _file_entry(item: PilotFile) -> dict[str, str]:
+    name = item.name
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise ConfigError(f"pilot file name {name!r}: a plain file name is required")
+    sha512 = item.sha512.lower()
+    data = ""
+    if item.content is not None:
+        actual = hashlib.sha512(item.content).hexdigest()
+        if sha512 and sha512 != actual:
+            raise ConfigError(f"pilot file {name}: sha512 does not match the embedded content")
+        sha512 = actual
+        data = base64.b64encode(zlib.compress(item.content, 9)).decode("ascii")
+    if not _SHA512.fullmatch(sha512):
+        raise ConfigError(f"pilot file {name}: sha512 must be 128 hexadecimal characters")
+    return {"name": name, "sha512": sha512, "data": data}
+
+
+def _check(options: PilotOptions) -> None:
+    url = urlsplit(options.server_url)
+    if url.scheme != "https" or not url.netloc:
+        raise ConfigError(f"server_url {options.server_url!r}: an https:// URL is required")
+    if not options.pilot_files:
+        raise ConfigError("pilot_files: at least the pilot script is required")
+    names = [f.name for f in options.pilot_files]
+    if options.pilot_script not in names:
+        raise ConfigError(f"pilot_script {options.pilot_script!r} is not among pilot_files")
+    if any(f.content is None for f in options.pilot_files) and not options.pilot_locations:
+        raise ConfigError("pilot_locations: required when a pilot file is not embedded")
+    for location in options.pilot_locations:
+        if not location.startswith(("https://", "file:", "/")):
+            raise ConfigError(
+                f"pilot location {location!r}: https://, file: or an absolute path expected"
+            )
+    if not options.python_commands or not all(
+        _COMMAND.fullmatch(c) for c in options.python_commands
+    ):
+        raise ConfigError("python_commands: names or paths of [A-Za-z0-9_./+-] characters")
+    for option in (options.diracx_url_option, options.stamp_option, options.token_file_option):
+        if not _OPTION.fullmatch(option):
+            raise ConfigError(f"option name {option!r}: '-x' or '--name' expected")
+    for name in options.environment:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"environment: {name!r} is not a variable name")
+    if options.ca_pem and "-----BEGIN CERTIFICATE-----" not in options.ca_pem:
+        raise ConfigError("ca_pem: PEM certificates expected")
+
+
+def wrapper_config(options: PilotOptions) -> dict[str, Any]:
+    """The `config` template variable: everything the embedded program reads from the queue."""
+    _check(options)
+    tuning = options.tuning
+    return {
+        "server_url": options.server_url.rstrip("/"),
+        "vo": options.vo,
+        "site": options.site,
+        "ce": options.ce,
+        "queue": options.queue,
+        "ca_pem": options.ca_pem,
+        "ca_path": options.ca_path,
+        "pilot_script": options.pilot_script,
+        "pilot_arguments": pilot_arguments(options),
+        "stamp_option": options.stamp_option,
+        "token_file_option": options.token_file_option,
+        "pilot_files": [_file_entry(f) for f in options.pilot_files],
+        "pilot_locations": list(options.pilot_locations),
+        "environment": dict(options.environment),
+        "work_dir_base": options.work_dir_base,
+        "exchange_attempts": tuning.exchange_attempts,
+        "backoff_initial_s": tuning.backoff_initial_s,
+        "backoff_max_s": tuning.backoff_max_s,
+        "http_timeout_s": tuning.http_timeout_s,
+        "download_max_bytes": tuning.download_max_bytes,
+        "log_batch_lines": tuning.log_batch_lines,
+        "log_flush_interval_s": tuning.log_flush_interval_s,
+        "log_buffer_lines": tuning.log_buffer_lines,
+        "log_max_line_chars": tuning.log_max_line_chars,
+        "refresh_margin_s": tuning.refresh_margin_s,
+        "final_flush_timeout_s": tuning.final_flush_timeout_s,
+        "status_attempts": tuning.status_attempts,
+    }
+
+
+class PreparedWrapper:
+    """A queue's compiled template and serialised settings: renders one wrapper per pilot."""
+
+    def __init__(self, template: jinja2.Template, config: dict[str, Any], python: str) -> None:
+        self._template = template
+        self._static = {
+            "config": config,
+            "config_json": _python_literal_json(config),
+            "python_commands": python,
+        }
+
+    def render(self, stamp: str, secret: str) -> str:
+        """The wrapper for one pilot. The result holds the secret: write it 0600, never log it."""
+        if not _STAMP.fullmatch(stamp):
+            raise ValueError(f"pilot stamp {stamp!r}: 1-32 of [A-Za-z0-9_-] expected")
+        if not _SECRET.fullmatch(secret):
+            raise ValueError("pilot secret: 1-128 URL-safe characters expected")  # not echoed
+        return self._template.render(self._static, pilot_stamp=stamp, pilot_secret=secret)
+
+
+class WrapperRenderer:
+    """Prepares queues' wrappers from the renderer's template folders (operator's first)."""
+
+    def __init__(self, renderer: TemplateRenderer) -> None:
+        self._renderer = renderer
+
+    def prepare(self, options: PilotOptions) -> PreparedWrapper:
+        """Checks the options and serialises them once; raises ConfigError with the reason."""
+        config = wrapper_config(options)
+        try:
+            template = self._renderer.template(options.template)
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"pilot wrapper template {options.template!r}: {exc}") from exc
+        return PreparedWrapper(template, config, " ".join(options.python_commands))
+
+
+def embedded_program(rendered: str) -> str:
+    """The Python program inside a rendered wrapper (between the heredoc markers), for checks."""
+    start = rendered.index("<<'SITE_DIRECTOR_PILOT_PY'\n") + len("<<'SITE_DIRECTOR_PILOT_PY'\n")
+    end = rendered.index("\nSITE_DIRECTOR_PILOT_PY\n", start)
+    return rendered[start : end + 1]
