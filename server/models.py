@@ -318,6 +318,11 @@ class LeaseRequest(_Strict):
     ttl_seconds: int = Field(ge=1, le=24 * 3600)
 
 
+class LeaseRelease(_Strict):
+    holder: str = Field(min_length=1, max_length=128)
+    queues: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(max_length=10_000)
+
+
 class LeaseGrant(BaseModel):
     granted: list[str]
     refused: list[str]
