@@ -1,0 +1,853 @@
+"""HTCondor-CE backend: remote submission to the CE's schedd, with spooling.
+
+How it talks to the CE, and why:
+
+- The CE is addressed the way an HTCondor-CE is: collector `host:9619`, schedd named `host`. The
+  schedd is located through the collector at each call, because its address changes whenever it
+  restarts.
+- One cluster per batch and one proc per pilot (the stamps and wrapper paths are the submit's
+  itemdata). Jobs are submitted with `spool=True`, then `Schedd.spool()` copies each wrapper to
+  the CE, so the wrapper files (which hold the pilots' secrets) are deleted right after.
+- Every job carries `+SiteDirectorStamp` and `+SiteDirectorQueue`, so `list_jobs` and `load` find
+  this director's pilots on the CE without any local state.
+- The `htcondor2` bindings are an optional extra: they are imported inside the functions that use
+  them. Their calls block, so they run in a worker thread. Which credential the client presents is
+  process-wide HTCondor configuration (`htcondor2.param`), so one lock serialises setting it and
+  the calls that use it.
+
+Errors: whatever the bindings raise is sorted by its message into the categories of
+`director.errors`: auth and rejected are permanent (`CEPermanentError`), unreachable and
+CE-side errors temporary (`CETemporaryError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from director.ce.base import (
+    ActionResult,
+    CEJob,
+    CELoad,
+    ComputingElement,
+    PilotOutput,
+    PilotSubmission,
+    QueueSpec,
+    StatusResult,
+    SubmitResult,
+)
+from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError
+from director.render import TemplateRenderer
+from director.states import (
+    HTCONDOR_COMPLETED,
+    HTCONDOR_HELD,
+    HTCONDOR_HOLD_SPOOLING,
+    HTCONDOR_IDLE,
+    HTCONDOR_REMOVED,
+    HTCONDOR_RUNNING,
+    HTCONDOR_SUSPENDED,
+    HTCONDOR_TRANSFERRING_OUTPUT,
+    htcondor_status,
+)
+from server.models import PilotStatus
+
+_log = logging.getLogger(__name__)
+
+REFERENCE_SCHEME = "htcondorce"
+STAMP_ATTRIBUTE = "SiteDirectorStamp"
+QUEUE_ATTRIBUTE = "SiteDirectorQueue"
+TEMPLATE = "htcondor.sub.j2"
+OUTPUT_LIMIT = 4 * 1024 * 1024
+"""At most this many bytes of a pilot's stdout or stderr are read back (the tail is kept)."""
+
+_JOB_PROJECTION = [
+    "ClusterId",
+    "ProcId",
+    "JobStatus",
+    "HoldReasonCode",
+    "HoldReasonSubCode",
+    "HoldReason",
+    "RemoveReason",
+    "ExitCode",
+    "ExitBySignal",
+    "ExitSignal",
+    STAMP_ATTRIBUTE,
+    "Environment",
+    "Iwd",
+    "SUBMIT_Iwd",
+    "LastHoldReason",
+    "LastHoldReasonCode",
+    "Out",
+    "Err",
+]
+_STATE_NAMES = {
+    HTCONDOR_IDLE: "Idle",
+    HTCONDOR_RUNNING: "Running",
+    HTCONDOR_REMOVED: "Removed",
+    HTCONDOR_COMPLETED: "Completed",
+    HTCONDOR_HELD: "Held",
+    HTCONDOR_TRANSFERRING_OUTPUT: "TransferringOutput",
+    HTCONDOR_SUSPENDED: "Suspended",
+}
+_STAMP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ATTRIBUTE_NAME_RE = re.compile(r"^\+?[A-Za-z_][A-Za-z0-9_.]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REFERENCE_RE = re.compile(rf"^{REFERENCE_SCHEME}://([^/]+)/(\d+)\.(\d+)$")
+_CLUSTERS_PER_QUERY = 200
+
+# HTCondor's client configuration is process-wide: one lock for every call that sets and uses it.
+_BINDINGS_LOCK = threading.Lock()
+
+T = TypeVar("T")
+
+
+class HTCondorCEConfig(BaseModel):
+    """One HTCondor-CE: where it is, how to authenticate, and submit defaults for its queues.
+
+    Authentication: at most one of `scitoken_file` (a SciToken/WLCG token the operator keeps
+    fresh), `idtoken_dir` (a folder of HTCondor IDTOKENs) and `x509_proxy` (an X.509 proxy, SSL
+    method). With none, the process's own HTCondor configuration decides.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["htcondor"] = "htcondor"
+    host: str = Field(min_length=1, max_length=255, description="the CE's host name")
+    port: int = Field(default=9619, ge=1, le=65535, description="the CE's collector port")
+    schedd_name: str | None = Field(default=None, description="defaults to `host`")
+    pool: str | None = Field(
+        default=None, description="collector address overriding host:port (tests, odd sites)"
+    )
+    scitoken_file: Path | None = None
+    idtoken_dir: Path | None = None
+    x509_proxy: Path | None = None
+    ca_dir: Path | None = Field(
+        default=None, description="CA certificates to verify the CE with (SSL/SciTokens)"
+    )
+    extra_attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description="submit commands added for every queue of this CE, verbatim ('+Attr': 'expr')",
+    )
+    remove_held_after_s: int | None = Field(
+        default=86400, ge=60, description="held jobs are removed by the CE after this long"
+    )
+    submit_timeout_s: float = Field(default=300.0, gt=0)
+    query_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("extra_attributes")
+    @classmethod
+    def _check_attributes(cls, value: dict[str, str]) -> dict[str, str]:
+        check_submit_attributes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> HTCondorCEConfig:
+        given = [
+            name
+            for name in ("scitoken_file", "idtoken_dir", "x509_proxy")
+            if getattr(self, name) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of scitoken_file, idtoken_dir, x509_proxy: {given}")
+        return self
+
+    @property
+    def collector(self) -> str:
+        return self.pool or f"{self.host}:{self.port}"
+
+    @property
+    def schedd(self) -> str:
+        return self.schedd_name or self.host
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+@dataclass(frozen=True, order=True)
+class JobId:
+    cluster: int
+    proc: int
+
+    def __str__(self) -> str:
+        return f"{self.cluster}.{self.proc}"
+
+
+def make_reference(host: str, job: JobId) -> str:
+    return f"{REFERENCE_SCHEME}://{host}/{job}"
+
+
+def parse_reference(reference: str) -> tuple[str, JobId]:
+    """`htcondorce://host/12.3` -> ("host", JobId(12, 3)); ValueError if it is not one."""
+    match = _REFERENCE_RE.match(reference)
+    if match is None:
+        raise ValueError(f"not an HTCondor-CE job reference: {reference!r}")
+    return match.group(1), JobId(int(match.group(2)), int(match.group(3)))
+
+
+def auth_parameters(config: HTCondorCEConfig) -> dict[str, str]:
+    """The HTCondor client settings that make the bindings present this CE's credential."""
+    params: dict[str, str] = {}
+    if config.scitoken_file is not None:
+        params["SEC_CLIENT_AUTHENTICATION_METHODS"] = "SCITOKENS"
+        params["SCITOKENS_FILE"] = str(config.scitoken_file)
+    elif config.idtoken_dir is not None:
+        params["SEC_CLIENT_AUTHENTICATION_METHODS"] = "IDTOKENS"
+        params["SEC_TOKEN_DIRECTORY"] = str(config.idtoken_dir)
+    elif config.x509_proxy is not None:
+        params["SEC_CLIENT_AUTHENTICATION_METHODS"] = "SSL"
+        params["X509_USER_PROXY"] = str(config.x509_proxy)
+        params["AUTH_SSL_CLIENT_CERTFILE"] = str(config.x509_proxy)
+        params["AUTH_SSL_CLIENT_KEYFILE"] = str(config.x509_proxy)
+    if config.ca_dir is not None:
+        params["AUTH_SSL_CLIENT_CADIR"] = str(config.ca_dir)
+    return params
+
+
+def check_submit_attributes(attributes: Mapping[str, str]) -> None:
+    """Refuse attribute names or values that would break out of their submit line."""
+    for name, value in attributes.items():
+        if not _ATTRIBUTE_NAME_RE.match(name):
+            raise ValueError(f"invalid submit attribute name {name!r}")
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"submit attribute {name!r}: value spans several lines")
+
+
+def classad_string(value: str) -> str:
+    """A ClassAd string literal, quotes included."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def condor_environment(variables: Mapping[str, str]) -> str:
+    """The inside of an `environment = "..."` submit line (HTCondor's "new" syntax).
+
+    Entries are separated by spaces; a value with spaces or quotes goes in single quotes, with
+    single quotes doubled, and double quotes are doubled too.
+    """
+    parts = []
+    for name, value in variables.items():
+        if not _ENV_NAME_RE.match(name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"environment variable {name}: value spans several lines")
+        escaped = value.replace('"', '""')
+        if any(c in value for c in " \t'\""):
+            escaped = "'" + escaped.replace("'", "''") + "'"
+        parts.append(f"{name}={escaped}")
+    return " ".join(parts)
+
+
+def queue_key(queue: QueueSpec) -> str:
+    """What `+SiteDirectorQueue` holds: the site, CE and CE queue this pilot was submitted for."""
+    return f"{queue.site}/{queue.ce}/{queue.name}"
+
+
+def job_constraint(jobs: Iterable[JobId]) -> str:
+    """A constraint matching exactly these jobs, grouped by cluster to stay short."""
+    by_cluster: dict[int, list[int]] = {}
+    for job in jobs:
+        by_cluster.setdefault(job.cluster, []).append(job.proc)
+    terms = []
+    for cluster, procs in sorted(by_cluster.items()):
+        if len(procs) == 1:
+            terms.append(f"(ClusterId == {cluster} && ProcId == {procs[0]})")
+        else:
+            members = ", ".join(str(p) for p in sorted(set(procs)))
+            terms.append(f"(ClusterId == {cluster} && member(ProcId, {{{members}}}))")
+    return " || ".join(terms) if terms else "false"
+
+
+def classify_error(message: str) -> CECategory:
+    """Sort an HTCondor client error message into a CE error category."""
+    text = message.lower()
+    if any(
+        word in text
+        for word in ("authenticate", "permission denied", "not authorized", "authoriz", "secman")
+    ):
+        return "auth"
+    if any(
+        word in text
+        for word in (
+            "cedar:",
+            "failed to connect",
+            "failed communication with collector",
+            "unable to locate",
+            "not found in the collector",
+            "connection refused",
+            "timed out",
+            "timeout",
+            "no route to host",
+        )
+    ):
+        return "unreachable"
+    if any(
+        word in text
+        for word in (
+            "failed to create job ad",
+            "parse error",
+            "submit_requirement",
+            "submit requirement",
+            "invalid",
+        )
+    ):
+        return "rejected"
+    return "ce_error"
+
+
+def ce_error(message: str, category: CECategory) -> CEError:
+    if category in ("auth", "rejected"):
+        return CEPermanentError(message, category)
+    return CETemporaryError(message, category)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _local_iwd(ad: Mapping[str, Any]) -> str:
+    """The submit-side folder of a job: spooled jobs have their Iwd rewritten to the CE's spool."""
+    return _as_str(ad.get("SUBMIT_Iwd")) or _as_str(ad.get("Iwd"))
+
+
+def _stamp_from_environment(environment: str) -> str:
+    match = re.search(r"(?:^|\s)PILOT_STAMP=([A-Za-z0-9_-]+)", environment)
+    return match.group(1) if match else ""
+
+
+def status_from_ad(reference: str, ad: Mapping[str, Any]) -> StatusResult:
+    """A job ad (from the queue or the history) -> the pilot's status, reason and exit code."""
+    job_status = _as_int(ad.get("JobStatus"))
+    if job_status is None:
+        return StatusResult(reference, PilotStatus.UNKNOWN, "", "job ad without JobStatus")
+    hold_code = _as_int(ad.get("HoldReasonCode"))
+    status = htcondor_status(job_status, hold_code)
+    state = _STATE_NAMES.get(job_status, f"JobStatus={job_status}")
+    reason = ""
+    exit_code: int | None = None
+    if job_status == HTCONDOR_HELD:
+        state = f"Held({hold_code})" if hold_code is not None else "Held"
+        reason = _as_str(ad.get("HoldReason")) or "held"
+        if hold_code == 3:  # on_exit_hold: the subcode is the pilot's exit code
+            exit_code = _as_int(ad.get("HoldReasonSubCode"))
+        if status is not PilotStatus.WAITING:
+            reason = f"held: {reason}"
+    elif job_status == HTCONDOR_REMOVED:
+        reason = "removed from the CE"
+        if _as_str(ad.get("RemoveReason")):
+            reason = f"removed: {ad.get('RemoveReason')}"
+        last_hold = _as_str(ad.get("LastHoldReason"))
+        if last_hold and _as_int(ad.get("LastHoldReasonCode")) != HTCONDOR_HOLD_SPOOLING:
+            reason = f"{reason} (after being held: {last_hold})"
+    elif job_status == HTCONDOR_COMPLETED:
+        exit_code = _as_int(ad.get("ExitCode"))
+    return StatusResult(reference, status, state, reason[:255], exit_code)
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+class ScheddLike(Protocol):
+    """The part of `htcondor2.Schedd` this backend calls (tests pass a FakeSchedd)."""
+
+    def submit(
+        self, description: Any, count: int = ..., spool: bool = ..., itemdata: Any = ...
+    ) -> Any: ...
+
+    def spool(self, result: Any) -> None: ...
+
+    def query(self, constraint: str = ..., projection: list[str] = ...) -> list[Any]: ...
+
+    def history(
+        self, constraint: str | None = ..., projection: list[str] = ..., match: int = ...
+    ) -> list[Any]: ...
+
+    def act(self, action: Any, job_spec: Any, reason: str | None = ...) -> Any: ...
+
+    def edit(self, job_spec: Any, attr: str, value: str) -> Any: ...
+
+    def retrieve(self, job_spec: Any) -> None: ...
+
+
+class HTCondorCE(ComputingElement):
+    """Pilots on one HTCondor-CE, submitted remotely to its schedd with spooling."""
+
+    kind = "htcondor"
+
+    def __init__(
+        self,
+        config: HTCondorCEConfig,
+        *,
+        renderer: TemplateRenderer,
+        work_dir: Path,
+        schedd_factory: Callable[[], ScheddLike] | None = None,
+    ) -> None:
+        self.config = config
+        self._renderer = renderer
+        self._work_dir = work_dir
+        self._schedd_factory = schedd_factory or self._locate_schedd
+        self._auth = auth_parameters(config)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _locate_schedd(self) -> ScheddLike:
+        import htcondor2
+
+        location = htcondor2.Collector(self.config.collector).locate(
+            htcondor2.DaemonTypes.Schedd, self.config.schedd
+        )
+        if location is None:
+            raise CETemporaryError(
+                f"schedd {self.config.schedd} not found in the collector {self.config.collector}",
+                "unreachable",
+            )
+        schedd: ScheddLike = htcondor2.Schedd(location)
+        return schedd
+
+    def _blocking(self, what: str, operation: Callable[[ScheddLike], T]) -> T:
+        """Run one operation against the schedd in this thread, with this CE's credential."""
+        try:
+            with _BINDINGS_LOCK:
+                if self._auth:
+                    import htcondor2
+
+                    for key, value in self._auth.items():
+                        htcondor2.param[key] = value
+                return operation(self._schedd_factory())
+        except CEError:
+            raise
+        except Exception as exc:  # the bindings raise HTCondorException, ValueError, ...
+            message = f"{what} on {self.config.host}: {exc}"
+            raise ce_error(message, classify_error(str(exc))) from exc
+
+    async def _call(self, what: str, operation: Callable[[ScheddLike], T], seconds: float) -> T:
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._blocking, what, operation), seconds
+            )
+        except TimeoutError as exc:
+            raise CETemporaryError(
+                f"{what} on {self.config.host}: no answer within {seconds:g} s", "unreachable"
+            ) from exc
+
+    def _parse(self, references: Sequence[str]) -> dict[str, JobId | str]:
+        """reference -> its job id, or the reason it cannot be one of this CE's jobs."""
+        parsed: dict[str, JobId | str] = {}
+        for reference in references:
+            try:
+                host, job = parse_reference(reference)
+            except ValueError as exc:
+                parsed[reference] = str(exc)
+                continue
+            if host != self.config.host:
+                parsed[reference] = f"job of another CE ({host}), not {self.config.host}"
+            else:
+                parsed[reference] = job
+        return parsed
+
+    @staticmethod
+    def _fetch_ads(
+        schedd: ScheddLike, jobs: Sequence[JobId], projection: list[str], history: bool
+    ) -> dict[JobId, Mapping[str, Any]]:
+        """The ads of these jobs from the queue, then from the history for those that left it."""
+        wanted = set(jobs)
+        found: dict[JobId, Mapping[str, Any]] = {}
+        clusters = sorted({job.cluster for job in wanted})
+        for start in range(0, len(clusters), _CLUSTERS_PER_QUERY):
+            chunk = set(clusters[start : start + _CLUSTERS_PER_QUERY])
+            subset = [job for job in wanted if job.cluster in chunk]
+            for ad in schedd.query(job_constraint(subset), projection):
+                _remember(found, wanted, ad)
+        missing = sorted(wanted - found.keys())
+        if history and missing:
+            for ad in schedd.history(job_constraint(missing), projection, len(missing)):
+                _remember(found, wanted, ad)
+        return found
+
+    # ------------------------------------------------------------------ rendering
+
+    def render_submit(
+        self,
+        queue: QueueSpec,
+        initialdir: Path,
+        items: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        """The submit description for a batch; with `items`, a complete file (dry runs)."""
+        check_submit_attributes(queue.extra_attributes)
+        environment = {**queue.environment, "PILOT_STAMP": "$(Stamp)"}
+        attributes = list(self.config.extra_attributes.items()) + list(
+            queue.extra_attributes.items()
+        )
+        return self._renderer.render(
+            TEMPLATE,
+            queue=queue,
+            initialdir=str(initialdir),
+            environment=condor_environment(environment),
+            queue_key=classad_string(queue_key(queue)),
+            remove_held_after_s=self.config.remove_held_after_s,
+            extra_attributes=attributes,
+            items=list(items),
+        )
+
+    # ------------------------------------------------------------------ the contract
+
+    async def submit(
+        self, queue: QueueSpec, pilots: Sequence[PilotSubmission]
+    ) -> list[SubmitResult]:
+        if not pilots:
+            return []
+        valid = [p for p in pilots if _STAMP_RE.match(p.stamp)]
+        batch_dir = (
+            self._work_dir
+            / "htcondor"
+            / self.config.host
+            / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+        )
+        try:
+            description = self.render_submit(queue, batch_dir)
+        except ValueError as exc:
+            raise CEPermanentError(
+                f"submit description for {queue_key(queue)}: {exc}", "rejected"
+            ) from exc
+        references: dict[str, str] = {}
+        if valid:
+            procs = await self._call(
+                "submit",
+                lambda schedd: self._submit_blocking(schedd, description, batch_dir, valid),
+                self.config.submit_timeout_s,
+            )
+            for pilot, job in zip(valid, procs, strict=False):
+                references[pilot.stamp] = make_reference(self.config.host, job)
+            _log.info(
+                "submitted %d pilots to %s (cluster %s)",
+                len(procs),
+                self.config.host,
+                procs[0].cluster if procs else "-",
+            )
+        results = []
+        for pilot in pilots:
+            if pilot.stamp in references:
+                results.append(SubmitResult(pilot.stamp, references[pilot.stamp]))
+            elif not _STAMP_RE.match(pilot.stamp):
+                results.append(SubmitResult(pilot.stamp, error="invalid pilot stamp"))
+            else:
+                results.append(
+                    SubmitResult(
+                        pilot.stamp, error="the CE made fewer jobs than asked", temporary=True
+                    )
+                )
+        return results
+
+    def _submit_blocking(
+        self,
+        schedd: ScheddLike,
+        description: str,
+        batch_dir: Path,
+        pilots: Sequence[PilotSubmission],
+    ) -> list[JobId]:
+        import htcondor2
+
+        batch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spool_dir = Path(tempfile.mkdtemp(prefix="htcondor-spool-", dir=self._work_dir))
+        try:
+            items = []
+            for pilot in pilots:
+                path = spool_dir / f"{pilot.stamp}.sh"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(pilot.wrapper)
+                items.append({"Stamp": pilot.stamp, "Wrapper": str(path)})
+            result = schedd.submit(htcondor2.Submit(description), spool=True, itemdata=iter(items))
+            cluster, first, count = result.cluster(), result.first_proc(), result.num_procs()
+            try:
+                schedd.spool(result)
+            except Exception:
+                # jobs whose input never arrives would stay held (code 16) on the CE
+                try:
+                    schedd.act(
+                        htcondor2.JobAction.Remove,
+                        f"ClusterId == {cluster}",
+                        "site director: spooling failed",
+                    )
+                except Exception:
+                    _log.warning("could not remove cluster %s after a failed spool", cluster)
+                raise
+            return [JobId(cluster, first + i) for i in range(min(count, len(pilots)))]
+        finally:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+
+    async def status(self, references: Sequence[str]) -> list[StatusResult]:
+        parsed = self._parse(references)
+        jobs = [job for job in parsed.values() if isinstance(job, JobId)]
+        ads: dict[JobId, Mapping[str, Any]] = {}
+        if jobs:
+            ads = await self._call(
+                "status",
+                lambda schedd: self._fetch_ads(schedd, jobs, _JOB_PROJECTION, history=True),
+                self.config.query_timeout_s,
+            )
+        results = []
+        for reference in references:
+            job = parsed[reference]
+            if not isinstance(job, JobId):
+                results.append(StatusResult(reference, None, error=job))
+            elif job in ads:
+                results.append(status_from_ad(reference, ads[job]))
+            else:
+                results.append(
+                    StatusResult(
+                        reference,
+                        PilotStatus.ABORTED,
+                        "Unknown",
+                        "job unknown to the CE (neither queued nor in its history)",
+                    )
+                )
+        return results
+
+    async def output(self, reference: str) -> PilotOutput:
+        job = self._parse([reference])[reference]
+        if not isinstance(job, JobId):
+            raise CEPermanentError(job, "rejected")
+        ads = await self._call(
+            "output",
+            lambda schedd: self._retrieve_blocking(schedd, job),
+            self.config.query_timeout_s,
+        )
+        ad = ads.get(job)
+        if ad is None:
+            return PilotOutput(reference, "", "")
+        iwd = _local_iwd(ad)
+        return PilotOutput(
+            reference,
+            stdout=_read_tail(iwd, _as_str(ad.get("Out"))),
+            stderr=_read_tail(iwd, _as_str(ad.get("Err"))),
+        )
+
+    def _retrieve_blocking(self, schedd: ScheddLike, job: JobId) -> dict[JobId, Mapping[str, Any]]:
+        ads = self._fetch_ads(schedd, [job], _JOB_PROJECTION, history=True)
+        ad = ads.get(job)
+        # output exists once the job has left the execute node; spooled jobs keep it until then
+        if (
+            ad is not None
+            and _as_int(ad.get("JobStatus"))
+            in (
+                HTCONDOR_COMPLETED,
+                HTCONDOR_HELD,
+                HTCONDOR_REMOVED,
+            )
+            and _as_int(ad.get("HoldReasonCode")) != HTCONDOR_HOLD_SPOOLING
+        ):
+            queued = schedd.query(job_constraint([job]), ["ClusterId"])
+            if queued:
+                schedd.retrieve(job_constraint([job]))
+        return ads
+
+    async def kill(self, references: Sequence[str]) -> list[ActionResult]:
+        parsed = self._parse(references)
+        jobs = [job for job in parsed.values() if isinstance(job, JobId)]
+        failures: dict[JobId, tuple[str, bool]] = {}
+        if jobs:
+            failures = await self._call(
+                "kill",
+                lambda schedd: self._remove_blocking(schedd, jobs),
+                self.config.query_timeout_s,
+            )
+        return self._action_results(references, parsed, failures)
+
+    @staticmethod
+    def _remove_blocking(
+        schedd: ScheddLike, jobs: Sequence[JobId]
+    ) -> dict[JobId, tuple[str, bool]]:
+        """Remove the jobs; those that are still live afterwards -> (error, temporary)."""
+        import htcondor2
+
+        totals = schedd.act(
+            htcondor2.JobAction.Remove, [str(job) for job in jobs], "removed by the site director"
+        )
+        if _as_int(_get(totals, "TotalSuccess")) == len(jobs):
+            return {}
+        denied = (_as_int(_get(totals, "TotalPermissionDenied")) or 0) > 0
+        summary = ", ".join(
+            f"{key[5:]}={_get(totals, key)}"
+            for key in (
+                "TotalSuccess",
+                "TotalNotFound",
+                "TotalBadStatus",
+                "TotalPermissionDenied",
+                "TotalError",
+            )
+        )
+        ads = HTCondorCE._fetch_ads(schedd, jobs, ["ClusterId", "ProcId", "JobStatus"], False)
+        failures = {}
+        for job, ad in ads.items():
+            if _as_int(ad.get("JobStatus")) not in (HTCONDOR_REMOVED, HTCONDOR_COMPLETED):
+                failures[job] = (f"the CE did not remove the job ({summary})", not denied)
+        return failures
+
+    async def clean(self, references: Sequence[str]) -> list[ActionResult]:
+        parsed = self._parse(references)
+        jobs = [job for job in parsed.values() if isinstance(job, JobId)]
+        failures: dict[JobId, tuple[str, bool]] = {}
+        if jobs:
+            failures = await self._call(
+                "clean",
+                lambda schedd: self._clean_blocking(schedd, jobs),
+                self.config.query_timeout_s,
+            )
+        return self._action_results(references, parsed, failures)
+
+    def _clean_blocking(
+        self, schedd: ScheddLike, jobs: Sequence[JobId]
+    ) -> dict[JobId, tuple[str, bool]]:
+        """Drop ended jobs from the CE's queue and their retrieved output from the work dir."""
+        ads = self._fetch_ads(schedd, jobs, _JOB_PROJECTION, history=True)
+        queued = self._fetch_ads(schedd, jobs, ["ClusterId", "ProcId", "JobStatus"], False)
+        completed = [
+            j for j, ad in queued.items() if _as_int(ad.get("JobStatus")) == HTCONDOR_COMPLETED
+        ]
+        live = [
+            j
+            for j, ad in queued.items()
+            if _as_int(ad.get("JobStatus")) not in (HTCONDOR_COMPLETED, HTCONDOR_REMOVED)
+        ]
+        if completed:
+            # spooled jobs stay in the queue until their output is fetched; let them go
+            schedd.edit([str(j) for j in completed], "LeaveJobInQueue", "false")
+        failures = self._remove_blocking(schedd, live) if live else {}
+        for ad in ads.values():
+            self._remove_output(_local_iwd(ad), (_as_str(ad.get("Out")), _as_str(ad.get("Err"))))
+        return failures
+
+    def _remove_output(self, iwd: str, names: Iterable[str]) -> None:
+        """Delete a job's retrieved output, and its batch folder once only the log is left.
+
+        Only ever inside this backend's work dir, whatever the job ad says.
+        """
+        if not iwd:
+            return
+        folder = Path(iwd).resolve()
+        if self._work_dir.resolve() not in folder.parents:
+            return
+        for name in names:
+            if name and name != "/dev/null":
+                (folder / name).unlink(missing_ok=True)
+        try:
+            if {entry.name for entry in folder.iterdir()} <= {"pilots.log"}:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _action_results(
+        references: Sequence[str],
+        parsed: Mapping[str, JobId | str],
+        failures: Mapping[JobId, tuple[str, bool]],
+    ) -> list[ActionResult]:
+        results = []
+        for reference in references:
+            job = parsed[reference]
+            if not isinstance(job, JobId):
+                results.append(ActionResult(reference, error=job))
+            elif job in failures:
+                error, temporary = failures[job]
+                results.append(ActionResult(reference, error=error, temporary=temporary))
+            else:
+                results.append(ActionResult(reference))
+        return results
+
+    async def load(self, queue: QueueSpec) -> CELoad:
+        ads = await self._call(
+            "load",
+            lambda schedd: schedd.query(
+                f"{QUEUE_ATTRIBUTE} == {classad_string(queue_key(queue))}",
+                ["JobStatus", "HoldReasonCode"],
+            ),
+            self.config.query_timeout_s,
+        )
+        running = waiting = 0
+        for ad in ads:
+            job_status = _as_int(ad.get("JobStatus"))
+            hold_code = _as_int(ad.get("HoldReasonCode"))
+            if job_status == HTCONDOR_IDLE or (
+                job_status == HTCONDOR_HELD and hold_code == HTCONDOR_HOLD_SPOOLING
+            ):
+                waiting += 1
+            elif job_status in (HTCONDOR_RUNNING, HTCONDOR_TRANSFERRING_OUTPUT, HTCONDOR_SUSPENDED):
+                running += 1
+        return CELoad(running=running, waiting=waiting)
+
+    async def list_jobs(self, queue: QueueSpec) -> list[CEJob]:
+        ads = await self._call(
+            "list jobs",
+            lambda schedd: schedd.query(
+                f"{QUEUE_ATTRIBUTE} == {classad_string(queue_key(queue))}", _JOB_PROJECTION
+            ),
+            self.config.query_timeout_s,
+        )
+        jobs = []
+        for ad in ads:
+            cluster, proc = _as_int(ad.get("ClusterId")), _as_int(ad.get("ProcId"))
+            if cluster is None or proc is None:
+                continue
+            stamp = _as_str(ad.get(STAMP_ATTRIBUTE)) or _stamp_from_environment(
+                _as_str(ad.get("Environment"))
+            )
+            if not stamp:
+                continue
+            reference = make_reference(self.config.host, JobId(cluster, proc))
+            status = status_from_ad(reference, ad).status or PilotStatus.UNKNOWN
+            jobs.append(CEJob(reference, stamp, status))
+        return jobs
+
+
+def _get(ad: Any, key: str) -> Any:
+    try:
+        return ad.get(key)
+    except AttributeError:
+        return None
+
+
+def _remember(
+    found: dict[JobId, Mapping[str, Any]], wanted: set[JobId], ad: Mapping[str, Any]
+) -> None:
+    cluster, proc = _as_int(ad.get("ClusterId")), _as_int(ad.get("ProcId"))
+    if cluster is None or proc is None:
+        return
+    job = JobId(cluster, proc)
+    if job in wanted and job not in found:
+        found[job] = ad
+
+
+def _read_tail(iwd: str, name: str) -> str:
+    """The last OUTPUT_LIMIT bytes of a retrieved output file, or "" if there is none."""
+    if not name or name == "/dev/null":
+        return ""
+    path = Path(iwd) / name if iwd else Path(name)
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - OUTPUT_LIMIT))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
