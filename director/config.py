@@ -36,6 +36,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -137,28 +138,51 @@ class DirectorConfig(_Model):
 
 
 class PilotFile(_Model):
-    url: str = Field(min_length=1, description="https://..., file:///... or a path")
+    """A file the pilot needs. Embedded in the wrapper when `path` or `template` names a local
+    copy; otherwise downloaded on the worker node from `pilot.locations` and checked against
+    `sha512` (then required)."""
+
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\]+$")
     sha512: str | None = Field(None, pattern=r"^[0-9a-fA-F]{128}$")
+    path: Path | None = Field(None, description="embed this local file")
+    template: str | None = Field(None, description="embed this file of the template folders")
+
+    @model_validator(mode="after")
+    def _source(self) -> PilotFile:
+        if self.path is not None and self.template is not None:
+            raise ValueError("give path or template, not both")
+        if self.path is None and self.template is None and self.sha512 is None:
+            raise ValueError("sha512 is required for a downloaded file")
+        return self
 
 
 class PilotOptions(_Model):
     """Options for the DIRAC pilot; a queue's `pilot` block overrides these key by key."""
 
-    setup: str | None = None
-    installation: str | None = None
-    project: str | None = None
-    version: str | None = None
-    extensions: list[str] | None = None
+    setup: str | None = Field(None, description="-S")
+    installation: str | None = Field(None, description="-V")
+    project: str | None = Field(None, description="-l")
+    extensions: list[str] | None = Field(None, description="-e")
+    wn_vo: str | None = Field(None, description="--wnVO; default: the site's VO")
+    pilot_script: str | None = Field(None, description="default: dirac-pilot.py")
     files: list[PilotFile] | None = Field(None, description="pilot files with SHA-512 sums")
-    cvmfs_locations: list[str] | None = None
+    locations: list[str] | None = Field(None, description="https:// or file: URLs, or paths")
+    cvmfs_locations: list[str] | None = Field(None, description="tried before `locations`")
     extra_options: list[str] | None = None
     diracx_url: str | None = Field(None, description="URL pilots call; default: server.url")
-    log_level: str | None = None
+    diracx_url_option: str | None = None
+    stamp_option: str | None = None
+    token_file_option: str | None = None
+    ca_file: Path | None = Field(None, description="CA PEM embedded; default server.ca_bundle")
+    ca_path: str | None = Field(None, description="CA file/dir on the worker node instead")
+    python_commands: list[str] | None = None
+    work_dir_base: str | None = None
+    environment: dict[str, str] | None = Field(None, description="added for the pilot")
 
     def merged(self, override: PilotOptions | None) -> PilotOptions:
         if override is None:
             return self
-        values = self.model_dump()
+        values = self.model_dump(exclude_unset=True)
         values.update(override.model_dump(exclude_unset=True))
         return PilotOptions.model_validate(values)
 

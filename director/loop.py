@@ -1,0 +1,732 @@
+"""The director's cycles: one `run_cycle()` for `run`, `once` and the dry run, and one
+`monitor_cycle()`.
+
+Submission, per queue, concurrently up to `director.concurrency`, each queue bounded by
+`director.queue_timeout_seconds` so a slow CE never holds the others up:
+
+1. skip the queue when its site, CE or itself is disabled, when it is backed off, or when
+   another director holds its lease;
+2. reconcile: CE jobs against server records by stamp (a reference the server misses is patched
+   on; a pilot registered but absent from the CE after `submit_grace_seconds` is Aborted and its
+   secret revoked), so a crash at any point loses no pilot and counts none twice;
+3. count waiting and running pilots from the CE, or from the server's records when the CE
+   cannot tell; demand from the configured source; n = min(slots, demand) (`director.slots`);
+4. n stamps, one server call registering them and minting one bound secret each, n wrappers,
+   one bulk submission, references patched on in one call; a failed submission Aborts its
+   pilots with the CE's reason, revokes their secrets and backs the queue off.
+
+Monitoring, per queue: the status of live pilots from the CE, patched in bulk; Unknown or held
+too long -> Aborted (and killed); ended jobs' leftovers cleaned.
+
+The dry run is the submission cycle without the server's side effects: no lease, no
+registration, no secret (a placeholder goes into the wrappers), no submission. It writes the
+wrappers and the CE's submit descriptions under the output folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from director import ce as ce_registry
+from director.backoff import Backoff
+from director.ce.base import ComputingElement, PilotSubmission, QueueSpec, SubmitResult
+from director.client import ServerClient
+from director.config import QueueRef, Settings
+from director.demand import DemandSource, make_demand_source
+from director.errors import CEError, ConfigError, ServerError, ServerUnavailable
+from director.metrics import Metrics
+from director.render import TemplateRenderer, default_template_dir
+from director.slots import Limits, plan
+from director.wrapper import PilotFile, PilotOptions, PreparedWrapper, WrapperRenderer
+from server.models import (
+    FINAL_STATUSES,
+    BulkPilot,
+    BulkRegistration,
+    PilotMetadata,
+    PilotStatus,
+    ScalarSearch,
+    SearchParams,
+    SecretConstraints,
+    SummaryParams,
+    VectorSearch,
+)
+
+log = logging.getLogger(__name__)
+
+DRY_RUN_SECRET = "dry-run-placeholder-not-a-secret"  # noqa: S105 - a placeholder
+GRID_TYPES = {"local": "Local", "arc": "ARC", "htcondor": "HTCondorCE"}
+LIVE = [s.value for s in PilotStatus if s not in FINAL_STATUSES]
+_RANK = {
+    PilotStatus.SUBMITTED: 0,
+    PilotStatus.UNKNOWN: 0,
+    PilotStatus.WAITING: 1,
+    PilotStatus.RUNNING: 2,
+}
+
+
+@dataclass
+class QueueOutcome:
+    """What one queue's cycle did: one log line, one dry-run table row."""
+
+    queue: str
+    ce: str
+    kind: str
+    slots: int = 0
+    demand: int = 0
+    n: int = 0
+    submitted: int = 0
+    failed: int = 0
+    waiting: int = 0
+    running: int = 0
+    counts_from: str = ""
+    why: str = ""
+    seconds: float = 0.0
+    stamps: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class MonitorOutcome:
+    queue: str
+    ce: str
+    checked: int = 0
+    updated: int = 0
+    aborted: int = 0
+    cleaned: int = 0
+    seconds: float = 0.0
+    why: str = ""
+    error: str | None = None
+
+
+def new_stamp() -> str:
+    """32 lowercase hex characters (128 random bits), as DIRAC makes pilot stamps."""
+    return secrets.token_hex(16)
+
+
+def _parse_time(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+class Director:
+    """Holds what lives across cycles: CEs, back-off, trackers, prepared wrappers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: ServerClient | None,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        demand: DemandSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        extra = [settings.director.template_dir] if settings.director.template_dir else []
+        self.renderer = TemplateRenderer(extra)
+        self._template_dirs = [*extra, default_template_dir()]
+        self.wrappers = WrapperRenderer(self.renderer)
+        cfg = settings.director.backoff
+        self.backoff = Backoff(cfg.initial_seconds, cfg.max_seconds, cfg.factor, clock=clock)
+        self.demand = demand or make_demand_source(settings)
+        self._ces: dict[str, ComputingElement] = {}
+        self._prepared: dict[str, PreparedWrapper] = {}
+        self._unknown_since: dict[str, float] = {}
+        self._held_since: dict[str, float] = {}
+        self._lease_warned = False
+        self.queues: list[QueueRef] = list(settings.queues())
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def ce_for(self, ref: QueueRef) -> ComputingElement:
+        key = f"{ref.site}/{ref.ce}"
+        ce = self._ces.get(key)
+        if ce is None:
+            work_dir = self.settings.director.work_dir / "ce" / _safe(ref.site) / _safe(ref.ce)
+            ce = ce_registry.make_ce(ref.entry.ce, renderer=self.renderer, work_dir=work_dir)
+            self._ces[key] = ce
+        return ce
+
+    @staticmethod
+    def spec_for(ref: QueueRef) -> QueueSpec:
+        q = ref.config
+        return QueueSpec(
+            name=ref.ce_queue,
+            site=ref.site,
+            ce=ref.ce,
+            processors=q.processors,
+            memory_mb=q.memory_mb,
+            max_runtime_s=q.max_runtime_s,
+            tags=tuple(q.tags),
+            platform=q.platform,
+            environment=dict(q.environment),
+            extra_attributes=dict(q.extra_attributes),
+        )
+
+    def _find_template_file(self, name: str) -> Path:
+        for folder in self._template_dirs:
+            if (folder / name).is_file():
+                return folder / name
+        raise ConfigError(f"pilot.files: {name!r} not found in the template folders")
+
+    def wrapper_options(self, ref: QueueRef) -> PilotOptions:
+        """The queue's pilot options in the wrapper's terms (`director.wrapper.PilotOptions`)."""
+        p = ref.pilot
+        files = []
+        for item in p.files or []:
+            content = None
+            if item.path is not None:
+                content = item.path.read_bytes()
+            elif item.template is not None:
+                content = self._find_template_file(item.template).read_bytes()
+            files.append(PilotFile(item.name, (item.sha512 or "").lower(), content))
+        ca_file = p.ca_file or self.settings.server.ca_bundle
+        ca_pem = ca_file.read_text() if ca_file is not None and not p.ca_path else ""
+        optional: dict[str, Any] = {}
+        for name in (
+            "diracx_url_option",
+            "stamp_option",
+            "token_file_option",
+            "pilot_script",
+            "work_dir_base",
+        ):
+            if getattr(p, name) is not None:
+                optional[name] = getattr(p, name)
+        if p.python_commands:
+            optional["python_commands"] = tuple(p.python_commands)
+        return PilotOptions(
+            server_url=p.diracx_url or str(self.settings.server.url),
+            vo=ref.vo,
+            site=ref.site,
+            ce=ref.ce,
+            queue=ref.ce_queue,
+            pilot_files=tuple(files),
+            pilot_locations=tuple([*(p.cvmfs_locations or []), *(p.locations or [])]),
+            setup=p.setup or "",
+            installation=p.installation or "",
+            project=p.project or "",
+            extensions=tuple(p.extensions or ()),
+            wn_vo=p.wn_vo or "",
+            extra_options=tuple(p.extra_options or ()),
+            ca_pem=ca_pem,
+            ca_path=p.ca_path or "",
+            environment=dict(p.environment or {}),
+            **optional,
+        )
+
+    def prepared(self, ref: QueueRef) -> PreparedWrapper:
+        prepared = self._prepared.get(ref.key)
+        if prepared is None:
+            path = f"sites.{ref.site}.ces.{ref.ce}.queues.{ref.queue}.pilot"
+            try:
+                prepared = self.wrappers.prepare(self.wrapper_options(ref))
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from exc
+            except OSError as exc:
+                raise ConfigError(f"{path}: {exc}") from exc
+            self._prepared[ref.key] = prepared
+        return prepared
+
+    def check(self) -> list[str]:
+        """Problems found by preparing every enabled queue's wrapper (at start-up and reload)."""
+        problems = []
+        for ref in self.queues:
+            if ref.enabled:
+                try:
+                    self.prepared(ref)
+                except ConfigError as exc:
+                    problems.append(str(exc))
+        return problems
+
+    async def close(self) -> None:
+        for ce in self._ces.values():
+            try:
+                await ce.close()
+            except Exception:
+                log.exception("closing a CE failed")
+        self._ces.clear()
+        await self.demand.aclose()
+
+    # --- server helpers -----------------------------------------------------------------------
+
+    def _server(self) -> ServerClient:
+        if self.client is None:
+            raise ServerUnavailable("no server configured")
+        return self.client
+
+    @staticmethod
+    def _queue_search(ref: QueueRef) -> list[ScalarSearch | VectorSearch]:
+        return [
+            ScalarSearch(parameter="GridSite", operator="eq", value=ref.site),
+            ScalarSearch(parameter="DestinationSite", operator="eq", value=ref.ce),
+            ScalarSearch(parameter="Queue", operator="eq", value=ref.ce_queue),
+            VectorSearch(parameter="Status", operator="in", values=list(LIVE)),
+        ]
+
+    async def live_pilots(self, ref: QueueRef) -> list[dict[str, Any]]:
+        """The queue's pilots that are not final, from the server."""
+        params = SearchParams(
+            parameters=["PilotStamp", "PilotJobReference", "Status", "SubmissionTime"],
+            search=self._queue_search(ref),
+        )
+        return await self._server().search(params)
+
+    async def server_counts(self, ref: QueueRef) -> tuple[int, int]:
+        rows = await self._server().summary(
+            SummaryParams(grouping=["Status"], search=self._queue_search(ref))
+        )
+        by_status = {str(r.get("Status")): int(r.get("count", 0)) for r in rows}
+        waiting = sum(by_status.get(s, 0) for s in ("Submitted", "Waiting", "Unknown"))
+        return waiting, by_status.get("Running", 0)
+
+    async def leases(self, refs: Sequence[QueueRef]) -> set[str]:
+        """The queues this instance may work now (all of them without leases)."""
+        keys = [r.key for r in refs]
+        if not self.settings.director.leases or not keys:
+            return set(keys)
+        try:
+            grant = await self._server().take_leases(
+                self.settings.director.name, keys, self.settings.director.lease_ttl_seconds
+            )
+        except ServerError as exc:
+            if exc.status == 404 and not isinstance(exc, ServerUnavailable):
+                if not self._lease_warned:
+                    log.warning("the server has no lease endpoint: running without leases")
+                    self._lease_warned = True
+                return set(keys)
+            raise
+        return set(grant.granted)
+
+    async def release_leases(self) -> None:
+        if self.client is None or not self.settings.director.leases:
+            return
+        keys = [r.key for r in self.queues if r.enabled]
+        if keys:
+            try:
+                await self.client.release_leases(self.settings.director.name, keys)
+            except ServerError as exc:
+                log.info("releasing leases failed: %s", exc)
+
+    # --- submission ---------------------------------------------------------------------------
+
+    async def run_cycle(
+        self,
+        *,
+        dry_run: bool = False,
+        output: Path | None = None,
+        only: str | None = None,
+    ) -> list[QueueOutcome]:
+        """One submission cycle over every queue (or the queue named `only`)."""
+        started = self.clock()
+        refs = [r for r in self.queues if only is None or only in (r.key, r.queue)]
+        if only is not None and not refs:
+            raise ConfigError(f"--queue {only}: no such queue (site/ce/queue or queue name)")
+        granted: set[str] = set()
+        lease_error = ""
+        if not dry_run:
+            try:
+                granted = await self.leases([r for r in refs if r.enabled])
+            except ServerError as exc:
+                lease_error = f"leases: {exc}"
+        await self.demand.refresh()
+        semaphore = asyncio.Semaphore(self.settings.director.concurrency)
+
+        async def one(ref: QueueRef) -> QueueOutcome:
+            async with semaphore:
+                return await self._queue_cycle(ref, granted, lease_error, dry_run, output)
+
+        outcomes = list(await asyncio.gather(*(one(r) for r in refs)))
+        self.metrics.cycle_seconds.labels("submission").observe(self.clock() - started)
+        return outcomes
+
+    async def _queue_cycle(
+        self,
+        ref: QueueRef,
+        granted: set[str],
+        lease_error: str,
+        dry_run: bool,
+        output: Path | None,
+    ) -> QueueOutcome:
+        kind = str(getattr(ref.entry.ce, "kind", "?"))
+        outcome = QueueOutcome(queue=ref.key, ce=ref.ce, kind=kind)
+        started = self.clock()
+        try:
+            if not ref.enabled:
+                outcome.why = "disabled"
+            elif self.backoff.blocked(ref.key):
+                outcome.why = (
+                    f"backed off {self.backoff.remaining(ref.key):.0f}s: "
+                    f"{self.backoff.reason(ref.key)}"
+                )
+            elif not dry_run and lease_error:
+                outcome.why = lease_error
+                outcome.error = lease_error
+            elif not dry_run and ref.key not in granted:
+                outcome.why = "lease held by another director"
+            else:
+                async with asyncio.timeout(self.settings.director.queue_timeout_seconds):
+                    await self._submit(ref, outcome, dry_run, output)
+        except TimeoutError:
+            outcome.error = outcome.why = (
+                f"timed out after {self.settings.director.queue_timeout_seconds:.0f}s"
+            )
+            self.backoff.failure(ref.key, outcome.error)
+        except (ServerError, CEError, ConfigError, OSError) as exc:
+            outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, CEError):
+                self.backoff.failure(ref.key, exc.reason)
+        except Exception as exc:
+            log.exception("queue %s: unexpected error", ref.key)
+            outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
+        outcome.seconds = self.clock() - started
+        self.metrics.backoff_seconds.labels(ref.key).set(self.backoff.remaining(ref.key))
+        self._log("submission", outcome)
+        return outcome
+
+    async def _counts(
+        self, ref: QueueRef, ce: ComputingElement, dry_run: bool, outcome: QueueOutcome
+    ) -> tuple[int, int]:
+        try:
+            load = await ce.load(self.spec_for(ref))
+        except CEError as exc:
+            log.info("queue %s: CE cannot count (%s); counting from the server", ref.key, exc)
+        else:
+            outcome.counts_from = "ce"
+            return load.waiting, load.running
+        try:
+            counts = await self.server_counts(ref)
+        except ServerUnavailable:
+            if not dry_run:
+                raise
+            outcome.counts_from = "none (no CE count, no server)"
+            return 0, 0
+        outcome.counts_from = "server"
+        return counts
+
+    async def _submit(
+        self, ref: QueueRef, outcome: QueueOutcome, dry_run: bool, output: Path | None
+    ) -> None:
+        ce = self.ce_for(ref)
+        spec = self.spec_for(ref)
+        prepared = self.prepared(ref)
+        if not dry_run:
+            await self.reconcile(ref, ce, spec)
+        waiting, running = await self._counts(ref, ce, dry_run, outcome)
+        outcome.waiting, outcome.running = waiting, running
+        demand = self.demand.demand(ref, waiting)
+        q = ref.config
+        result = plan(
+            Limits(q.max_total_pilots, q.max_waiting_pilots, q.pilots_per_cycle),
+            waiting,
+            running,
+            demand,
+        )
+        outcome.slots, outcome.demand, outcome.n, outcome.why = (
+            result.slots,
+            result.demand,
+            result.n,
+            result.why,
+        )
+        if result.n == 0:
+            return
+        stamps = [new_stamp() for _ in range(result.n)]
+        outcome.stamps = stamps
+        if dry_run:
+            self._write_dry_run(ref, ce, spec, prepared, stamps, output)
+            return
+        client = self._server()
+        constraints = self.settings.director.secret
+        registration = await client.register_bulk(
+            BulkRegistration(
+                vo=ref.vo,
+                pilots=[
+                    BulkPilot(
+                        pilot_stamp=s,
+                        grid_type=GRID_TYPES.get(outcome.kind, outcome.kind),
+                        grid_site=ref.site,
+                        destination_site=ref.ce,
+                        queue=ref.ce_queue,
+                    )
+                    for s in stamps
+                ],
+                mint_secrets=True,
+                secret_constraints=SecretConstraints(
+                    expiration_minutes=constraints.expiration_minutes,
+                    pilot_secret_use_count_max=constraints.use_count_max,
+                ),
+            )
+        )
+        secret_of = {m.pilot_stamp: m.pilot_secret for m in registration.secrets}
+        submissions = []
+        for stamp in stamps:
+            if stamp not in secret_of:
+                raise ServerError(f"the server minted no secret for pilot {stamp}")
+            submissions.append(PilotSubmission(stamp, prepared.render(stamp, secret_of[stamp])))
+        del secret_of
+        try:
+            results = await ce.submit(spec, submissions)
+        except CEError as exc:
+            results = [SubmitResult(s, error=exc.reason, temporary=exc.temporary) for s in stamps]
+        del submissions
+        await self._record_submission(ref, results, outcome)
+
+    async def _record_submission(
+        self, ref: QueueRef, results: Sequence[SubmitResult], outcome: QueueOutcome
+    ) -> None:
+        client = self._server()
+        updates: dict[str, PilotMetadata] = {}
+        failed: list[str] = []
+        reasons: list[str] = []
+        for r in results:
+            if r.ok:
+                updates[r.stamp] = PilotMetadata(pilot_job_reference=r.reference)
+            else:
+                reason = (r.error or "submission failed")[:255]
+                updates[r.stamp] = PilotMetadata(status=PilotStatus.ABORTED, status_reason=reason)
+                failed.append(r.stamp)
+                reasons.append(reason)
+        await client.patch_metadata(updates)
+        if failed:
+            await client.revoke_secrets(failed)
+        outcome.submitted = len(results) - len(failed)
+        outcome.failed = len(failed)
+        self.metrics.submitted.labels(ref.key).inc(outcome.submitted)
+        self.metrics.failed.labels(ref.key).inc(outcome.failed)
+        if failed:
+            rest = self.backoff.failure(ref.key, reasons[0])
+            outcome.why = f"{len(failed)} failed ({reasons[0]}); backing off {rest:.0f}s"
+        else:
+            self.backoff.success(ref.key)
+
+    def _write_dry_run(
+        self,
+        ref: QueueRef,
+        ce: ComputingElement,
+        spec: QueueSpec,
+        prepared: PreparedWrapper,
+        stamps: list[str],
+        output: Path | None,
+    ) -> None:
+        if output is None:
+            return
+        folder = output / _safe(ref.site) / _safe(ref.ce) / _safe(ref.queue)
+        folder.mkdir(parents=True, exist_ok=True)
+        pilots = [PilotSubmission(s, prepared.render(s, DRY_RUN_SECRET)) for s in stamps]
+        for pilot in pilots:
+            path = folder / f"{pilot.stamp}.sh"
+            path.write_text(pilot.wrapper)
+            path.chmod(0o700)
+        describe = ce_registry.describe_submission(ce)
+        if describe is not None:
+            for name, text in describe(spec, pilots).items():
+                (folder / _safe(name)).write_text(text)
+
+    # --- reconciliation -----------------------------------------------------------------------
+
+    async def reconcile(self, ref: QueueRef, ce: ComputingElement, spec: QueueSpec) -> None:
+        """CE jobs vs server records, by stamp: patch missing references on, Abort pilots that
+        were registered but never reached the CE (after the grace period)."""
+        try:
+            jobs = await ce.list_jobs(spec)
+        except CEError as exc:
+            log.info("queue %s: cannot list CE jobs for reconciliation: %s", ref.key, exc)
+            return
+        pilots = await self.live_pilots(ref)
+        on_ce = {job.stamp: job for job in jobs}
+        now = self.clock()
+        grace = self.settings.director.submit_grace_seconds
+        updates: dict[str, PilotMetadata] = {}
+        never: list[str] = []
+        for pilot in pilots:
+            stamp = str(pilot.get("PilotStamp"))
+            if pilot.get("PilotJobReference"):
+                continue
+            job = on_ce.get(stamp)
+            if job is not None:
+                updates[stamp] = PilotMetadata(pilot_job_reference=job.reference)
+                continue
+            submitted = _parse_time(pilot.get("SubmissionTime"))
+            if submitted is not None and now - submitted > grace:
+                never.append(stamp)
+                updates[stamp] = PilotMetadata(
+                    status=PilotStatus.ABORTED,
+                    status_reason="registered but never submitted to the CE",
+                )
+        if updates:
+            await self._server().patch_metadata(updates)
+            log.info(
+                "reconcile queue=%s references=%d never_submitted=%d",
+                ref.key,
+                len(updates) - len(never),
+                len(never),
+            )
+        if never:
+            await self._server().revoke_secrets(never)
+            self.metrics.aborted.labels(ref.key).inc(len(never))
+
+    # --- monitoring ---------------------------------------------------------------------------
+
+    async def monitor_cycle(self, *, only: str | None = None) -> list[MonitorOutcome]:
+        started = self.clock()
+        refs = [r for r in self.queues if r.enabled and (only is None or only in (r.key, r.queue))]
+        try:
+            granted = await self.leases(refs)
+        except ServerError as exc:
+            log.warning("monitoring: leases: %s", exc)
+            return [MonitorOutcome(r.key, r.ce, error=str(exc)) for r in refs]
+        semaphore = asyncio.Semaphore(self.settings.director.concurrency)
+
+        async def one(ref: QueueRef) -> MonitorOutcome:
+            outcome = MonitorOutcome(ref.key, ref.ce)
+            t0 = self.clock()
+            if ref.key not in granted:
+                outcome.why = "lease held by another director"
+                return outcome
+            async with semaphore:
+                try:
+                    async with asyncio.timeout(self.settings.director.queue_timeout_seconds):
+                        await self._monitor(ref, outcome)
+                except (ServerError, CEError, OSError, TimeoutError) as exc:
+                    outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:
+                    log.exception("queue %s: unexpected monitoring error", ref.key)
+                    outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
+            outcome.seconds = self.clock() - t0
+            self._log("monitoring", outcome)
+            return outcome
+
+        outcomes = list(await asyncio.gather(*(one(r) for r in refs)))
+        self.metrics.cycle_seconds.labels("monitoring").observe(self.clock() - started)
+        return outcomes
+
+    def _stuck(self, trackers: dict[str, float], stamp: str, now: float, limit: float) -> bool:
+        since = trackers.setdefault(stamp, now)
+        return now - since > limit
+
+    async def _monitor(self, ref: QueueRef, outcome: MonitorOutcome) -> None:
+        ce = self.ce_for(ref)
+        spec = self.spec_for(ref)
+        pilots = [p for p in await self.live_pilots(ref) if p.get("PilotJobReference")]
+        by_reference = {str(p["PilotJobReference"]): p for p in pilots}
+        results = await ce.status(list(by_reference)) if by_reference else []
+        now = self.clock()
+        cfg = self.settings.director
+        updates: dict[str, PilotMetadata] = {}
+        to_kill: list[str] = []
+        ended: list[str] = []
+        aborted_by_ce: list[str] = []
+        live_counts: dict[str, int] = {}
+        for result in results:
+            pilot = by_reference.get(result.reference)
+            if pilot is None or result.status is None:
+                continue
+            outcome.checked += 1
+            stamp = str(pilot["PilotStamp"])
+            current = PilotStatus(str(pilot.get("Status")))
+            new = result.status
+            held = "HELD" in result.ce_state.upper()
+            if new == PilotStatus.UNKNOWN or held:
+                trackers = self._held_since if held else self._unknown_since
+                limit = cfg.held_timeout_seconds if held else cfg.unknown_timeout_seconds
+                if self._stuck(trackers, stamp, now, limit):
+                    what = "held" if held else "in Unknown"
+                    reason = f"{what} for more than {limit:.0f}s"
+                    if result.reason:
+                        reason += f": {result.reason}"
+                    updates[stamp] = PilotMetadata(
+                        status=PilotStatus.ABORTED, status_reason=reason[:255]
+                    )
+                    to_kill.append(result.reference)
+                    trackers.pop(stamp, None)
+                    outcome.aborted += 1
+                    continue
+                live_counts[current.value] = live_counts.get(current.value, 0) + 1
+                if held or new == current:
+                    continue
+            else:
+                self._unknown_since.pop(stamp, None)
+                self._held_since.pop(stamp, None)
+            if new in FINAL_STATUSES:
+                meta: dict[str, Any] = {"status": new}
+                if result.reason:
+                    meta["status_reason"] = result.reason[:255]
+                updates[stamp] = PilotMetadata(**meta)
+                ended.append(result.reference)
+                if new == PilotStatus.ABORTED:
+                    aborted_by_ce.append(result.reason or result.ce_state)
+                continue
+            live_counts[new.value] = live_counts.get(new.value, 0) + 1
+            if new != current and _RANK.get(new, 0) > _RANK.get(current, 0):
+                updates[stamp] = PilotMetadata(status=new)
+        if updates:
+            await self._server().patch_metadata(updates)
+        outcome.updated = len(updates)
+        if to_kill:
+            await ce.kill(to_kill)
+            self.metrics.aborted.labels(ref.key).inc(len(to_kill))
+        if aborted_by_ce:
+            self.backoff.failure(ref.key, f"pilots aborted on the CE: {aborted_by_ce[0]}")
+        for status in LIVE:
+            self.metrics.live_pilots.labels(ref.key, status).set(live_counts.get(status, 0))
+        if cfg.clean_finished:
+            outcome.cleaned = await self._clean(ref, ce, spec, ended, set(by_reference))
+
+    async def _clean(
+        self, ref: QueueRef, ce: ComputingElement, spec: QueueSpec, ended: list[str], live: set[str]
+    ) -> int:
+        """Remove CE leftovers: jobs that ended now, and ended jobs the server has as final."""
+        leftovers = set(ended)
+        try:
+            for job in await ce.list_jobs(spec):
+                if job.status in FINAL_STATUSES and job.reference not in live:
+                    leftovers.add(job.reference)
+        except CEError as exc:
+            log.info("queue %s: cannot list CE jobs for cleaning: %s", ref.key, exc)
+        if not leftovers:
+            return 0
+        results = await ce.clean(sorted(leftovers))
+        return sum(1 for r in results if r.ok)
+
+    # --- logging ------------------------------------------------------------------------------
+
+    def _log(self, cycle: str, outcome: QueueOutcome | MonitorOutcome) -> None:
+        fields = {k: v for k, v in asdict(outcome).items() if k != "stamps"}
+        fields = {"cycle": cycle, **fields, "seconds": round(outcome.seconds, 3)}
+        level = logging.WARNING if outcome.error else logging.INFO
+        if self.settings.director.log_format == "json":
+            log.log(level, "%s", json.dumps(fields, default=str))
+        else:
+            log.log(
+                level,
+                "%s",
+                " ".join(f"{k}={_kv(v)}" for k, v in fields.items() if v not in (None, "")),
+            )
+
+
+def _kv(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return json.dumps(text)
+    return text
