@@ -1,0 +1,82 @@
+"""The real HTCondor test pool (tests/infra/htcondor-setup.sh), as a session-scoped fixture.
+
+The set-up script writes `<dir>/htcondor.env` once the pool answers; this reads it. By hand, a
+missing or silent pool skips the tests that need it; in CI (SITE_DIRECTOR_REQUIRE_INFRA=1) it
+fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import missing
+
+REPO = Path(__file__).resolve().parents[3]
+SETUP = "tests/infra/htcondor-setup.sh"
+
+
+@dataclass(frozen=True)
+class HTCondorPool:
+    """What a test needs to reach the pool the way the director reaches an HTCondor-CE."""
+
+    host: str
+    port: int
+    collector: str
+    schedd_name: str
+    token_dir: Path
+    condor_config: Path
+    root: Path
+    job_user: str
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def pool_env_file() -> Path:
+    base = os.environ.get("HTCONDOR_INFRA_DIR") or str(REPO / ".test-infra" / "htcondor")
+    return Path(base) / "htcondor.env"
+
+
+@pytest.fixture(scope="session")
+def htcondor_pool() -> HTCondorPool:
+    pytest.importorskip("htcondor2", reason="the htcondor bindings (extra 'htcondor') are absent")
+    env_file = pool_env_file()
+    if not env_file.is_file():
+        missing(f"no HTCondor test pool: {env_file} absent (run `sudo {SETUP}`)")
+    env = read_env_file(env_file)
+    pool = HTCondorPool(
+        host=env["HTCONDOR_HOST"],
+        port=int(env["HTCONDOR_PORT"]),
+        collector=env["HTCONDOR_COLLECTOR"],
+        schedd_name=env["HTCONDOR_SCHEDD_NAME"],
+        token_dir=Path(env["HTCONDOR_TOKEN_DIR"]),
+        condor_config=Path(env["CONDOR_CONFIG"]),
+        root=Path(env["HTCONDOR_ROOT"]),
+        job_user=env.get("HTCONDOR_JOB_USER", "pilot"),
+    )
+    os.environ["CONDOR_CONFIG"] = str(pool.condor_config)
+    import htcondor2
+
+    htcondor2.reload_config()
+    try:
+        location = htcondor2.Collector(pool.collector).locate(
+            htcondor2.DaemonTypes.Schedd, pool.schedd_name
+        )
+    except Exception as exc:  # the bindings raise HTCondorException
+        location = None
+        reason = str(exc)
+    else:
+        reason = "schedd not in the collector"
+    if location is None:
+        missing(f"HTCondor test pool at {pool.collector} not answering ({reason}); rerun {SETUP}")
+    return pool
