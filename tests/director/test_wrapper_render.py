@@ -31,7 +31,19 @@ from director.wrapper import (
 
 STAMP = "0123456789abcdef0123456789abcdef"
 SECRET = "f" * 64
-PYTHON3 = shutil.which("python3") or "python3"
+
+def _real_python3() -> str:
+    """The interpreter `python3` resolves to (skipping a pyenv shim's start-up on every call)."""
+    found = subprocess.run(
+        ["python3", "-c", "import sys; print(sys.executable)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return found.stdout.strip()
+
+
+PYTHON3 = _real_python3()
 
 
 def assert_valid_wrapper(text: str, folder: Path) -> None:
