@@ -1,0 +1,16 @@
+"""The director's subcommands of `site-director`: run, once, status, demo.
+
+Each module has `add_parser(subparsers)` and `main(args) -> exit code`; `add_parsers` registers
+them all (called by `director/cli.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from director.commands import demo, once, run, status
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for module in (run, once, status, demo):
+        module.add_parser(sub)
