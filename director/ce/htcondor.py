@@ -23,6 +23,7 @@ CE-side errors temporary (`CETemporaryError`).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import re
@@ -313,6 +314,9 @@ def ce_error(message: str, category: CECategory) -> CEError:
 
 
 def _as_int(value: Any) -> int | None:
+    """An ad's integer, or None: classad2's Undefined/Error are IntEnum members, not numbers."""
+    if isinstance(value, enum.Enum):
+        return None
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
