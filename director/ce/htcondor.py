@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import importlib.util
 import logging
 import os
 import re
@@ -50,7 +51,7 @@ from director.ce.base import (
     StatusResult,
     SubmitResult,
 )
-from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError
+from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
 from director.render import TemplateRenderer
 from director.states import (
     HTCONDOR_COMPLETED,
@@ -407,6 +408,11 @@ class HTCondorCE(ComputingElement):
         work_dir: Path,
         schedd_factory: Callable[[], ScheddLike] | None = None,
     ) -> None:
+        if schedd_factory is None and importlib.util.find_spec("htcondor2") is None:
+            raise ConfigError(
+                f"CE {config.host}: kind 'htcondor' needs the htcondor bindings "
+                "(pip install 'site-director[htcondor]')"
+            )
         self.config = config
         self._renderer = renderer
         self._work_dir = work_dir
@@ -513,6 +519,14 @@ class HTCondorCE(ComputingElement):
             extra_attributes=attributes,
             items=list(items),
         )
+
+    def describe(self, queue: QueueSpec, pilots: Sequence[PilotSubmission]) -> dict[str, str]:
+        """For the dry run: the submit description a real cycle would send, as a complete file
+        that `condor_submit -spool -remote <host> -pool <host>:9619` accepts beside the
+        wrappers (written as `<stamp>.sh`)."""
+        initialdir = self._work_dir / "htcondor" / self.config.host / "dry-run"
+        items = [(p.stamp, f"{p.stamp}.sh") for p in pilots]
+        return {"htcondor.sub": self.render_submit(queue, initialdir, items)}
 
     # ------------------------------------------------------------------ the contract
 

@@ -500,3 +500,16 @@ def test_job_constraint_matches_exactly_the_jobs_asked_for(
     for job in wanted | others:
         ad = classad2.ClassAd({"ClusterId": job.cluster, "ProcId": job.proc})
         assert (expression.eval(ad) is True) == (job in wanted)
+
+
+def test_dry_run_description_is_a_complete_submit_file(ce: HTCondorCE) -> None:
+    files = ce.describe(QUEUE, pilots("dry1", "dry2"))
+
+    text = files["htcondor.sub"]
+    submit = htcondor2.Submit(text)  # HTCondor's own parser reads the queue statement
+    assert list(submit.itemdata()) == [
+        {"Stamp": "dry1", "Wrapper": "dry1.sh"},
+        {"Stamp": "dry2", "Wrapper": "dry2.sh"},
+    ]
+    assert submit["executable"] == "$(Wrapper)"
+    assert submit["request_cpus"] == "1"
