@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     for row in rows:
         result.add_row(*(str(c) for c in row))
     return result
+
+
+def quiet_http_logs() -> None:
+    """httpx logs every request at INFO: too much for a daemon's log; keep warnings."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def console() -> Console:

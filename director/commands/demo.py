@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from rich.live import Live
 
-from director.commands.common import console, table
+from director.commands.common import console, quiet_http_logs, table
 from director.config import load_config
 from director.daemon import client_for
 from director.errors import DirectorError
@@ -137,7 +137,7 @@ def _site_director(*args: str) -> list[str]:
     return [sys.executable, "-m", "director.cli", *args]
 
 
-def _token(data_dir: Path, sub: str, prop: str) -> str:
+def _token(data_dir: Path, issuer: str, sub: str, prop: str) -> str:
     out = subprocess.run(
         _site_director(
             "token",
@@ -151,6 +151,8 @@ def _token(data_dir: Path, sub: str, prop: str) -> str:
             prop,
             "--lifetime",
             "7200",
+            "--issuer",
+            issuer,
         ),
         check=True,
         capture_output=True,
@@ -228,10 +230,10 @@ def start_server(base: Path) -> DemoServer:
     try:
         _wait_healthy(url, ca, process, 60)
         token_file = base / "director.token"
-        token_file.write_text(_token(data_dir, "demo-director", "TrustedHost") + "\n")
+        token_file.write_text(_token(data_dir, url, "demo-director", "TrustedHost") + "\n")
         token_file.chmod(0o600)
         admin_file = base / "admin.token"
-        admin_file.write_text(_token(data_dir, "demo-admin", "ServiceAdministrator") + "\n")
+        admin_file.write_text(_token(data_dir, url, "demo-admin", "ServiceAdministrator") + "\n")
         admin_file.chmod(0o600)
     except BaseException:
         process.terminate()
@@ -363,6 +365,7 @@ async def _summary(
 
 
 def main(args: argparse.Namespace) -> int:
+    quiet_http_logs()
     keep = args.dir is not None
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)

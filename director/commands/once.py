@@ -14,7 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from director.commands.common import add_config_arguments, console, settings_from, table
+from director.commands.common import (
+    add_config_arguments,
+    console,
+    quiet_http_logs,
+    settings_from,
+    table,
+)
 from director.daemon import client_for
 from director.errors import ConfigError
 from director.loop import Director, MonitorOutcome, QueueOutcome
@@ -113,4 +119,5 @@ async def _once(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    quiet_http_logs()
     return asyncio.run(_once(args))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from director.commands.common import add_config_arguments, settings_from
+from director.commands.common import add_config_arguments, quiet_http_logs, settings_from
 from director.daemon import Daemon
 
 
@@ -21,4 +21,5 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    quiet_http_logs()
     return asyncio.run(_run(args))

@@ -6,7 +6,13 @@ import argparse
 import asyncio
 from typing import Any
 
-from director.commands.common import add_config_arguments, console, settings_from, table
+from director.commands.common import (
+    add_config_arguments,
+    console,
+    quiet_http_logs,
+    settings_from,
+    table,
+)
 from director.config import Settings
 from director.daemon import client_for
 from server.models import PilotStatus, SummaryParams
@@ -56,4 +62,5 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    quiet_http_logs()
     return asyncio.run(_status(args))
