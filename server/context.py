@@ -19,7 +19,8 @@ class ServerContext:
     keys: KeyStore
 
 
-def _context(request: Request) -> ServerContext:
+async def _context(request: Request) -> ServerContext:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, on every request
     ctx: ServerContext = request.app.state.ctx
     return ctx
 

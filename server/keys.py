@@ -27,6 +27,7 @@ warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
 ACCEPTED_ALGORITHMS = ["EdDSA", "RS256"]
 _RELOAD_CHECK_SECONDS = 5.0
+_VERIFIED_CACHE_SIZE = 10_000
 
 
 class InvalidToken(Exception):
@@ -90,6 +91,8 @@ class KeyStore:
             ]
         }
         self._mtime = self.path.stat().st_mtime
+        # token -> (header typ, claims); a key change invalidates them all
+        self._verified: dict[str, tuple[str | None, dict[str, Any]]] = {}
 
     @staticmethod
     def _alg_of(kty: str) -> str:
@@ -118,15 +121,39 @@ class KeyStore:
         key = self._keyset.get_by_kid(kid)
         return jwt.encode({"alg": alg, "kid": kid, "typ": typ}, claims, key, algorithms=[alg])
 
-    def verify(self, token: str, *, now: int | None = None) -> dict[str, Any]:
-        """The token's claims, or InvalidToken. No leeway: we both issue and verify."""
+    def verify(
+        self, token: str, *, typ: str | None = None, now: int | None = None
+    ) -> dict[str, Any]:
+        """The token's claims, or InvalidToken. No leeway: we both issue and verify.
+
+        A token that verified once is remembered (by its exact bytes) until it expires, so a
+        pilot or a director sending the same token many times pays for the signature once;
+        expiry is still checked on every call.
+        """
         self.maybe_reload()
+        moment = now if now is not None else int(time.time())
+        entry = self._verified.get(token)
+        if entry is None:
+            entry = self._verify_signature_and_claims(token, moment)
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()  # bounded memory; refilled by the next calls
+            self._verified[token] = entry
+        header_typ, claims = entry
+        if typ is not None and header_typ != typ:
+            raise InvalidToken(f"not a {typ} token")
+        if claims["exp"] <= moment or ("nbf" in claims and claims["nbf"] > moment):
+            raise InvalidToken("token expired or not yet valid")
+        return dict(claims)
+
+    def _verify_signature_and_claims(
+        self, token: str, now: int
+    ) -> tuple[str | None, dict[str, Any]]:
         try:
             decoded = jwt.decode(token, self._keyset, algorithms=ACCEPTED_ALGORITHMS)
             if "kid" not in decoded.header:
                 raise InvalidToken("token has no key id")
             registry = jwt.JWTClaimsRegistry(
-                now=now if now is not None else int(time.time()),
+                now=now,
                 leeway=0,
                 iss={"essential": True, "value": self.issuer},
                 exp={"essential": True},
@@ -134,8 +161,11 @@ class KeyStore:
                 jti={"essential": True},
             )
             registry.validate(decoded.claims)
+            if not isinstance(decoded.claims["exp"], int) or decoded.claims["exp"] <= now:
+                raise InvalidToken("token expired")  # RFC 7519: valid only *before* exp
         except JoseError as exc:
             raise InvalidToken(str(exc)) from exc
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidToken("malformed token") from exc
-        return dict(decoded.claims)
+        header_typ = decoded.header.get("typ")
+        return (header_typ if isinstance(header_typ, str) else None), dict(decoded.claims)

@@ -38,6 +38,10 @@ class Database:
             kwargs.update(
                 pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=3600
             )
+        else:
+            # closing a connection already ends its transaction; the pool's extra rollback
+            # would be one more round trip to aiosqlite's thread per request
+            kwargs["pool_reset_on_return"] = None
         if self.dialect in ("mysql", "mariadb"):
             kwargs["isolation_level"] = "READ COMMITTED"
         self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)

@@ -59,7 +59,10 @@ class PilotAgents(Base):
         Index("Status", "Status"),
         Index("Statuskey", "GridSite", "DestinationSite", "Status"),
         Index("idx_dest_queue_status", "DestinationSite", "Queue", "Status"),
-        Index("idx_vo_status", "VO", "Status"),
+        # "pilots of a status, oldest first" (stuck pilots, the monitoring view) and the same
+        # within a VO (every non-admin search is VO-scoped): ordered index scans, no sort
+        Index("idx_status_time", "Status", "SubmissionTime"),
+        Index("idx_vo_status_time", "VO", "Status", "SubmissionTime"),
         Index("idx_submission_time", "SubmissionTime"),
     )
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Insert
 
 from server.db.schema import SECRET_STAMPS as STAMPS
 from server.db.schema import SECRETS
+from server.models import SecretInfo
 
 
 def dump_list(values: Sequence[str]) -> str:
@@ -58,3 +62,177 @@ async def insert_secrets(
     if bindings:
         await conn.execute(insert(STAMPS), bindings)
     return [ids[h] for h in hashes]
+
+
+def load_list(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    values = json.loads(raw)
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
+    """An INSERT that skips rows clashing on a unique key (idempotent marks, racing writers)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table).prefix_with("IGNORE")
+
+
+async def secret_for_exchange(
+    conn: AsyncConnection, secret_hash: str, stamp: str
+) -> dict[str, Any] | None:
+    """The secret with this hash in one statement: its constraints, how many stamps it is bound
+    to, and whether `stamp` is one of them (the hot path of the secret exchange)."""
+    bound_count = (
+        select(func.count())
+        .select_from(STAMPS)
+        .where(STAMPS.c.SecretID == SECRETS.c.SecretID)
+        .scalar_subquery()
+    )
+    bound_here = (
+        select(func.count())
+        .select_from(STAMPS)
+        .where(STAMPS.c.SecretID == SECRETS.c.SecretID, STAMPS.c.PilotStamp == stamp)
+        .scalar_subquery()
+    )
+    stmt = select(
+        SECRETS.c.SecretID,
+        SECRETS.c.VOs,
+        SECRETS.c.Sites,
+        SECRETS.c.CEs,
+        SECRETS.c.Queues,
+        SECRETS.c.ExpiresAt,
+        SECRETS.c.RemainingUses,
+        SECRETS.c.Revoked,
+        bound_count.label("bound_count"),
+        bound_here.label("bound_here"),
+    ).where(SECRETS.c.SecretHash == secret_hash)
+    row = (await conn.execute(stmt)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+async def consume_use(conn: AsyncConnection, secret_id: int, now: datetime) -> bool:
+    """Spend one use, atomically: the conditions sit in the UPDATE itself, so with K uses left
+    exactly K concurrent callers see a row changed, whatever the backend's isolation level."""
+    result = await conn.execute(
+        update(SECRETS)
+        .where(
+            SECRETS.c.SecretID == secret_id,
+            SECRETS.c.Revoked.is_(False),
+            or_(SECRETS.c.RemainingUses.is_(None), SECRETS.c.RemainingUses > 0),
+            or_(SECRETS.c.ExpiresAt.is_(None), SECRETS.c.ExpiresAt > now),
+        )
+        .values(RemainingUses=SECRETS.c.RemainingUses - 1, LastUsedAt=now)
+    )
+    return result.rowcount == 1
+
+
+def _info(row: Mapping[str, Any], stamps: list[str]) -> SecretInfo:
+    def unix(value: datetime | None) -> int | None:
+        return int(value.replace(tzinfo=UTC).timestamp()) if value is not None else None
+
+    return SecretInfo(
+        secret_id=row["SecretID"],
+        vos=load_list(row["VOs"]),
+        pilot_stamps=stamps,
+        sites=load_list(row["Sites"]),
+        ces=load_list(row["CEs"]),
+        queues=load_list(row["Queues"]),
+        expires_at=unix(row["ExpiresAt"]),
+        remaining_uses=row["RemainingUses"],
+        created_at=unix(row["CreatedAt"]) or 0,
+        last_used_at=unix(row["LastUsedAt"]),
+        revoked=bool(row["Revoked"]),
+    )
+
+
+async def stamps_of(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, list[str]]:
+    bound: dict[int, list[str]] = {}
+    for start in range(0, len(ids), 900):
+        rows = await conn.execute(
+            select(STAMPS.c.SecretID, STAMPS.c.PilotStamp)
+            .where(STAMPS.c.SecretID.in_(ids[start : start + 900]))
+            .order_by(STAMPS.c.PilotStamp)
+        )
+        for secret_id, stamp in rows:
+            bound.setdefault(secret_id, []).append(stamp)
+    return bound
+
+
+async def list_secrets(
+    conn: AsyncConnection,
+    *,
+    secret_ids: Sequence[int] | None = None,
+    pilot_stamp: str | None = None,
+    offset: int = 0,
+    limit: int = 1000,
+) -> list[SecretInfo]:
+    """Secrets as admins see them (never the secret, nor its hash), by id."""
+    stmt = select(SECRETS).order_by(SECRETS.c.SecretID)
+    if secret_ids is not None:
+        stmt = stmt.where(SECRETS.c.SecretID.in_(secret_ids))
+    if pilot_stamp is not None:
+        stmt = stmt.where(
+            SECRETS.c.SecretID.in_(
+                select(STAMPS.c.SecretID).where(STAMPS.c.PilotStamp == pilot_stamp)
+            )
+        )
+    rows = [dict(r) for r in (await conn.execute(stmt.offset(offset).limit(limit))).mappings()]
+    bound = await stamps_of(conn, [r["SecretID"] for r in rows])
+    return [_info(r, bound.get(r["SecretID"], [])) for r in rows]
+
+
+async def secret_ids_for_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> list[int]:
+    ids: set[int] = set()
+    for start in range(0, len(stamps), 900):
+        rows = await conn.execute(
+            select(STAMPS.c.SecretID).where(STAMPS.c.PilotStamp.in_(stamps[start : start + 900]))
+        )
+        ids.update(r[0] for r in rows)
+    return sorted(ids)
+
+
+async def vos_of(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for start in range(0, len(ids), 900):
+        rows = await conn.execute(
+            select(SECRETS.c.SecretID, SECRETS.c.VOs).where(
+                SECRETS.c.SecretID.in_(ids[start : start + 900])
+            )
+        )
+        found.update({r[0]: load_list(r[1]) for r in rows})
+    return found
+
+
+async def revoke(conn: AsyncConnection, ids: Sequence[int]) -> int:
+    changed = 0
+    for start in range(0, len(ids), 900):
+        result = await conn.execute(
+            update(SECRETS)
+            .where(SECRETS.c.SecretID.in_(ids[start : start + 900]), SECRETS.c.Revoked.is_(False))
+            .values(Revoked=True)
+        )
+        changed += result.rowcount
+    return changed
+
+
+async def update_secret(conn: AsyncConnection, secret_id: int, values: dict[str, Any]) -> bool:
+    result = await conn.execute(
+        update(SECRETS).where(SECRETS.c.SecretID == secret_id).values(values)
+    )
+    return result.rowcount == 1
+
+
+async def purge(conn: AsyncConnection, now: datetime, *, revoked: bool = True) -> int:
+    """Delete secrets that can never work again: expired, used up (and revoked)."""
+    dead = or_(SECRETS.c.ExpiresAt <= now, SECRETS.c.RemainingUses <= 0)
+    if revoked:
+        dead = or_(dead, SECRETS.c.Revoked.is_(True))
+    ids = [r[0] for r in await conn.execute(select(SECRETS.c.SecretID).where(dead))]
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        await conn.execute(delete(STAMPS).where(STAMPS.c.SecretID.in_(chunk)))
+        await conn.execute(delete(SECRETS).where(SECRETS.c.SecretID.in_(chunk)))
+    return len(ids)

@@ -115,7 +115,7 @@ async def register_pilot(ctx: ServerContext, identity: Identity, reg: PilotRegis
         now=now,
     )
     async with ctx.db.transaction() as conn:
-        await db.insert_pilots(conn, [row])
+        await db.insert_pilot(conn, row)
 
 
 async def register_bulk(

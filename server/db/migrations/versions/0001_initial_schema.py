@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 02:21:04.129560
+Create Date: 2026-11-28
 """
 
 from __future__ import annotations
@@ -93,8 +93,11 @@ def upgrade() -> None:
         batch_op.create_index(
             "idx_dest_queue_status", ["DestinationSite", "Queue", "Status"], unique=False
         )
+        batch_op.create_index("idx_status_time", ["Status", "SubmissionTime"], unique=False)
         batch_op.create_index("idx_submission_time", ["SubmissionTime"], unique=False)
-        batch_op.create_index("idx_vo_status", ["VO", "Status"], unique=False)
+        batch_op.create_index(
+            "idx_vo_status_time", ["VO", "Status", "SubmissionTime"], unique=False
+        )
 
     op.create_table(
         "PilotLogQuota",
@@ -266,8 +269,9 @@ def downgrade() -> None:
     op.drop_table("PilotLogs")
     op.drop_table("PilotLogQuota")
     with op.batch_alter_table("PilotAgents", schema=None) as batch_op:
-        batch_op.drop_index("idx_vo_status")
+        batch_op.drop_index("idx_vo_status_time")
         batch_op.drop_index("idx_submission_time")
+        batch_op.drop_index("idx_status_time")
         batch_op.drop_index("idx_dest_queue_status")
         batch_op.drop_index("Statuskey")
         batch_op.drop_index("Status")

@@ -1,0 +1,88 @@
+"""Refresh tokens and revoked token families.
+
+A refresh token is usable once: `mark_used` is a conditional UPDATE, so of two requests racing
+with the same token exactly one rotates it and the other is treated as reuse. Revoking a family
+marks every refresh token of it and records the family id, which the pilot endpoints consult so
+access tokens of the family die too (RFC 7009 section 2.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.db.schema import REFRESH_TOKENS as RT
+from server.db.schema import REVOKED_FAMILIES as RF
+from server.db.secrets import insert_ignoring_conflicts
+
+
+async def insert_refresh_token(
+    conn: AsyncConnection,
+    *,
+    jti: str,
+    family_id: str,
+    sub: str,
+    vo: str,
+    pilot_stamp: str | None,
+    issued_at: datetime,
+    expires_at: datetime,
+) -> None:
+    await conn.execute(
+        RT.insert(),
+        {
+            "JTI": jti,
+            "FamilyID": family_id,
+            "Sub": sub,
+            "VO": vo,
+            "PilotStamp": pilot_stamp,
+            "IssuedAt": issued_at,
+            "ExpiresAt": expires_at,
+            "Used": False,
+            "Revoked": False,
+        },
+    )
+
+
+async def mark_used(conn: AsyncConnection, jti: str, now: datetime) -> bool:
+    """Spend a refresh token; False if it was already used, revoked, expired or unknown."""
+    result = await conn.execute(
+        update(RT)
+        .where(
+            RT.c.JTI == jti, RT.c.Used.is_(False), RT.c.Revoked.is_(False), RT.c.ExpiresAt > now
+        )
+        .values(Used=True)
+    )
+    return result.rowcount == 1
+
+
+async def known(conn: AsyncConnection, jti: str) -> bool:
+    row = (await conn.execute(select(RT.c.JTI).where(RT.c.JTI == jti))).first()
+    return row is not None
+
+
+async def family_revoked(conn: AsyncConnection, family_id: str) -> bool:
+    row = (await conn.execute(select(RF.c.FamilyID).where(RF.c.FamilyID == family_id))).first()
+    return row is not None
+
+
+async def revoke_families(
+    conn: AsyncConnection, dialect: str, family_ids: Sequence[str], now: datetime
+) -> None:
+    """Revoke whole families; idempotent, and safe when two requests revoke the same one."""
+    if not family_ids:
+        return
+    await conn.execute(
+        insert_ignoring_conflicts(RF, dialect),
+        [{"FamilyID": f, "RevokedAt": now} for f in family_ids],
+    )
+    await conn.execute(update(RT).where(RT.c.FamilyID.in_(family_ids)).values(Revoked=True))
+
+
+async def purge(conn: AsyncConnection, now: datetime, family_horizon: datetime) -> tuple[int, int]:
+    """Delete expired refresh tokens, and family revocations older than any token they cover."""
+    tokens = await conn.execute(delete(RT).where(RT.c.ExpiresAt <= now))
+    families = await conn.execute(delete(RF).where(RF.c.RevokedAt < family_horizon))
+    return tokens.rowcount, families.rowcount
