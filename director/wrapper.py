@@ -104,9 +104,10 @@ class PilotOptions:
 
 
 def pilot_arguments(options: PilotOptions) -> list[str]:
-    """The pilot's command-line options, in DIRAC's SiteDirector order; empty values left out.
+    """The pilot's DIRAC options, in DIRAC's SiteDirector order; empty values left out.
 
-    The per-pilot ones (the stamp, the token file) are appended by the wrapper itself.
+    The wrapper appends the per-pilot ones (the stamp, the token file), then the queue's
+    `extra_options`.
     """
     args: list[str] = []
     for flag, value in (
@@ -123,7 +124,6 @@ def pilot_arguments(options: PilotOptions) -> list[str]:
     args.append(f"--wnVO={options.wn_vo or options.vo}")
     if options.diracx_url_option:
         args.append(f"{options.diracx_url_option}={options.server_url.rstrip('/')}")
-    args += options.extra_options
     return args
 
 
@@ -200,6 +200,7 @@ def wrapper_config(options: PilotOptions) -> dict[str, Any]:
         "pilot_arguments": pilot_arguments(options),
         "stamp_option": options.stamp_option,
         "token_file_option": options.token_file_option,
+        "extra_options": list(options.extra_options),
         "pilot_files": [_file_entry(f) for f in options.pilot_files],
         "pilot_locations": list(options.pilot_locations),
         "environment": dict(options.environment),

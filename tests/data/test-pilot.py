@@ -15,6 +15,7 @@ first, then this pilot's own options:
   --duration S       keep running S seconds, one line per half second
   --post-at-end      post one line with the token from the credentials file before exiting
   --exit-code N      exit with N
+  --diracxTokenFile=P  checked against DIRACX_CREDENTIALS_PATH (the token-file option)
 Exit code 3 = a check failed (the reason is printed on stderr).
 """
 
@@ -47,6 +48,11 @@ def own_options(argv):
     i = 0
     while i < len(argv):
         arg = argv[i]
+        if arg.startswith("--diracxTokenFile="):
+            if arg.split("=", 1)[1] != os.environ.get("DIRACX_CREDENTIALS_PATH"):
+                fail("--diracxTokenFile differs from DIRACX_CREDENTIALS_PATH")
+            i += 1
+            continue
         if arg == "--post-at-end":
             options["post_at_end"] = True
             i += 1
@@ -131,9 +137,6 @@ def main():
     read_credentials()
     if os.environ.get("SITE_DIRECTOR_PILOT_STAMP") is None:
         fail("SITE_DIRECTOR_PILOT_STAMP missing")
-    token_file = [a for a in argv if a.startswith("--diracxTokenFile=")]
-    if token_file and token_file[0].split("=", 1)[1] != os.environ["DIRACX_CREDENTIALS_PATH"]:
-        fail("--diracxTokenFile differs from DIRACX_CREDENTIALS_PATH")
     if sys.stdin.read(1) != "":
         fail("stdin is not empty")
 

@@ -119,8 +119,9 @@ def test_pilot_arguments_follow_the_dirac_options() -> None:
         "-S", "LHCb-Production", "-V", "LHCb", "-l", "LHCb", "-e", "LHCb,LHCbWebDIRAC",
         "-N", "ce.example.org", "-Q", "long", "-n", "LCG.Example.org",
         "--wnVO=lhcb.cern.ch", "--diracx_URL=https://diracx.example.org",
-        "--debug", "-o", "/Resources/Computing/CEDefaults/Tag=x",
     ]  # fmt: skip
+    config = wrapper_config(options(extra_options=("--debug", "-o", "/Resources/x=y")))
+    assert config["extra_options"] == ["--debug", "-o", "/Resources/x=y"]
 
 
 def test_empty_values_are_left_out_and_wn_vo_defaults_to_the_vo() -> None:
@@ -161,6 +162,7 @@ def test_any_option_value_renders_to_valid_code_and_reads_back_unchanged(
     line = next(li for li in program.splitlines() if li.startswith("CONFIG = json.loads(r'"))
     config = json.loads(line[len("CONFIG = json.loads(r'") : -2])
     assert config["pilot_arguments"] == pilot_arguments(opts)
+    assert config["extra_options"] == list(opts.extra_options)
     assert config["environment"] == {"X": env_value}
     assert text.count(SECRET) == 1
 
