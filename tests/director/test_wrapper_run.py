@@ -38,7 +38,8 @@ from director.wrapper import (
     WrapperTuning,
     pilot_arguments,
 )
-from tests.conftest import LiveServer, TestCA, free_port, missing, start_live_server, wait_until
+from tests.conftest import LiveServer, free_port, missing, start_live_server, wait_until
+from tests.conftest import TestCA as CA  # aliased: pytest would try to collect Test*
 from tests.director.test_wrapper_render import assert_valid_wrapper
 
 TEST_PILOT = Path(__file__).resolve().parents[1] / "data" / "test-pilot.py"
@@ -81,7 +82,7 @@ class FileServer:
 
 
 @pytest.fixture(scope="module")
-def file_server(test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+def file_server(test_ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     """A local HTTPS file server with a certificate of the test CA."""
     root = tmp_path_factory.mktemp("pilot-files")
     handler = functools.partial(_QuietHandler, directory=str(root))
@@ -177,6 +178,15 @@ class ProcScanner:
 # --- helpers ----------------------------------------------------------------------------------
 
 
+@functools.cache
+def _context(ca_file: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def trust(server: LiveServer) -> ssl.SSLContext:
+    return _context(str(server.ca_file))
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -194,7 +204,7 @@ def new_pilot(server: LiveServer, uses: int | None = 1) -> tuple[str, str]:
         f"{server.url}/api/pilots/bulk",
         json=body,
         headers=bearer(server.director_token),
-        verify=str(server.ca_file),
+        verify=trust(server),
     )
     assert response.status_code == 201, response.text
     return stamp, response.json()["secrets"][0]["pilot_secret"]
@@ -205,7 +215,7 @@ def pilot_record(server: LiveServer, stamp: str) -> dict[str, Any]:
         f"{server.url}/api/pilots/search",
         json={"search": [{"parameter": "PilotStamp", "operator": "eq", "value": stamp}]},
         headers=bearer(server.admin_token),
-        verify=str(server.ca_file),
+        verify=trust(server),
     )
     assert response.status_code == 200, response.text
     (record,) = response.json()
@@ -223,7 +233,7 @@ def log_lines(server: LiveServer, stamp: str) -> list[dict[str, Any]]:
         params={"page": 1, "per_page": 10_000},
         json=body,
         headers=bearer(server.admin_token),
-        verify=str(server.ca_file),
+        verify=trust(server),
     )
     assert response.status_code in (200, 206), response.text
     return response.json()  # type: ignore[no-any-return]
@@ -343,7 +353,7 @@ def _server_has_the_pilot_endpoints(live_server_tls: LiveServer) -> None:
     tests skip by hand (and fail in CI, through `missing`)."""
     for path in ("/api/auth/secret-exchange", "/api/pilots/search/logs"):
         response = httpx.post(
-            f"{live_server_tls.url}{path}", json={}, verify=str(live_server_tls.ca_file)
+            f"{live_server_tls.url}{path}", json={}, verify=trust(live_server_tls)
         )
         if response.status_code == 404:
             missing(f"the server has no {path} yet")
@@ -468,7 +478,7 @@ def test_lines_are_kept_while_the_server_is_unreachable_and_sent_later(
 
 @pytest.fixture(scope="module")
 def short_token_server(
-    tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA
+    tmp_path_factory: pytest.TempPathFactory, test_ca: CA
 ) -> Iterator[LiveServer]:
     """A server whose pilot access tokens live 2 seconds."""
     server = start_live_server(
