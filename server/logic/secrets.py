@@ -45,7 +45,9 @@ def bound_stamps(body: SecretMintRequest) -> list[str | None]:
     return [None] * (body.n if body.n is not None else 1)
 
 
-async def mint(ctx: ServerContext, identity: Identity, body: SecretMintRequest) -> list[MintedSecret]:
+async def mint(
+    ctx: ServerContext, identity: Identity, body: SecretMintRequest
+) -> list[MintedSecret]:
     _no_legacy(identity)
     vos = {body.vo, *body.vos}
     for vo in sorted(vos):

@@ -10,7 +10,13 @@ from pydantic import BaseModel
 
 from server.context import Context
 from server.logic import secrets as logic
-from server.models import MintedSecret, SecretInfo, SecretMintRequest, SecretRevocation, SecretUpdate
+from server.models import (
+    MintedSecret,
+    SecretInfo,
+    SecretMintRequest,
+    SecretRevocation,
+    SecretUpdate,
+)
 from server.policies import AdminOnly, PilotManager
 
 router = APIRouter(prefix="/api/pilots/secrets", tags=["secrets"])
