@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
@@ -98,7 +99,9 @@ class ServerClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        verify: Any = str(ca_bundle) if ca_bundle is not None else True
+        verify: Any = (
+            ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle is not None else True
+        )
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             auth=_BearerAuth(token) if token is not None else None,

@@ -8,6 +8,7 @@ per queue, the site's waiting jobs minus the queue's waiting pilots.
 from __future__ import annotations
 
 import logging
+import ssl
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,9 @@ class DiracXJobDemand(DemandSource):
     def __init__(self, config: DiracXDemand, token: TokenSource) -> None:
         self.config = config
         self._token = token
-        verify: str | bool = str(config.ca_bundle) if config.ca_bundle else True
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(config.ca_bundle)) if config.ca_bundle else True
+        )
         self._http = httpx.AsyncClient(
             base_url=str(config.url).rstrip("/"), verify=verify, timeout=30.0
         )
