@@ -124,6 +124,15 @@ def _parse_time(value: Any) -> float | None:
     return parsed.timestamp()
 
 
+def ce_reference(pilot: dict[str, Any]) -> str | None:
+    """The pilot's CE reference, or None before the director patched it on (the server
+    stores the stamp as the reference of a pilot registered without one, as DiracX does)."""
+    reference = pilot.get("PilotJobReference")
+    if not reference or reference == pilot.get("PilotStamp"):
+        return None
+    return str(reference)
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
@@ -561,7 +570,7 @@ class Director:
         never: list[str] = []
         for pilot in pilots:
             stamp = str(pilot.get("PilotStamp"))
-            if pilot.get("PilotJobReference"):
+            if ce_reference(pilot) is not None:
                 continue
             job = on_ce.get(stamp)
             if job is not None:
@@ -628,8 +637,11 @@ class Director:
     async def _monitor(self, ref: QueueRef, outcome: MonitorOutcome) -> None:
         ce = self.ce_for(ref)
         spec = self.spec_for(ref)
-        pilots = [p for p in await self.live_pilots(ref) if p.get("PilotJobReference")]
-        by_reference = {str(p["PilotJobReference"]): p for p in pilots}
+        by_reference = {
+            reference: p
+            for p in await self.live_pilots(ref)
+            if (reference := ce_reference(p)) is not None
+        }
         results = await ce.status(list(by_reference)) if by_reference else []
         now = self.clock()
         cfg = self.settings.director
