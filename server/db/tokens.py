@@ -18,6 +18,8 @@ from server.db.schema import REFRESH_TOKENS as RT
 from server.db.schema import REVOKED_FAMILIES as RF
 from server.db.secrets import insert_ignoring_conflicts
 
+_jti = RT.c.JTI  # (a lower-case name: ruff takes RT.c.JTI for a constant)
+
 
 async def insert_refresh_token(
     conn: AsyncConnection,
@@ -50,16 +52,14 @@ async def mark_used(conn: AsyncConnection, jti: str, now: datetime) -> bool:
     """Spend a refresh token; False if it was already used, revoked, expired or unknown."""
     result = await conn.execute(
         update(RT)
-        .where(
-            RT.c.JTI == jti, RT.c.Used.is_(False), RT.c.Revoked.is_(False), RT.c.ExpiresAt > now
-        )
+        .where(_jti == jti, RT.c.Used.is_(False), RT.c.Revoked.is_(False), RT.c.ExpiresAt > now)
         .values(Used=True)
     )
     return result.rowcount == 1
 
 
 async def known(conn: AsyncConnection, jti: str) -> bool:
-    row = (await conn.execute(select(RT.c.JTI).where(RT.c.JTI == jti))).first()
+    row = (await conn.execute(select(RT.c.JTI).where(_jti == jti))).first()
     return row is not None
 
 
