@@ -326,10 +326,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_UNION_TAGS = {"ce": set(ce_registry.BACKENDS), "demand": {"fill", "diracx"}}
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """The key path as the operator wrote it: without the union tags Pydantic inserts."""
+    parts: list[str] = []
+    for part in loc:
+        if parts and str(part) in _UNION_TAGS.get(parts[-1], ()):
+            continue
+        parts.append(str(part))
+    return ".".join(parts) or "<root>"
+
+
 def _problem_lines(error: ValidationError) -> list[str]:
     lines = []
     for problem in error.errors(include_url=False):
-        path = ".".join(str(p) for p in problem["loc"]) or "<root>"
+        path = _key_path(problem["loc"])
         lines.append(f"{path}: {problem['msg']}")
     return lines
 

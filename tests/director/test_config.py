@@ -1,0 +1,138 @@
+"""Configuration: precedence, the example file, and one line per problem with its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from director.config import load_config
+from director.errors import ConfigError
+from director.render import example_config_path
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+server: {url: "https://server.example:8443", token_file: /etc/site-director/token}
+vos: [lhcb]
+director: {concurrency: 4}
+sites:
+  Test.Site.org:
+    ces:
+      ce1: {ce: {kind: local}, queues: {q1: {}}}
+"""
+
+
+def test_the_example_config_loads_with_its_local_queue_enabled() -> None:
+    settings = load_config(example_config_path())
+    enabled = [q.key for q in settings.queues() if q.enabled]
+    assert enabled == ["DIRAC.Demo.local/localhost/default"]
+
+
+def test_environment_beats_the_file_and_flags_beat_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.setenv("SITE_DIRECTOR_DIRECTOR__CONCURRENCY", "7")
+    monkeypatch.setenv("SITE_DIRECTOR_SERVER__URL", "https://from-env.example")
+    settings = load_config(path)
+    assert settings.director.concurrency == 7
+    assert str(settings.server.url) == "https://from-env.example/"
+    assert str(settings.server.token_file) == "/etc/site-director/token"  # merged, not replaced
+    settings = load_config(path, {"director": {"concurrency": 9}})
+    assert settings.director.concurrency == 9
+
+
+def test_queue_inherits_site_vo_and_pilot_options(tmp_path: Path) -> None:
+    data = yaml.safe_load(MINIMAL)
+    data["vos"] = ["lhcb", "dteam"]
+    data["pilot"] = {"setup": "Prod", "extra_options": ["-a"]}
+    data["sites"]["Test.Site.org"]["vo"] = "dteam"
+    data["sites"]["Test.Site.org"]["ces"]["ce1"]["queues"]["q1"] = {
+        "ce_queue": "long",
+        "pilot": {"extra_options": ["-b"]},
+    }
+    [ref] = load_config(write(tmp_path, yaml.safe_dump(data))).queues()
+    assert (ref.vo, ref.ce_queue, ref.key) == ("dteam", "long", "Test.Site.org/ce1/q1")
+    assert ref.pilot.setup == "Prod"
+    assert ref.pilot.extra_options == ["-b"]
+
+
+def test_every_problem_is_one_line_with_its_key_path(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+server: {url: "not a url", token_file: /t}
+vos: [lhcb]
+sites:
+  Test.Site.org:
+    ces:
+      ce1:
+        ce: {kind: lokal}
+        queues: {q1: {max_total_pilots: -1, max_waitin_pilots: 2}}
+      ce2:
+        ce: {kind: local, slotz: 3}
+        queues: {q1: {}}
+""",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = str(caught.value).splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    text = "\n".join(lines)
+    assert "server.url:" in text
+    assert "sites.Test.Site.org.ces.ce1.ce:" in text or "ces.ce1.ce.kind" in text
+    assert "sites.Test.Site.org.ces.ce1.queues.q1.max_total_pilots:" in text
+    assert "sites.Test.Site.org.ces.ce1.queues.q1.max_waitin_pilots: Extra inputs" in text
+    assert "sites.Test.Site.org.ces.ce2.ce.slotz: Extra inputs" in text
+    assert len(lines) == 5
+
+
+def test_cross_key_problems(tmp_path: Path) -> None:
+    data = yaml.safe_load(MINIMAL)
+    del data["server"]["token_file"]
+    data["sites"]["Test.Site.org"]["vo"] = "atlas"
+    data["sites"]["Test.Site.org"]["ces"]["ce1"]["queues"]["q1"] = {
+        "max_total_pilots": 1,
+        "max_waiting_pilots": 2,
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, yaml.safe_dump(data)))
+    text = str(caught.value)
+    assert "sites.Test.Site.org.vo: 'atlas' is not one of vos" in text
+    assert "queues.q1.max_waiting_pilots: larger than max_total_pilots" in text
+    assert "server.token_file: required" in text
+    load_config(
+        write(
+            tmp_path,
+            MINIMAL.replace("token_file: /etc/site-director/token", "").replace(", }", "}"),
+        ),
+        require_token=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server: [", "invalid YAML"),
+        ("- a list", "the top level must be a mapping"),
+    ],
+)
+def test_unreadable_files(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_pilot_files_need_a_checksum_unless_embedded(tmp_path: Path) -> None:
+    data = yaml.safe_load(MINIMAL)
+    data["pilot"] = {"files": [{"name": "dirac-pilot.py"}]}
+    with pytest.raises(ConfigError, match=r"pilot\.files\.0: .*sha512 is required"):
+        load_config(write(tmp_path, yaml.safe_dump(data)))
