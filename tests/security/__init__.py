@@ -1,0 +1,1 @@
+"""Attack, boundary and fuzz tests of the server (issue 8, security part)."""
