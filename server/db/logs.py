@@ -1,0 +1,107 @@
+"""Pilot log lines and the per-pilot quota row that enforces the size and rate limits.
+
+The quota row is locked (SELECT ... FOR UPDATE; SQLite's single writer does the same) for the
+length of the ingesting transaction, so two batches of one pilot cannot both slip under a limit.
+Lines go in with one executemany per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, delete, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.db.schema import LOG_QUOTA as Q
+from server.db.schema import LOGS, PILOTS
+from server.db.search import jsonable_row, order_by, where_clause
+from server.db.secrets import insert_ignoring_conflicts
+from server.errors import InvalidRequest
+from server.models import SearchSpec, SortSpec
+
+#: What operators search on and see, with DiracX's names.
+PUBLIC_COLUMNS = ("PilotStamp", "PilotID", "VO", "TimeStamp", "Severity", "Scope", "Message")
+COLUMNS: dict[str, Column[Any]] = {name: LOGS.c[name] for name in PUBLIC_COLUMNS}
+
+
+@dataclass(frozen=True)
+class Quota:
+    total_bytes: int
+    window_start: datetime
+    window_lines: int
+
+
+async def lock_quota(conn: AsyncConnection, stamp: str, now: datetime) -> Quota:
+    """The pilot's quota row, created on first use, locked until the transaction ends."""
+    stmt = select(Q.c.TotalBytes, Q.c.WindowStart, Q.c.WindowLines).where(Q.c.PilotStamp == stamp)
+    if conn.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        await conn.execute(
+            insert_ignoring_conflicts(Q, conn.dialect.name),
+            {"PilotStamp": stamp, "TotalBytes": 0, "WindowStart": now, "WindowLines": 0},
+        )
+        row = (await conn.execute(stmt)).one()
+    return Quota(int(row[0]), row[1], int(row[2]))
+
+
+async def save_quota(conn: AsyncConnection, stamp: str, quota: Quota) -> None:
+    await conn.execute(
+        update(Q)
+        .where(Q.c.PilotStamp == stamp)
+        .values(
+            TotalBytes=quota.total_bytes,
+            WindowStart=quota.window_start,
+            WindowLines=quota.window_lines,
+        )
+    )
+
+
+async def insert_lines(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    await conn.execute(insert(LOGS), list(rows))
+
+
+async def search(
+    conn: AsyncConnection,
+    *,
+    parameters: Sequence[str] | None,
+    specs: Sequence[SearchSpec],
+    sort: Sequence[SortSpec],
+    page: int,
+    per_page: int,
+) -> tuple[int, list[dict[str, Any]]]:
+    """One page of matching lines, in time order (then arrival order), and the total."""
+    names = list(parameters) if parameters else list(PUBLIC_COLUMNS)
+    for name in names:
+        if name not in COLUMNS:
+            raise InvalidRequest(f"Unknown parameter {name!r}")
+    where = where_clause(COLUMNS, specs)
+    count = select(func.count()).select_from(LOGS)
+    base = select(*(COLUMNS[n] for n in names))
+    if where is not None:
+        count = count.where(where)
+        base = base.where(where)
+    total = (await conn.execute(count)).scalar_one()
+    if total == 0:
+        return 0, []
+    ordering = [*order_by(COLUMNS, sort), LOGS.c.TimeStamp.asc(), LOGS.c.LogID.asc()]
+    stmt = base.order_by(*ordering).limit(per_page).offset((page - 1) * per_page)
+    rows = await conn.execute(stmt)
+    return total, [jsonable_row(dict(r)) for r in rows.mappings()]
+
+
+async def purge_older_than(conn: AsyncConnection, cutoff: datetime) -> int:
+    result = await conn.execute(delete(LOGS).where(LOGS.c.ReceivedTime < cutoff))
+    return result.rowcount
+
+
+async def purge_orphans(conn: AsyncConnection) -> int:
+    """Logs (and quota rows) of pilots no longer in PilotAgents."""
+    registered = exists().where(PILOTS.c.PilotStamp == LOGS.c.PilotStamp)
+    result = await conn.execute(delete(LOGS).where(~registered))
+    await conn.execute(delete(Q).where(~exists().where(PILOTS.c.PilotStamp == Q.c.PilotStamp)))
+    return result.rowcount

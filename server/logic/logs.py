@@ -1,0 +1,182 @@
+"""Pilot log ingestion and search.
+
+A batch is checked whole before anything is written: line count and line size first (413),
+then, under the pilot's locked quota row, its total bytes (413) and its rate (429 with
+Retry-After). So a refused batch leaves nothing behind, and the pilot may simply resend it.
+The pilot secret is redacted from every line before it is stored, in each form the DIRAC pilot
+or a wrapper prints it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from server.clock import utcnow
+from server.context import ServerContext
+from server.db import logs as db
+from server.db import pilots as db_pilots
+from server.db.search import parse_datetime
+from server.errors import Forbidden, InvalidRequest, NotFound, RateLimited, TooLarge
+from server.identity import Identity
+from server.models import LogLine, SearchParams, VectorOperator, VectorSearch
+from server.policies import vo_scope
+
+SEVERITIES = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "COMMAND"})
+RATE_WINDOW = timedelta(minutes=1)
+MAX_PER_PAGE = 10_000
+REDACTED = "<redacted>"
+
+_MENTION = re.compile(r"pilot[_-]?secret", re.IGNORECASE)
+# the key, then quotes/backslashes, a separator (`,` `=` `:` or blanks), quotes, the value
+_KEY_VALUE = re.compile(
+    r"""(?P<key>pilot[_-]?secret)(?P<sep>['"\\]*(?:\s*[,=:]\s*|\s+)['"\\]*)"""
+    r"""(?P<value>[^\s'",)\]}\\]+)""",
+    re.IGNORECASE,
+)
+_HEX64 = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+
+
+def redact(message: str) -> str:
+    """Hide the pilot secret: `('--pilotSecret', 'v')`, `--pilotSecret=v`, `--pilotSecret v`,
+    `"pilot_secret": "v"`, and any 64-hex value after a mention of it."""
+    if "ecret" not in message:  # cheap filter: nearly every line skips the regexes
+        return message
+    mention = _MENTION.search(message)
+    if mention is None:
+        return message
+    start = mention.start()
+    tail = _KEY_VALUE.sub(lambda m: m["key"] + m["sep"] + REDACTED, message[start:])
+    return message[:start] + _HEX64.sub(REDACTED, tail)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_lines: int
+    max_line_bytes: int
+    max_bytes_per_pilot: int
+    lines_per_minute: int
+
+
+def limits_of(ctx: ServerContext) -> Limits:
+    s = ctx.settings
+    return Limits(
+        s.log_max_lines_per_request,
+        s.log_max_line_bytes,
+        s.log_max_bytes_per_pilot,
+        s.log_rate_lines_per_minute,
+    )
+
+
+def admit(quota: db.Quota, *, lines: int, nbytes: int, now: datetime, limits: Limits) -> db.Quota:
+    """The quota after accepting a batch, or TooLarge / RateLimited (a fixed one-minute window
+    per pilot). Pure, so the arithmetic is tested without a database or a clock."""
+    if quota.total_bytes + nbytes > limits.max_bytes_per_pilot:
+        raise TooLarge(
+            f"Log quota exceeded: this pilot may store {limits.max_bytes_per_pilot} bytes in total"
+        )
+    start, used = quota.window_start, quota.window_lines
+    if now - start >= RATE_WINDOW or now < start:
+        start, used = now, 0
+    if used + lines > limits.lines_per_minute:
+        wait = (start + RATE_WINDOW - now).total_seconds()
+        raise RateLimited(
+            f"Log rate exceeded: at most {limits.lines_per_minute} lines per minute per pilot",
+            retry_after=max(1, math.ceil(wait)),
+        )
+    return db.Quota(quota.total_bytes + nbytes, start, used + lines)
+
+
+def prepare(
+    lines: list[LogLine], *, stamp: str, vo: str, limits: Limits, now: datetime
+) -> tuple[list[dict[str, Any]], int]:
+    """Validated, redacted rows (PilotID filled in later) and their total message bytes."""
+    if len(lines) > limits.max_lines:
+        raise TooLarge(f"Too many lines: at most {limits.max_lines} per request")
+    rows: list[dict[str, Any]] = []
+    total = 0
+    for number, line in enumerate(lines):
+        size = len(line.message.encode())
+        if size > limits.max_line_bytes:
+            raise TooLarge(f"Line {number} is too long: at most {limits.max_line_bytes} bytes")
+        severity = line.severity.upper()
+        if severity not in SEVERITIES:
+            raise InvalidRequest(f"Line {number}: unknown severity {line.severity!r}")
+        try:
+            timestamp = parse_datetime(line.timestamp)
+        except ValueError as exc:
+            raise InvalidRequest(f"Line {number}: invalid timestamp") from exc
+        total += size
+        rows.append(
+            {
+                "PilotStamp": stamp,
+                "VO": vo,
+                "TimeStamp": timestamp,
+                "Severity": severity,
+                "Scope": line.scope,
+                "Message": redact(line.message),
+                "ReceivedTime": now,
+            }
+        )
+    return rows, total
+
+
+async def ingest(
+    ctx: ServerContext, *, stamp: str, vos: frozenset[str], lines: list[LogLine]
+) -> None:
+    """Store a batch for the pilot `stamp`, which must belong to one of `vos`."""
+    if not lines:
+        return
+    now = utcnow()
+    limits = limits_of(ctx)
+    rows, nbytes = prepare(lines, stamp=stamp, vo="", limits=limits, now=now)
+    async with ctx.db.transaction() as conn:
+        found = await db_pilots.pilots_by_stamp(conn, [stamp], ("PilotStamp", "PilotID", "VO"))
+        pilot = found.get(stamp)
+        if pilot is None:
+            raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": [stamp]})
+        if pilot["VO"] not in vos:
+            raise Forbidden("This pilot belongs to another VO.")
+        quota = await db.lock_quota(conn, stamp, now)
+        await db.save_quota(
+            conn, stamp, admit(quota, lines=len(rows), nbytes=nbytes, now=now, limits=limits)
+        )
+        for row in rows:
+            row["PilotID"] = pilot["PilotID"]
+            row["VO"] = pilot["VO"]
+        await db.insert_lines(conn, rows)
+
+
+async def search(
+    ctx: ServerContext, identity: Identity, body: SearchParams | None, page: int, per_page: int
+) -> tuple[int, list[dict[str, Any]]]:
+    body = body or SearchParams()
+    specs = list(body.search)
+    scope = vo_scope(identity)
+    if scope is not None:
+        specs.append(VectorSearch(parameter="VO", operator=VectorOperator.IN, values=sorted(scope)))
+    async with ctx.db.read() as conn:
+        return await db.search(
+            conn,
+            parameters=body.parameters,
+            specs=specs,
+            sort=body.sort,
+            page=page,
+            per_page=min(per_page, MAX_PER_PAGE),
+        )
+
+
+async def purge(
+    ctx: ServerContext, older_than_days: int | None, now: datetime | None = None
+) -> int:
+    """Retention: lines received more than N days ago, and lines of deleted pilots."""
+    removed = 0
+    async with ctx.db.transaction() as conn:
+        if older_than_days is not None:
+            cutoff = (now or utcnow()) - timedelta(days=older_than_days)
+            removed += await db.purge_older_than(conn, cutoff)
+        removed += await db.purge_orphans(conn)
+    return removed

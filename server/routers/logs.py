@@ -1,0 +1,47 @@
+"""Pilot logs: pilots send theirs (`internal` with a pilot token, `legacy` with a GenericPilot
+user token); operators search them, scoped to their VO."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from server.context import Context
+from server.logic import auth as auth_logic
+from server.logic import logs as logic
+from server.models import LegacyLogBatch, LogBatch, SearchParams
+from server.policies import LegacyPilot, PilotOnly, Reader
+from server.routers.pilots import paged
+
+router = APIRouter(prefix="/api/pilots", tags=["logs"])
+
+
+@router.post("/internal/message", status_code=HTTPStatus.NO_CONTENT)
+async def send_message(ctx: Context, identity: PilotOnly, body: LogBatch) -> None:
+    """Log lines of the calling pilot; its stamp and VO come from the token, never the body."""
+    await auth_logic.ensure_live(ctx, identity)
+    assert identity.pilot_stamp is not None  # PilotOnly guarantees it
+    await logic.ingest(
+        ctx, stamp=identity.pilot_stamp, vos=frozenset({identity.vo}), lines=body.lines
+    )
+
+
+@router.post("/legacy/message", status_code=HTTPStatus.NO_CONTENT)
+async def send_legacy_message(ctx: Context, identity: LegacyPilot, body: LegacyLogBatch) -> None:
+    """Log lines of a legacy pilot (GenericPilot token): the stamp must be of the token's VO."""
+    await logic.ingest(ctx, stamp=body.pilot_stamp, vos=identity.vos, lines=body.lines)
+
+
+@router.post("/search/logs")
+async def search_logs(
+    ctx: Context,
+    identity: Reader,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=logic.MAX_PER_PAGE)] = 100,
+    body: Annotated[SearchParams | None, Body()] = None,
+) -> list[dict[str, Any]]:
+    """Log lines in time order, DiracX search DSL; `Content-Range: logs a-b/total`."""
+    total, rows = await logic.search(ctx, identity, body, page, per_page)
+    return paged("logs", total, rows, page, per_page)  # type: ignore[return-value]
