@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime as dt
 import ipaddress
+import logging
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,7 @@ from director.daemon import client_for
 from director.errors import DirectorError
 from director.loop import LIVE, Director
 from director.render import example_config_path
-from server.models import PilotStatus, SearchParams, SortSpec, SummaryParams
+from server.models import PilotStatus, ScalarSearch, SearchParams, SortSpec, SummaryParams
 
 STATUSES = [s.value for s in PilotStatus]
 
@@ -60,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="keep everything in this folder (default: a temporary one, removed)",
     )
+    p.add_argument("--verbose", "-v", action="store_true", help="log every cycle as well")
     p.set_defaults(func=main)
 
 
@@ -320,6 +322,7 @@ async def _follow(director: Director, args: argparse.Namespace, out: Any) -> int
             if not any(counts.get(s, 0) for s in LIVE):
                 break
             await asyncio.sleep(interval)
+    out.print()
     return submitted
 
 
@@ -340,25 +343,37 @@ async def _summary(
         str(settings.server.url), TokenSource(admin_file), ca_bundle=settings.server.ca_bundle
     ) as admin:
         try:
+            latest = await admin.search_logs(
+                SearchParams(sort=[SortSpec(parameter="TimeStamp", direction="desc")]),
+                per_page=1,
+            )
+            if not latest:
+                out.print("(no pilot logs stored)")
+                return
+            stamp = str(latest[0]["PilotStamp"])
             lines = await admin.search_logs(
-                SearchParams(sort=[SortSpec(parameter="TimeStamp", direction="desc")]), per_page=8
+                SearchParams(
+                    search=[ScalarSearch(parameter="PilotStamp", operator="eq", value=stamp)],
+                    sort=[SortSpec(parameter="TimeStamp", direction="asc")],
+                ),
+                per_page=40,
             )
         except DirectorError as exc:
             out.print(f"(no pilot logs: {exc})")
             return
     rows = [
         [
-            str(r.get("PilotStamp", ""))[:8],
-            r.get("TimeStamp", ""),
+            str(r.get("TimeStamp", ""))[11:23],
             r.get("Severity", ""),
-            str(r.get("Message", ""))[:100],
+            r.get("Scope", ""),
+            str(r.get("Message", ""))[:110],
         ]
-        for r in reversed(lines)
+        for r in lines
     ]
     out.print(
         table(
-            "a few pilot log lines (stored by the server)",
-            ["pilot", "time", "severity", "message"],
+            f"the log of pilot {stamp}, as the server stores it",
+            ["time", "severity", "scope", "message"],
             rows,
         )
     )
@@ -366,6 +381,8 @@ async def _summary(
 
 def main(args: argparse.Namespace) -> int:
     quiet_http_logs()
+    if not args.verbose:  # the live table says it all; keep warnings and errors
+        logging.getLogger("director").setLevel(logging.WARNING)
     keep = args.dir is not None
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
