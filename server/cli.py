@@ -71,6 +71,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.add_argument("--data-dir", required=True)
     k.set_defaults(func=keys_command)
 
+    from server import maintenance  # [2/7]: purge dead secrets/tokens, log retention
+
+    maintenance.add_parsers(sub)
+
 
 def run_server(args: argparse.Namespace) -> int:
     import uvicorn

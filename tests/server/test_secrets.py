@@ -215,3 +215,34 @@ async def test_purge_drops_expired_used_up_and_revoked(api: Roles) -> None:
     [left] = await listing(api)
     assert left["expires_at"] is None
     assert left["remaining_uses"] is None
+
+
+async def test_maintenance_command_purges_through_the_cli(api: Roles) -> None:
+    """The real `site-director maintenance` process against the same database."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    await mint(api.admin, pilot_secret_use_count_max=1)
+    await mint(api.admin)
+    [used, _] = sorted(await listing(api), key=lambda i: i["remaining_uses"] is None)
+    await api.admin.post("/api/pilots/secrets/revoke", json={"secret_ids": [used["secret_id"]]})
+    settings = api.sut.settings
+    script = Path(sys.executable).parent / "site-director"
+    proc = await asyncio.create_subprocess_exec(
+        str(script),
+        "maintenance",
+        "--db",
+        settings.database_url,
+        "--data-dir",
+        str(settings.data_dir),
+        "--log-retention-days",
+        "30",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert "secrets=1 " in out.decode()
+    [left] = await listing(api)
+    assert left["remaining_uses"] is None
