@@ -570,3 +570,31 @@ def test_the_secret_appears_in_no_output_log_line_file_or_process_argument(
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def _pyenv_python(prefix: str) -> str | None:
+    """An interpreter of that version from pyenv, when this machine has one."""
+    versions = Path.home() / ".pyenv" / "versions"
+    found = sorted(versions.glob(f"{prefix}.*/bin/python3")) if versions.is_dir() else []
+    return str(found[-1]) if found else None
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.13"])
+def test_the_wrapper_runs_on_the_oldest_and_newest_python(
+    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path, version: str
+) -> None:
+    """EL7/EL8 worker nodes have python3.6; new ones the latest. Optional: pyenv's builds."""
+    python = _pyenv_python(version)
+    if python is None:
+        pytest.skip(f"no python{version} on this machine (~/.pyenv/versions)")
+    server = live_server_tls
+    stamp, secret = new_pilot(server)
+    good = file_server.folder(f"python{version}", TEST_PILOT.read_bytes())
+    options = pilot_options(server, stamp, (good,), python_commands=(python,))
+    done = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"python {version}." in done.stdout
+    assert "Traceback" not in done.stderr
+    assert "Warning" not in done.stderr
+    assert pilot_record(server, stamp)["Status"] == "Done"
+    assert leftovers(done) == []
