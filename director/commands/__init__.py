@@ -1,4 +1,4 @@
-"""The director's subcommands of `site-director`: run, once, status, demo.
+"""The director's subcommands of `site-director`: run, once, status, demo, unit.
 
 Each module has `add_parser(subparsers)` and `main(args) -> exit code`; `add_parsers` registers
 them all (called by `director/cli.py`).
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from director.commands import demo, once, run, status
+from director.commands import demo, once, run, status, unit
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for module in (run, once, status, demo):
+    for module in (run, once, status, demo, unit):
         module.add_parser(sub)

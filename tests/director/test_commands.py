@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,3 +189,31 @@ def test_run_submits_reloads_on_sighup_and_stops_on_sigterm(
     assert text.count("director started") == 1
     assert text.count("director stopped") == 1
     assert "Traceback" not in text
+
+
+def test_systemd_unit_renders_hardened_and_verifies(tmp_path: Path) -> None:
+    path, _ = write_config(
+        tmp_path, server_url="https://127.0.0.1:9", ca_file=None, token="t", test_wrapper=False
+    )
+    result = site_director("unit", "--config", str(path), "--user", "root")
+    assert result.returncode == 0, result.stderr
+    unit = result.stdout
+    assert f"run --config {path}" in unit
+    for line in (
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "KillMode=process",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        f"ReadWritePaths={tmp_path / 'work'}",
+        "RestartPreventExitStatus=2",
+    ):
+        assert line in unit
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    unit_file = tmp_path / "site-director.service"
+    unit_file.write_text(unit)
+    verified = subprocess.run(
+        [analyze, "verify", str(unit_file)], capture_output=True, text=True, timeout=60
+    )
+    assert verified.returncode == 0, verified.stderr
