@@ -15,6 +15,7 @@ first, then this pilot's own options:
   --duration S       keep running S seconds, one line per half second
   --post-at-end      post one line with the token from the credentials file before exiting
   --exit-code N      exit with N
+  --save-credentials P  copy the credentials file to P (to check the revocation afterwards)
   --diracxTokenFile=P  checked against DIRACX_CREDENTIALS_PATH (the token-file option)
 Exit code 3 = a check failed (the reason is printed on stderr).
 """
@@ -42,6 +43,7 @@ def own_options(argv):
         "marker_file": None,
         "end_wait_file": None,
         "duration": 0.0,
+        "save_credentials": None,
         "post_at_end": False,
         "exit_code": 0,
     }
@@ -74,6 +76,8 @@ def own_options(argv):
             options["duration"] = float(value)
         elif arg == "--exit-code":
             options["exit_code"] = int(value)
+        elif arg == "--save-credentials":
+            options["save_credentials"] = value
         else:
             fail("unexpected argument %r" % arg)
         i += 2
@@ -141,6 +145,9 @@ def main():
         fail("stdin is not empty")
 
     tag = options["tag"]
+    if options["save_credentials"]:
+        with open(options["save_credentials"], "w") as handle:
+            json.dump(read_credentials(), handle)
     print("test-pilot %s: arguments checked: %s" % (tag, " ".join(argv)))
     post_line("test-pilot %s: posted with the pilot's own token" % tag)
     half = options["lines"] // 2

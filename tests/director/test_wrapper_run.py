@@ -369,11 +369,12 @@ def test_the_pilot_runs_and_ends_done_with_its_lines_searchable(
     stamp, secret = new_pilot(server)
     good = file_server.folder("good", TEST_PILOT.read_bytes())
     dead = f"https://localhost:{free_port()}/pilot"  # nothing listens: the next one is used
+    saved = tmp_path / "credentials-seen-by-the-pilot.json"
     options = pilot_options(
         server,
         stamp,
         (dead, good),
-        pilot_extra=("--lines", "5"),
+        pilot_extra=("--lines", "5", "--save-credentials", str(saved)),
         token_file_option="--diracxTokenFile",
     )
     done = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
@@ -392,6 +393,22 @@ def test_the_pilot_runs_and_ends_done_with_its_lines_searchable(
     assert any(f"from {good}, SHA-512 verified" in m for m in found)
     assert "token revoked" in done.stdout
     assert leftovers(done) == []  # the wrapper removed itself and its work directory
+
+    # The revocation at the end is real: neither token the pilot held works any more.
+    tokens = json.loads(saved.read_text())
+    refreshed = httpx.post(
+        f"{server.url}/api/auth/pilot-token",
+        json={"refresh_token": tokens["refresh_token"], "pilot_stamp": stamp},
+        verify=trust(server),
+    )
+    assert refreshed.status_code == 401
+    posted = httpx.post(
+        f"{server.url}/api/pilots/internal/message",
+        json={"lines": []},
+        headers=bearer(tokens["access_token"]),
+        verify=trust(server),
+    )
+    assert posted.status_code == 401
 
 
 def test_a_file_location_serves_the_pilot_after_a_wrong_https_copy(
@@ -434,15 +451,17 @@ def test_a_wrong_checksum_fails_the_pilot_with_the_reason_logged(
     assert leftovers(failed) == []
 
 
+@pytest.mark.parametrize("buffer_lines", [50_000, 2], ids=["buffer-large", "buffer-of-2"])
 def test_lines_are_kept_while_the_server_is_unreachable_and_sent_later(
-    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path
+    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path, buffer_lines: int
 ) -> None:
+    """Lines wait in memory during the outage; a full buffer drops the oldest and says so."""
     server = live_server_tls
     port = int(server.url.rsplit(":", 1)[1])
     relay = Relay(port)
     try:
         stamp, secret = new_pilot(server)
-        good = file_server.folder("outage", TEST_PILOT.read_bytes())
+        good = file_server.folder(f"outage-{buffer_lines}", TEST_PILOT.read_bytes())
         outage, written, resume = tmp_path / "outage", tmp_path / "written", tmp_path / "resume"
         options = pilot_options(
             server,
@@ -453,6 +472,7 @@ def test_lines_are_kept_while_the_server_is_unreachable_and_sent_later(
                 "--lines", "6", "--wait-file", str(outage),
                 "--marker-file", str(written), "--end-wait-file", str(resume),
             ),
+            tuning=replace(FAST, log_buffer_lines=buffer_lines),
         )  # fmt: skip
         running = start(render(options, stamp, secret, tmp_path), tmp_path / "run")
         tag = stamp[:8]
@@ -468,10 +488,15 @@ def test_lines_are_kept_while_the_server_is_unreachable_and_sent_later(
         resume.touch()
         assert running.wait() == 0, running.stdout + running.stderr
         found = messages(server, stamp)
-        for i in range(4, 7):
-            assert f"test-pilot {tag}: line {i} of 6" in found
         assert any("log server reachable again" in m for m in found)
         assert pilot_record(server, stamp)["Status"] == "Done"
+        if buffer_lines > 100:
+            for i in range(4, 7):
+                assert f"test-pilot {tag}: line {i} of 6" in found
+        else:  # 4 lines came during the outage: line 4 (the oldest) was dropped
+            assert f"test-pilot {tag}: line 4 of 6" not in found
+            assert any("log lines were dropped" in m for m in found)
+        assert f"test-pilot {tag}: line 4 of 6" in running.stdout  # the CE's copy has all
     finally:
         relay.close()
 
