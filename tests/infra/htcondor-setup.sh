@@ -155,10 +155,9 @@ write_client_side() {
   uid_domain=$(in_root condor_config_val UID_DOMAIN)
   schedd=$(in_root condor_status -schedd -af Name | head -n1)
   token=$TOKENS/$PILOT_USER.token
-  if [[ ! -s $token ]] || ! grep -q . "$token"; then
-    in_root condor_token_create -identity "$PILOT_USER@$uid_domain" >"$token.new"
-    mv "$token.new" "$token"
-  fi
+  # a fresh token each start: it must be signed by the pool key of the root as it is now
+  in_root condor_token_create -identity "$PILOT_USER@$uid_domain" >"$token.new"
+  mv "$token.new" "$token"
   # a token readable by others is silently ignored by the client (AUTHENTICATE:1004)
   chmod 600 "$token"
   cat >"$CLIENT/condor_config" <<EOF

@@ -180,8 +180,15 @@ async def test_pilots_through_the_pool_end_as_the_ce_says(
                 found[stamp]["StatusReason"],
                 log_messages(live_server_tls, stamp)[-5:],
             )
-            messages = log_messages(live_server_tls, stamp)
-            assert any("CheckCredentials: DiracX token present" in m for m in messages), messages
+            # the wrapper sends its last lines around its final status: give them a moment
+            deadline = time.monotonic() + 30
+            while True:
+                messages = log_messages(live_server_tls, stamp)
+                seen = any("CheckCredentials: DiracX token present" in m for m in messages)
+                if seen or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert seen, messages
         (failed,) = failing
         assert found[failed]["Status"] in (PilotStatus.FAILED, PilotStatus.ABORTED), found[failed]
         assert found[parked[0]]["Status"] == PilotStatus.WAITING

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -492,6 +492,7 @@ def test_error_messages_are_classified() -> None:
 job_ids = st.builds(JobId, st.integers(1, 40), st.integers(0, 6))
 
 
+@settings(deadline=None, max_examples=60)  # a shared 2-core machine: no per-example deadline
 @given(wanted=st.sets(job_ids, max_size=25), others=st.sets(job_ids, max_size=25))
 def test_job_constraint_matches_exactly_the_jobs_asked_for(
     wanted: set[JobId], others: set[JobId]
