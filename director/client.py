@@ -28,6 +28,7 @@ from server.models import (
     BulkRegistration,
     BulkRegistrationResult,
     LeaseGrant,
+    LeaseRelease,
     LeaseRequest,
     PilotMetadata,
     SearchParams,
@@ -258,7 +259,7 @@ class ServerClient:
         return LeaseGrant.model_validate(response.json())
 
     async def release_leases(self, holder: str, queues: Sequence[str]) -> None:
-        body = LeaseRequest(holder=holder, queues=list(queues), ttl_seconds=1)
+        body = LeaseRelease(holder=holder, queues=list(queues))
         try:
             response = await self._http.request(
                 "DELETE", "/api/director/leases", json=body.model_dump(mode="json")

@@ -148,7 +148,9 @@ class Director:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         demand: DemandSource | None = None,
+        ces: dict[str, ComputingElement] | None = None,
     ) -> None:
+        """`ces` maps `site/ce` to a CE instance to use instead of one made from the config."""
         self.settings = settings
         self.client = client
         self.clock = clock
@@ -160,7 +162,7 @@ class Director:
         cfg = settings.director.backoff
         self.backoff = Backoff(cfg.initial_seconds, cfg.max_seconds, cfg.factor, clock=clock)
         self.demand = demand or make_demand_source(settings)
-        self._ces: dict[str, ComputingElement] = {}
+        self._ces: dict[str, ComputingElement] = dict(ces or {})
         self._prepared: dict[str, PreparedWrapper] = {}
         self._unknown_since: dict[str, float] = {}
         self._held_since: dict[str, float] = {}

@@ -55,6 +55,19 @@ def _load_backends() -> dict[str, Backend]:
             continue
         config_class = getattr(module, config_name, None)
         ce_class = getattr(module, class_name, None)
+        if config_class is not None and ce_class is None:
+            kind = config_class.model_fields["kind"].default
+            ce_class = next(
+                (
+                    value
+                    for value in vars(module).values()
+                    if isinstance(value, type)
+                    and issubclass(value, ComputingElement)
+                    and value is not ComputingElement
+                    and getattr(value, "kind", None) == kind
+                ),
+                None,
+            )
         if config_class is None or ce_class is None:
             log.debug("CE backend %s lacks %s or %s", module_name, config_name, class_name)
             continue

@@ -54,6 +54,7 @@ def write_config(
     site: str | None = None,
     director: dict[str, Any] | None = None,
     test_wrapper: bool = True,
+    ce_name: str = "localhost",
 ) -> tuple[Path, str]:
     """A config file with one local CE; returns (path, site name). Each call gets a site of
     its own, so tests sharing the session's server never see each other's pilots."""
@@ -80,7 +81,7 @@ def write_config(
         "sites": {
             site: {
                 "ces": {
-                    "localhost": {
+                    ce_name: {
                         "ce": {"kind": "local", "slots": slots},
                         "queues": queues or {"default": queue_block()},
                     }
