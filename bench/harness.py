@@ -159,6 +159,7 @@ function response(status, headers, body)
   answered = answered + 1
   local key = tostring(status)
   statuses[key] = (statuses[key] or 0) + 1
+  if on_body then on_body(status, body) end
   if answered == limit then
     io.write("STOP\n")
     io.flush()
@@ -247,9 +248,11 @@ def run_wrk(
     connections: int = 16,
     timeout_s: int = 60,
     max_seconds: int = 600,
+    bodies: list[str] | None = None,
 ) -> WrkResult:
     """Run wrk with one thread and `connections` connections until the script's limit of
-    responses; measure the server's CPU over the phase."""
+    responses; measure the server's CPU over the phase. Lines the script prints as
+    `BODY <text>` (from an `on_body(status, body)` hook) are collected into `bodies`."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
         path = f.name
@@ -279,6 +282,8 @@ def run_wrk(
                 proc.send_signal(signal.SIGINT)
             elif line.startswith('{"requests"'):
                 summary = json.loads(line)
+            elif line.startswith("BODY ") and bodies is not None:
+                bodies.append(line[5:])
         proc.wait()
         time.sleep(0.3)  # let the server finish the requests still in flight
         cpu1 = cpu_seconds(server_pid) if server_pid else 0.0

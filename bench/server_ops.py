@@ -1,0 +1,261 @@
+"""Our server's own operations, with no DiracX 0.7.0 counterpart: bulk registration with
+secrets, secret exchanges, log ingestion.
+
+Run: `.venv/bin/python bench/server_ops.py [--repeat 3] [--json out.json]`
+
+One uvicorn worker on SQLite (WAL), driven by `wrk` (one thread) with Lua scripts:
+
+    bulk      POST /api/pilots/bulk, 1,000 pilots per request with mint_secrets=true
+              (the director's call), 2 connections; goal >= 5,000 pilots/s
+    exchange  POST /api/auth/secret-exchange with the secrets minted above, each stamp once,
+              32 connections; refresh tokens are stored; goal >= 500 exchanges/s
+    logs      POST /api/pilots/internal/message, batches of 250 lines (~110 bytes each) from
+              100 pilots (their tokens from real exchanges), 16 connections;
+              goal >= 50,000 lines/s
+
+Figures: throughput as wrk saw it, p50/p95 per request, and the server's CPU time per
+request and per item (pilot, exchange, log line) from /proc/<pid>/stat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from harness import (
+    ServerProcess,
+    WrkResult,
+    lua_script,
+    median,
+    run_wrk,
+    site_director_token,
+    start_site_director,
+    write_json,
+)
+from rich.console import Console
+from rich.table import Table
+
+BULK = r"""
+local batch = $batch
+function make_request(i)
+  local parts = {}
+  for k = 1, batch do
+    parts[k] = '{"pilot_stamp":"' .. prefix .. i .. '-' .. k ..
+      '","grid_site":"LCG.Bench.org","destination_site":"ce1.bench.org","queue":"q' ..
+      (k % 10) .. '"}'
+  end
+  return wrk.format("POST", "/api/pilots/bulk", nil,
+    '{"vo":"lhcb","mint_secrets":true,"pilots":[' .. table.concat(parts, ",") .. ']}')
+end
+function on_body(status, body)
+  io.write("BODY " .. body .. "\n")
+end
+"""
+
+EXCHANGE = r"""
+local creds = { $creds }
+function make_request(i)
+  local c = creds[((i - 1) % #creds) + 1]
+  return wrk.format("POST", "/api/auth/secret-exchange", nil,
+    '{"pilot_stamp":"' .. c[1] .. '","pilot_secret":"' .. c[2] .. '"}')
+end
+"""
+
+LOGS = r"""
+local tokens = { $tokens }
+local lines = {}
+for k = 1, 250 do
+  lines[k] = '{"timestamp":"2026-11-28T03:00:00.' .. string.format("%06d", k) ..
+    'Z","severity":"INFO","scope":"Pilot","message":"Line ' .. k ..
+    ' of the pilot log: checking the CVMFS repository and the local disk space"}'
+end
+local body = '{"lines":[' .. table.concat(lines, ",") .. ']}'
+function make_request(i)
+  local t = tokens[((i - 1) % #tokens) + 1]
+  return wrk.format("POST", "/api/pilots/internal/message",
+    {["Authorization"] = "Bearer " .. t, ["Content-Type"] = "application/json"}, body)
+end
+"""
+
+GOALS = {"bulk": 5000.0, "exchange": 500.0, "logs": 50_000.0}
+UNITS = {"bulk": "pilots/s", "exchange": "exchanges/s", "logs": "lines/s"}
+
+
+def lua_list(items: list[str]) -> str:
+    return ",".join(items)
+
+
+def check(result: WrkResult, expected: str) -> None:
+    unexpected = {k: v for k, v in result.statuses.items() if k != expected}
+    if unexpected or result.errors:
+        raise RuntimeError(f"{result.op}: unexpected answers {unexpected}, {result.errors} errors")
+
+
+def bulk_phase(
+    server: ServerProcess, token: str, requests: int, batch: int
+) -> tuple[WrkResult, list[tuple[str, str]]]:
+    prefix = "b" + secrets.token_hex(3) + "-"
+    bodies: list[str] = []
+    lua = lua_script(BULK.replace("$batch", str(batch)), limit=requests, prefix=prefix, token=token)
+    result = run_wrk("bulk", server.url, lua, server_pid=server.pid, connections=2, bodies=bodies)
+    check(result, "201")
+    creds: list[tuple[str, str]] = []
+    for text in bodies:
+        for minted in json.loads(text)["secrets"]:
+            creds.append((minted["pilot_stamp"], minted["pilot_secret"]))
+    items = batch * result.requests
+    result.extra = {
+        "batch": batch,
+        "items": items,
+        "items_per_s": round(items / result.seconds, 1),
+        "cpu_us_per_item": round(1e6 * result.cpu_s / (batch * result.issued), 1),
+    }
+    return result, creds
+
+
+def exchange_phase(
+    server: ServerProcess, creds: list[tuple[str, str]], n: int, connections: int
+) -> WrkResult:
+    table = lua_list([f'{{"{s}","{p}"}}' for s, p in creds])
+    lua = lua_script(EXCHANGE.replace("$creds", table), limit=n, prefix="", token="unused")
+    result = run_wrk("exchange", server.url, lua, server_pid=server.pid, connections=connections)
+    check(result, "200")
+    result.extra = {
+        "items": result.requests,
+        "items_per_s": round(result.rps, 1),
+        "cpu_us_per_item": round(1e6 * result.cpu_s / result.issued, 1),
+    }
+    return result
+
+
+def pilot_tokens(server: ServerProcess, creds: list[tuple[str, str]]) -> list[str]:
+    tokens = []
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for stamp, secret in creds:
+            resp = client.post(
+                "/api/auth/secret-exchange", json={"pilot_stamp": stamp, "pilot_secret": secret}
+            )
+            resp.raise_for_status()
+            tokens.append(resp.json()["access_token"])
+    return tokens
+
+
+def logs_phase(server: ServerProcess, tokens: list[str], batches: int) -> WrkResult:
+    lua = lua_script(
+        LOGS.replace("$tokens", lua_list([f'"{t}"' for t in tokens])),
+        limit=batches,
+        prefix="",
+        token="unused",
+    )
+    result = run_wrk("logs", server.url, lua, server_pid=server.pid, connections=16)
+    check(result, "204")
+    lines = 250 * result.requests
+    result.extra = {
+        "items": lines,
+        "items_per_s": round(lines / result.seconds, 1),
+        "cpu_us_per_item": round(1e6 * result.cpu_s / (250 * result.issued), 2),
+    }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--bulk-requests", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--exchanges", type=int, default=3000)
+    parser.add_argument("--exchange-connections", type=int, default=32)
+    parser.add_argument("--log-batches", type=int, default=2000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    console = Console(stderr=True, width=150)
+    work = Path(tempfile.mkdtemp(prefix="bench-ops-"))
+    runs: dict[str, list[WrkResult]] = {"bulk": [], "exchange": [], "logs": []}
+    server = start_site_director(work)
+    try:
+        director = site_director_token(
+            work, sub="bench-director", properties=["TrustedHost"], issuer=server.url
+        )
+        # warm up every route once
+        _, warm = bulk_phase(server, director, 2, 200)
+        exchange_phase(server, warm[:200], 100, args.exchange_connections)
+        logs_phase(server, pilot_tokens(server, warm[200:210]), 20)
+        for rep in range(args.repeat):
+            bulk, creds = bulk_phase(server, director, args.bulk_requests, args.batch)
+            tokens = pilot_tokens(server, creds[:100])
+            exchange = exchange_phase(
+                server, creds[100:], args.exchanges, args.exchange_connections
+            )
+            logs = logs_phase(server, tokens, args.log_batches)
+            for r in (bulk, exchange, logs):
+                runs[r.op].append(r)
+                console.print(
+                    f"run {rep + 1} {r.op:8} {r.extra['items_per_s']:10.0f} {UNITS[r.op]:12} "
+                    f"{r.cpu_ms_per_request:8.2f} ms CPU/req p95 {r.p95_ms:7.1f} ms"
+                )
+        peak = server.peak_rss_mb()
+    finally:
+        server.stop()
+    report = summarise(runs, peak, args)
+    print_table(console, report)
+    write_json(args.json, report)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def summarise(
+    runs: dict[str, list[WrkResult]], peak: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    ops: dict[str, Any] = {}
+    for op, results in runs.items():
+        rate = median([r.extra["items_per_s"] for r in results])
+        ops[op] = {
+            "unit": UNITS[op],
+            "rate": round(rate, 1),
+            "goal": GOALS[op],
+            "goal_met": rate >= GOALS[op],
+            "req_per_s": round(median([r.rps for r in results]), 1),
+            "p50_ms": round(median([r.p50_ms for r in results]), 2),
+            "p95_ms": round(median([r.p95_ms for r in results]), 2),
+            "cpu_ms_per_request": round(median([r.cpu_ms_per_request for r in results]), 3),
+            "cpu_us_per_item": round(median([r.extra["cpu_us_per_item"] for r in results]), 2),
+            "runs": [r.as_dict() for r in results],
+        }
+    return {
+        "benchmark": "server_ops",
+        "repeat": args.repeat,
+        "database": "SQLite (WAL), one uvicorn worker",
+        "client": "wrk -t1 (Lua scripts)",
+        "server_peak_rss_mb": round(peak, 1),
+        "ops": ops,
+    }
+
+
+def print_table(console: Console, report: dict[str, Any]) -> None:
+    table = Table(title=f"Server operations (medians of {report['repeat']} run(s))")
+    for col in ("op", "rate", "goal", "met", "req/s", "p50/p95 ms", "CPU ms/req", "CPU us/item"):
+        table.add_column(col, justify="right")
+    for op, e in report["ops"].items():
+        table.add_row(
+            op,
+            f"{e['rate']:.0f} {e['unit']}",
+            f">= {e['goal']:.0f}",
+            "yes" if e["goal_met"] else "NO",
+            f"{e['req_per_s']:.1f}",
+            f"{e['p50_ms']:.1f}/{e['p95_ms']:.1f}",
+            f"{e['cpu_ms_per_request']:.2f}",
+            f"{e['cpu_us_per_item']:.1f}",
+        )
+    console.print(table)
+    console.print(f"server peak RSS: {report['server_peak_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main()
