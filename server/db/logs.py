@@ -61,8 +61,36 @@ async def save_quota(conn: AsyncConnection, stamp: str, quota: Quota) -> None:
     )
 
 
+_SQLITE_INSERT = (
+    'INSERT INTO "PilotLogs" ("PilotID", "PilotStamp", "VO", "TimeStamp", "Severity", "Scope", '
+    '"Message", "ReceivedTime") VALUES (?, ?, ?, ?, ?, ?, ?, ?)'
+)
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
+
+
 async def insert_lines(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    await conn.execute(insert(LOGS), list(rows))
+    """One executemany per batch. On SQLite (the embedded default, where ingestion rate matters
+    most) straight to the driver: SQLAlchemy's per-value processing was half the cost."""
+    if conn.dialect.name != "sqlite":
+        await conn.execute(insert(LOGS), list(rows))
+        return
+    received = rows[0]["ReceivedTime"].strftime(_SQLITE_TIME) if rows else ""
+    await conn.exec_driver_sql(
+        _SQLITE_INSERT,
+        [
+            (
+                r["PilotID"],
+                r["PilotStamp"],
+                r["VO"],
+                r["TimeStamp"].strftime(_SQLITE_TIME),
+                r["Severity"],
+                r["Scope"],
+                r["Message"],
+                received,
+            )
+            for r in rows
+        ],
+    )
 
 
 async def search(

@@ -12,8 +12,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
 
+from server.db.schema import PILOTS, SECRETS
 from server.db.schema import SECRET_STAMPS as STAMPS
-from server.db.schema import SECRETS
 from server.models import SecretInfo
 
 
@@ -84,7 +84,8 @@ async def secret_for_exchange(
     conn: AsyncConnection, secret_hash: str, stamp: str
 ) -> dict[str, Any] | None:
     """The secret with this hash in one statement: its constraints, how many stamps it is bound
-    to, and whether `stamp` is one of them (the hot path of the secret exchange)."""
+    to, whether `stamp` is one of them, and the pilot `stamp` if registered (`PilotVO` None if
+    not). The hot path of the secret exchange, so one round trip."""
     bound_count = (
         select(func.count())
         .select_from(STAMPS)
@@ -108,7 +109,12 @@ async def secret_for_exchange(
         SECRETS.c.Revoked,
         bound_count.label("bound_count"),
         bound_here.label("bound_here"),
-    ).where(SECRETS.c.SecretHash == secret_hash)
+        PILOTS.c.VO.label("PilotVO"),
+        PILOTS.c.GridSite,
+        PILOTS.c.DestinationSite,
+        PILOTS.c.Queue,
+    ).select_from(SECRETS.outerjoin(PILOTS, PILOTS.c.PilotStamp == stamp))
+    stmt = stmt.where(SECRETS.c.SecretHash == secret_hash)
     row = (await conn.execute(stmt)).mappings().first()
     return dict(row) if row is not None else None
 

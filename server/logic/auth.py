@@ -175,14 +175,10 @@ async def exchange(ctx: ServerContext, body: SecretExchange) -> TokenResponse:
         bound = secret["bound_count"] > 0
         if bound and not secret["bound_here"]:
             raise _refuse()
-        found = await db_pilots.pilots_by_stamp(
-            conn, [body.pilot_stamp], ("PilotStamp", "VO", "GridSite", "DestinationSite", "Queue")
-        )
-        pilot = found.get(body.pilot_stamp)
         new_row: dict[str, Any] | None = None
-        if pilot is not None:
+        if secret["PilotVO"] is not None:
             place = PilotPlace(
-                pilot["VO"], pilot["GridSite"], pilot["DestinationSite"], pilot["Queue"]
+                secret["PilotVO"], secret["GridSite"], secret["DestinationSite"], secret["Queue"]
             )
         else:
             vo = vacuum_vo(body, db_secrets.load_list(secret["VOs"]))
