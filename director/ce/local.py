@@ -368,7 +368,7 @@ class LocalCE(ComputingElement):
             if job is None:
                 results.append(ActionResult(reference))  # nothing left: already clean
                 continue
-            if self._alive(job):
+            if job.exit_code is None and self._alive(job):
                 results.append(ActionResult(reference, error="still running", temporary=True))
                 continue
             shutil.rmtree(job.directory, ignore_errors=True)
