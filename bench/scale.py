@@ -1,0 +1,275 @@
+"""Search and summary latency with 1,000,000 pilots, on SQLite, MariaDB and PostgreSQL.
+
+Run: `.venv/bin/python bench/scale.py [--pilots 1000000] [--backends sqlite,mariadb,postgres]
+[--json out.json]`; `--pilots 100000` for a quick run.
+
+For each backend: a fresh database (MariaDB on 127.0.0.1:3306 as root, PostgreSQL on
+127.0.0.1:5432 as postgres, both dropped afterwards unless --keep), the server started on it
+(one uvicorn worker; it creates the schema), then the table filled directly with bulk inserts
+of 10,000 rows (the server's bulk endpoint is measured in server_ops.py; here only the
+queries on a big table matter). Then, through the server's HTTP API, `wrk -c1`:
+
+    search    indexed filter and a page of 100: Status=Running sorted by SubmissionTime
+              (idx_status_time), page 2; and GridSite=<one of 100 sites> (Statuskey), page 1
+    summary   grouped by GridSite and Status over the whole table
+
+Goals: search p95 < 50 ms, summary < 1 s, server peak RSS < 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    ServerProcess,
+    lua_script,
+    percentile,
+    run_wrk,
+    site_director_token,
+    start_site_director,
+    write_json,
+)
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import insert
+
+from server.db.engine import Database
+from server.db.schema import PILOTS
+
+DB_NAME = "sdbench_scale"
+SITES = [f"LCG.Site{i:03d}.org" for i in range(100)]
+STATUSES = (
+    ["Done"] * 80 + ["Failed"] * 5 + ["Aborted"] * 5 + ["Running"] * 5 + ["Waiting"] * 3
+) + ["Submitted"] * 2
+GOALS = {"search_p95_ms": 50.0, "summary_s": 1.0, "peak_rss_mb": 200.0}
+
+SEARCH_STATUS = r"""
+local body = '{"search":[{"parameter":"Status","operator":"eq","value":"Running"}],' ..
+  '"sort":[{"parameter":"SubmissionTime","direction":"asc"}]}'
+function make_request(i)
+  return wrk.format("POST", "/api/pilots/search?page=2&per_page=100", nil, body)
+end
+"""
+
+SEARCH_SITE = r"""
+function make_request(i)
+  local site = string.format("LCG.Site%03d.org", (i * 37) % 100)
+  return wrk.format("POST", "/api/pilots/search?page=1&per_page=100", nil,
+    '{"search":[{"parameter":"GridSite","operator":"eq","value":"' .. site .. '"}]}')
+end
+"""
+
+SUMMARY = r"""
+function make_request(i)
+  return wrk.format("POST", "/api/pilots/summary", nil,
+    '{"grouping":["GridSite","Status"]}')
+end
+"""
+
+
+def create_database(backend: str) -> str | None:
+    """A fresh database; returns its URL (None = SQLite under the data dir)."""
+    if backend == "sqlite":
+        return None
+    if backend == "mariadb":
+        sql = f"DROP DATABASE IF EXISTS {DB_NAME}; CREATE DATABASE {DB_NAME}"
+        subprocess.run(["mysql", "-h127.0.0.1", "-uroot", "-e", sql], check=True)
+        return f"mysql+asyncmy://root@127.0.0.1:3306/{DB_NAME}"
+    for sql in (f"DROP DATABASE IF EXISTS {DB_NAME}", f"CREATE DATABASE {DB_NAME}"):
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c", sql], check=True)
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB_NAME}"
+
+
+def drop_database(backend: str) -> None:
+    if backend == "mariadb":
+        subprocess.run(
+            ["mysql", "-h127.0.0.1", "-uroot", "-e", f"DROP DATABASE IF EXISTS {DB_NAME}"],
+            check=False,
+        )
+    elif backend == "postgres":
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c", f"DROP DATABASE {DB_NAME}"],
+            check=False,
+        )
+
+
+def pilot_rows(start: int, count: int, rng: random.Random, now: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(start, start + count):
+        site = SITES[rng.randrange(len(SITES))]
+        submitted = now - timedelta(seconds=rng.randrange(30 * 24 * 3600))
+        rows.append(
+            {
+                "PilotStamp": f"{i:08x}{secrets.token_hex(12)}",
+                "PilotJobReference": f"https://ce.example.org/job/{i}",
+                "DestinationSite": f"ce{rng.randrange(3)}.{site}",
+                "Queue": f"q{rng.randrange(4)}",
+                "GridSite": site,
+                "VO": "lhcb" if rng.random() < 0.9 else "dteam",
+                "GridType": "HTCondorCE",
+                "BenchMark": 0.0,
+                "SubmissionTime": submitted,
+                "LastUpdateTime": submitted,
+                "Status": STATUSES[rng.randrange(len(STATUSES))],
+                "StatusReason": "Unknown",
+                "InitialJobID": 0,
+                "CurrentJobID": 0,
+                "AccountingSent": False,
+            }
+        )
+    return rows
+
+
+async def fill(url: str, total: int, chunk: int = 10_000) -> float:
+    """Insert `total` pilots in bulk; returns seconds."""
+    db = Database(url)
+    rng = random.Random(42)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    started = time.perf_counter()
+    try:
+        for start in range(0, total, chunk):
+            rows = pilot_rows(start, min(chunk, total - start), rng, now)
+            async with db.engine.begin() as conn:
+                await conn.execute(insert(PILOTS), rows)
+        if db.dialect == "postgresql":
+            async with db.engine.connect() as conn:
+                await conn.exec_driver_sql('ANALYZE "PilotAgents"')
+                await conn.commit()
+        elif db.is_mysql:
+            async with db.engine.connect() as conn:
+                await conn.exec_driver_sql("ANALYZE TABLE PilotAgents")
+        else:
+            async with db.engine.connect() as conn:
+                await conn.exec_driver_sql("ANALYZE")
+                await conn.commit()
+    finally:
+        await db.close()
+    return time.perf_counter() - started
+
+
+def wrk_latencies(
+    server: ServerProcess, token: str, lua: str, n: int, expected: str
+) -> dict[str, Any]:
+    result = run_wrk("q", server.url, lua_script(lua, limit=n, prefix="", token=token),
+                     server_pid=server.pid, connections=1)  # fmt: skip
+    if set(result.statuses) != {expected} or result.errors:
+        raise RuntimeError(f"unexpected answers {result.statuses}, {result.errors} errors")
+    return {
+        "requests": result.requests,
+        "p50_ms": round(result.p50_ms, 2),
+        "p95_ms": round(result.p95_ms, 2),
+        "p99_ms": round(result.p99_ms, 2),
+        "cpu_ms_per_request": round(result.cpu_ms_per_request, 2),
+    }
+
+
+def summary_latencies(server: ServerProcess, token: str, n: int) -> dict[str, Any]:
+    """Each summary timed alone (wrk -c1), so the figure is one query's latency."""
+    times = []
+    for _ in range(n):
+        r = run_wrk("summary", server.url, lua_script(SUMMARY, limit=1, prefix="", token=token),
+                    server_pid=None, connections=1)  # fmt: skip
+        if set(r.statuses) != {"200"}:
+            raise RuntimeError(f"summary answered {r.statuses}")
+        times.append(r.p50_ms / 1000)
+    return {
+        "runs": n,
+        "median_s": round(sorted(times)[len(times) // 2], 3),
+        "max_s": round(max(times), 3),
+        "p95_s": round(percentile(times, 95), 3),
+    }
+
+
+def run_backend(
+    backend: str, pilots: int, work: Path, console: Console, searches: int
+) -> dict[str, Any]:
+    url = create_database(backend)
+    data_dir = work / backend
+    server = start_site_director(data_dir, db_url=url)
+    try:
+        db_url = url or f"sqlite+aiosqlite:///{(data_dir / 'site-director.db').resolve()}"
+        console.print(f"{backend}: filling {pilots:,} pilots ...")
+        fill_s = asyncio.run(fill(db_url, pilots))
+        console.print(f"{backend}: filled in {fill_s:.1f} s ({pilots / fill_s:,.0f} rows/s)")
+        token = site_director_token(data_dir, issuer=server.url)
+        # warm the server and the database cache
+        wrk_latencies(server, token, SEARCH_STATUS, 20, "206")
+        wrk_latencies(server, token, SEARCH_SITE, 20, "206")
+        search_status = wrk_latencies(server, token, SEARCH_STATUS, searches, "206")
+        search_site = wrk_latencies(server, token, SEARCH_SITE, searches, "206")
+        summary = summary_latencies(server, token, 5)
+        rss = server.peak_rss_mb()
+    finally:
+        server.stop()
+        drop_database(backend)
+    result = {
+        "backend": backend,
+        "pilots": pilots,
+        "fill_s": round(fill_s, 1),
+        "search_status_page2": search_status,
+        "search_site_page1": search_site,
+        "summary_site_status": summary,
+        "server_peak_rss_mb": round(rss, 1),
+    }
+    result["goals_met"] = {
+        "search_p95_ms": max(search_status["p95_ms"], search_site["p95_ms"])
+        < GOALS["search_p95_ms"],
+        "summary_s": summary["max_s"] < GOALS["summary_s"],
+        "peak_rss_mb": rss < GOALS["peak_rss_mb"],
+    }
+    console.print(result)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pilots", type=int, default=1_000_000)
+    parser.add_argument("--backends", default="sqlite,mariadb,postgres")
+    parser.add_argument("--searches", type=int, default=200, help="requests per search kind")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep the SQLite work directory")
+    args = parser.parse_args()
+    console = Console(stderr=True, width=150)
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    results = [
+        run_backend(b, args.pilots, work, console, args.searches) for b in args.backends.split(",")
+    ]
+    report = {"benchmark": "scale", "pilots": args.pilots, "goals": GOALS, "backends": results}
+    table = Table(title=f"{args.pilots:,} pilots: latency through the server (wrk -c1)")
+    for col in (
+        "backend",
+        "fill s",
+        "Status+sort p2 p50/p95 ms",
+        "GridSite p1 p50/p95 ms",
+        "summary median/max s",
+        "peak RSS MB",
+    ):
+        table.add_column(col, justify="right")
+    for r in results:
+        a, b, s = r["search_status_page2"], r["search_site_page1"], r["summary_site_status"]
+        table.add_row(
+            r["backend"],
+            f"{r['fill_s']:.0f}",
+            f"{a['p50_ms']:.1f}/{a['p95_ms']:.1f}",
+            f"{b['p50_ms']:.1f}/{b['p95_ms']:.1f}",
+            f"{s['median_s']:.3f}/{s['max_s']:.3f}",
+            f"{r['server_peak_rss_mb']:.0f}",
+        )
+    console.print(table)
+    write_json(args.json, report)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
