@@ -6,6 +6,7 @@ so tests make as many apps as they like (one per database backend).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -14,9 +15,11 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from server.context import ServerContext
@@ -158,17 +161,50 @@ class AccessLog:
 def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServerDomainError)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-    return JSONResponse({"detail": exc.detail}, status_of(exc), headers=headers)
+    return _AsciiJSONResponse({"detail": exc.detail}, status_of(exc), headers=headers)
 
 
-def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+def _is_bad_value(exc: Exception) -> bool:
+    """A driver error caused by a value (SQLSTATE class 22, data exception), not by the
+    database being away: asyncpg reports those as a generic DBAPI error with the code."""
+    if isinstance(exc, DataError):
+        return True
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(code, str) and code.startswith("22")
+
+
+def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """The database is down or overloaded: 503 so clients retry, never a bare 500."""
+    if _is_bad_value(exc):
+        return _bad_value(request, exc)
     logging.getLogger("server").warning("database unavailable: %s", type(exc).__name__)
     return JSONResponse(
         {"detail": "Database unavailable, retry later"},
         HTTPStatus.SERVICE_UNAVAILABLE,
         headers={"Retry-After": "5"},
     )
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an input echoed back with an unpaired surrogate
+    (`"\\ud800"` is valid JSON) cannot be encoded as UTF-8 and would turn a 422 into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _AsciiJSONResponse(
+        {"detail": jsonable_encoder(exc.errors())}, HTTPStatus.UNPROCESSABLE_ENTITY
+    )
+
+
+def _bad_value(_: Request, exc: Exception) -> JSONResponse:
+    """A value the database or its driver cannot take (an unpaired surrogate, an integer
+    beyond 64 bits, a NUL in PostgreSQL text...): the client's fault, so 400, not 500/503."""
+    logging.getLogger("server").info("refused a value: %s", type(exc).__name__)
+    return JSONResponse({"detail": "Invalid value in the request"}, HTTPStatus.BAD_REQUEST)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -195,6 +231,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_exception_handler(ServerDomainError, _domain_error)
     for db_error in (OperationalError, PoolTimeout, DBAPIError, ConnectionError, OSError):
         app.add_exception_handler(db_error, _database_unavailable)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    for bad_value in (UnicodeEncodeError, OverflowError):
+        app.add_exception_handler(bad_value, _bad_value)
     for router in (pilots.router, wellknown.router):
         app.include_router(router)
     for extra in _optional_routers():

@@ -8,6 +8,8 @@ is a 400 naming the parameter, never a database error.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +19,12 @@ from sqlalchemy.sql.schema import Column
 
 from server.errors import InvalidRequest
 from server.models import ScalarOperator, ScalarSearch, SearchSpec, SortSpec, VectorOperator
+
+#: The range of the integer columns (BIGINT); beyond it the drivers fail instead of comparing.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+#: POSIX RE_DUP_MAX, PostgreSQL's limit too: larger `{n}` counts are a database error there.
+_MAX_REPEAT = 255
+_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
 def parse_datetime(value: str) -> datetime:
@@ -40,9 +48,15 @@ def _convert(column: Column[Any], value: Any, parameter: str) -> Any:
         if isinstance(kind, Integer):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return int(value)
+            number = int(value)
+            if not _INT_MIN <= number <= _INT_MAX:
+                raise ValueError(value)
+            return number
         if isinstance(kind, Double | Float):
-            return float(value)
+            real = float(value)
+            if not math.isfinite(real):
+                raise ValueError(value)
+            return real
         if isinstance(kind, DateTime):
             return parse_datetime(str(value))
     except (TypeError, ValueError, OverflowError) as exc:
@@ -52,6 +66,17 @@ def _convert(column: Column[Any], value: Any, parameter: str) -> Any:
 
 def _is_text(column: Column[Any]) -> bool:
     return not isinstance(column.type, Boolean | Integer | Double | Float | DateTime)
+
+
+def _check_regex(pattern: str, parameter: str) -> None:
+    """Refuse what no database would compile, as a 400 rather than a database error."""
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise InvalidRequest(f"Invalid regular expression for parameter {parameter!r}") from exc
+    for match in _REPEAT.finditer(pattern):
+        if any(int(n) > _MAX_REPEAT for n in match.groups() if n):
+            raise InvalidRequest(f"Repetition counts above {_MAX_REPEAT} are not supported")
 
 
 def column_for(columns: Mapping[str, Column[Any]], parameter: str) -> Column[Any]:
@@ -75,7 +100,10 @@ def condition(columns: Mapping[str, Column[Any]], spec: SearchSpec) -> ColumnEle
                 return column.like(pattern)
             if op is ScalarOperator.NOT_LIKE:
                 return not_(column.like(pattern))
+            _check_regex(pattern, spec.parameter)
             return column.regexp_match(pattern)
+        if op in (ScalarOperator.GT, ScalarOperator.LT) and isinstance(column.type, Boolean):
+            raise InvalidRequest(f"Operator {op.value!r} cannot compare {spec.parameter!r}")
         value = _convert(column, spec.value, spec.parameter)
         if op is ScalarOperator.EQ:
             return column.__eq__(value)

@@ -39,7 +39,7 @@ async def list_secrets(
     ctx: Context,
     identity: AdminOnly,
     pilot_stamp: Annotated[str | None, Query(max_length=32)] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=10**9)] = 1,
     per_page: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[SecretInfo]:
     """Secrets and their constraints, by id; never the secret."""
