@@ -42,7 +42,7 @@ from director.ce.base import ComputingElement, PilotSubmission, QueueSpec, Submi
 from director.client import ServerClient
 from director.config import QueueRef, Settings
 from director.demand import DemandSource, make_demand_source
-from director.errors import CEError, ConfigError, ServerError, ServerUnavailable
+from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
 from director.metrics import Metrics
 from director.render import TemplateRenderer, default_template_dir
 from director.slots import Limits, plan
@@ -361,7 +361,10 @@ class Director:
                 granted = await self.leases([r for r in refs if r.enabled])
             except ServerError as exc:
                 lease_error = f"leases: {exc}"
-        await self.demand.refresh()
+        try:
+            await self.demand.refresh()
+        except DirectorError as exc:  # unknown demand: the source's demand() decides (0)
+            log.warning("demand source: %s", exc)
         semaphore = asyncio.Semaphore(self.settings.director.concurrency)
 
         async def one(ref: QueueRef) -> QueueOutcome:
@@ -658,7 +661,10 @@ class Director:
                 continue
             outcome.checked += 1
             stamp = str(pilot["PilotStamp"])
-            current = PilotStatus(str(pilot.get("Status")))
+            try:
+                current = PilotStatus(str(pilot.get("Status")))
+            except ValueError:
+                current = PilotStatus.UNKNOWN
             new = result.status
             held = "HELD" in result.ce_state.upper()
             if new == PilotStatus.UNKNOWN or held:
