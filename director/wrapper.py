@@ -65,7 +65,8 @@ class WrapperTuning:
     log_batch_lines: int = 500
     log_flush_interval_s: float = 5.0
     log_buffer_lines: int = 50_000
-    log_max_line_chars: int = 8192
+    log_max_line_bytes: int = 8192
+    """Longer lines are cut (the server refuses lines over its `log_max_line_bytes`, 16 KiB)."""
     refresh_margin_s: float = 120.0
     final_flush_timeout_s: float = 30.0
     status_attempts: int = 3
@@ -213,7 +214,7 @@ def wrapper_config(options: PilotOptions) -> dict[str, Any]:
         "log_batch_lines": tuning.log_batch_lines,
         "log_flush_interval_s": tuning.log_flush_interval_s,
         "log_buffer_lines": tuning.log_buffer_lines,
-        "log_max_line_chars": tuning.log_max_line_chars,
+        "log_max_line_bytes": tuning.log_max_line_bytes,
         "refresh_margin_s": tuning.refresh_margin_s,
         "final_flush_timeout_s": tuning.final_flush_timeout_s,
         "status_attempts": tuning.status_attempts,

@@ -15,6 +15,7 @@ first, then this pilot's own options:
   --duration S       keep running S seconds, one line per half second
   --post-at-end      post one line with the token from the credentials file before exiting
   --exit-code N      exit with N
+  --long-line N      print one line of N "x" characters
   --save-credentials P  copy the credentials file to P (to check the revocation afterwards)
   --diracxTokenFile=P  checked against DIRACX_CREDENTIALS_PATH (the token-file option)
 Exit code 3 = a check failed (the reason is printed on stderr).
@@ -44,6 +45,7 @@ def own_options(argv):
         "end_wait_file": None,
         "duration": 0.0,
         "save_credentials": None,
+        "long_line": 0,
         "post_at_end": False,
         "exit_code": 0,
     }
@@ -76,6 +78,8 @@ def own_options(argv):
             options["duration"] = float(value)
         elif arg == "--exit-code":
             options["exit_code"] = int(value)
+        elif arg == "--long-line":
+            options["long_line"] = int(value)
         elif arg == "--save-credentials":
             options["save_credentials"] = value
         else:
@@ -157,6 +161,8 @@ def main():
         if i == half and options["wait_file"]:
             while not os.path.exists(options["wait_file"]):
                 time.sleep(0.05)
+    if options["long_line"]:
+        print("x" * options["long_line"])
     sys.stderr.write("test-pilot %s: a line on stderr\n" % tag)
     sys.stderr.flush()
     if options["marker_file"]:

@@ -374,7 +374,7 @@ def test_the_pilot_runs_and_ends_done_with_its_lines_searchable(
         server,
         stamp,
         (dead, good),
-        pilot_extra=("--lines", "5", "--save-credentials", str(saved)),
+        pilot_extra=("--lines", "5", "--save-credentials", str(saved), "--long-line", "40000"),
         token_file_option="--diracxTokenFile",
     )
     done = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
@@ -387,6 +387,9 @@ def test_the_pilot_runs_and_ends_done_with_its_lines_searchable(
     for i in range(1, 6):
         assert f"test-pilot {tag}: line {i} of 5" in found
     assert f"test-pilot {tag}: a line on stderr" in found
+    pieces = [m for m in found if m and set(m) == {"x"}]  # the long line, cut to fit, all there
+    assert sum(map(len, pieces)) == 40_000
+    assert max(len(p.encode()) for p in pieces) <= FAST.log_max_line_bytes
     assert f"test-pilot {tag}: posted with the pilot's own token" in found
     assert any("status set to Running" in m for m in found)
     assert any(f"not available from {dead}" in m for m in found)
@@ -555,6 +558,22 @@ def test_a_single_use_secret_is_refused_the_second_time(
     assert leftovers(second) == []
 
 
+def test_an_unreachable_server_ends_the_exchange_after_bounded_retries(
+    live_server_tls: LiveServer, tmp_path: Path
+) -> None:
+    server = live_server_tls
+    stamp, secret = new_pilot(server)
+    options = pilot_options(
+        server, stamp, ("file:///nonexistent",), server_url=f"https://localhost:{free_port()}"
+    )
+    failed = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
+    assert failed.returncode == 102
+    assert failed.stdout.count("secret exchange attempt") == FAST.exchange_attempts - 1
+    assert f"secret exchange failed after {FAST.exchange_attempts} attempts" in failed.stdout
+    assert pilot_record(server, stamp)["Status"] == "Submitted"  # no token: nothing reported
+    assert leftovers(failed) == []
+
+
 def test_a_signal_fails_the_pilot_and_cleans_up(
     live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path
 ) -> None:
@@ -606,19 +625,24 @@ def _pyenv_python(prefix: str) -> str | None:
 
 @pytest.mark.parametrize("version", ["3.6", "3.13"])
 def test_the_wrapper_runs_on_the_oldest_and_newest_python(
-    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path, version: str
+    live_server_tls: LiveServer, tmp_path: Path, version: str
 ) -> None:
-    """EL7/EL8 worker nodes have python3.6; new ones the latest. Optional: pyenv's builds."""
+    """EL7/EL8 worker nodes have python3.6; new ones the latest. Optional: pyenv's builds.
+    The pilot is embedded here, and the first interpreter name does not exist."""
     python = _pyenv_python(version)
     if python is None:
         pytest.skip(f"no python{version} on this machine (~/.pyenv/versions)")
     server = live_server_tls
     stamp, secret = new_pilot(server)
-    good = file_server.folder(f"python{version}", TEST_PILOT.read_bytes())
-    options = pilot_options(server, stamp, (good,), python_commands=(python,))
+    embedded = (PilotFile("dirac-pilot.py", content=TEST_PILOT.read_bytes()),)
+    options = pilot_options(
+        server, stamp, (), pilot_files=embedded, python_commands=("python0", python)
+    )
     done = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"python {version}." in done.stdout
+    assert "pilot file dirac-pilot.py" in done.stdout
+    assert "from embedded, SHA-512 verified" in done.stdout
     assert "Traceback" not in done.stderr
     assert "Warning" not in done.stderr
     assert pilot_record(server, stamp)["Status"] == "Done"
