@@ -666,7 +666,9 @@ class Director:
             except ValueError:
                 current = PilotStatus.UNKNOWN
             new = result.status
-            held = "HELD" in result.ce_state.upper()
+            # Held and still alive by the CE's map (ARC HELD, HTCondor spooling): wait, then
+            # Abort. A hold the map already calls final (a failed HTCondor pilot) is recorded now.
+            held = "HELD" in result.ce_state.upper() and new not in FINAL_STATUSES
             if new == PilotStatus.UNKNOWN or held:
                 trackers = self._held_since if held else self._unknown_since
                 limit = cfg.held_timeout_seconds if held else cfg.unknown_timeout_seconds
