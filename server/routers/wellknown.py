@@ -6,6 +6,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.context import Context
@@ -51,6 +52,6 @@ async def health(ctx: Context, _: Public) -> Response:
     return Response('{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(_: Public) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
