@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from director.loop import DRY_RUN_SECRET
@@ -217,3 +218,51 @@ def test_systemd_unit_renders_hardened_and_verifies(tmp_path: Path) -> None:
         [analyze, "verify", str(unit_file)], capture_output=True, text=True, timeout=60
     )
     assert verified.returncode == 0, verified.stderr
+
+
+def test_dry_run_writes_the_htcondor_submit_description(tmp_path: Path) -> None:
+    """Another CE kind in the dry run: its CE is unreachable, nothing is needed from it."""
+    pytest.importorskip("htcondor2")
+    path = tmp_path / "condor.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"url": "https://127.0.0.1:9"},
+                "vos": ["lhcb"],
+                "director": {"work_dir": str(tmp_path / "work")},
+                "pilot": {"files": [{"name": "dirac-pilot.py", "template": "demo-pilot.py"}]},
+                "sites": {
+                    "LCG.Example.org": {
+                        "ces": {
+                            "ce.example.org": {
+                                "ce": {
+                                    "kind": "htcondor",
+                                    "host": "127.0.0.1",
+                                    "port": 9,
+                                    "query_timeout_s": 1,
+                                },
+                                "queues": {
+                                    "condor": {
+                                        "pilots_per_cycle": 2,
+                                        "processors": 8,
+                                        "extra_attributes": {"+xcount": "8"},
+                                    }
+                                },
+                            }
+                        }
+                    }
+                },
+            }
+        )
+    )
+    out = tmp_path / "out"
+    result = site_director("once", "--config", str(path), "--dry-run", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    folder = out / "LCG.Example.org" / "ce.example.org" / "condor"
+    wrappers = sorted(p.stem for p in folder.glob("*.sh"))
+    assert len(wrappers) == 2
+    [submit] = folder.glob("*.sub")
+    text = submit.read_text()
+    assert "request_cpus = 8" in text
+    assert "+xcount = 8" in text
+    assert all(stamp in text for stamp in wrappers)
