@@ -425,9 +425,24 @@ class ARCCE(ComputingElement):
         self._credentials = _Credentials(config)
         self._client: httpx.AsyncClient | None = None
         self._upload_slots = asyncio.Semaphore(config.upload_concurrency)
+        self._client_auth: dict[str, str] | None = None
+        self._retired: httpx.AsyncClient | None = None
+        self._closing: set[asyncio.Future[None]] = set()
 
     def __str__(self) -> str:
         return f"arc:{self.config.netloc}"
+
+    def _new_connections(self, auth: dict[str, str]) -> None:
+        """A-REX binds the caller's identity to the connection at its first request, and keeps
+        it for later requests whatever token they carry (seen with 6.17: a refused token then a
+        good one on one connection -> 403, and the reverse -> 200). So a new token gets new
+        connections. The old client may still carry requests in flight: it is closed at the
+        next change, or by `close()`."""
+        if self._client is not None:
+            if self._retired is not None:
+                self._closing.add(asyncio.ensure_future(self._retired.aclose()))
+            self._retired, self._client = self._client, None
+        self._client_auth = auth
 
     def _http(self) -> httpx.AsyncClient:
         """Made on first use, inside the event loop that will use it."""
@@ -455,7 +470,10 @@ class ARCCE(ComputingElement):
         **kwargs: Any,
     ) -> httpx.Response:
         """One REST call; transport failures and error statuses become CEErrors."""
-        headers = {**kwargs.pop("headers", {}), **(await self._credentials.header())}
+        auth = await self._credentials.header()
+        if auth != self._client_auth:
+            self._new_connections(auth)
+        headers = {**kwargs.pop("headers", {}), **auth}
         try:
             response = await self._http().request(method, path, headers=headers, **kwargs)
         except httpx.TimeoutException as exc:
@@ -472,6 +490,8 @@ class ARCCE(ComputingElement):
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
+        if not response.content.strip():
+            return {}  # A-REX answers `GET /jobs` with an empty body when there is no job
         try:
             return response.json()
         except ValueError as exc:
@@ -545,7 +565,7 @@ class ARCCE(ComputingElement):
                     f"job description for {queue_key(queue)}: {exc}", "rejected"
                 ) from exc
             try:
-                ids = await self._create(document, len(chunk))
+                created = await self._create(document, len(chunk))
             except CEError as exc:
                 if not results:
                     raise  # nothing submitted at all: the whole call failed
@@ -554,15 +574,13 @@ class ARCCE(ComputingElement):
                         pilot.stamp, error=exc.reason, temporary=exc.temporary
                     )
                 continue
-            made = [(p, i) for p, i in zip(chunk, ids, strict=True) if i is not None]
+            made = [(p, i) for p, (i, _) in zip(chunk, created, strict=True) if i is not None]
             errors = await asyncio.gather(*(self._upload(p, i) for p, i in made))
             upload_error = {p.stamp: e for (p, _), e in zip(made, errors, strict=True)}
             failed_ids: list[str] = []
-            for pilot, job_id in zip(chunk, ids, strict=True):
+            for pilot, (job_id, refusal) in zip(chunk, created, strict=True):
                 if job_id is None:
-                    results[pilot.stamp] = SubmitResult(
-                        pilot.stamp, error="the CE refused this job", temporary=True
-                    )
+                    results[pilot.stamp] = SubmitResult(pilot.stamp, error=refusal)
                 elif upload_error[pilot.stamp] is not None:
                     failed_ids.append(job_id)
                     results[pilot.stamp] = SubmitResult(
@@ -578,8 +596,8 @@ class ARCCE(ComputingElement):
         _log.info("submitted %d of %d pilots to %s", submitted, len(pilots), self)
         return [results[p.stamp] for p in pilots]
 
-    async def _create(self, document: str, count: int) -> list[str | None]:
-        """POST the xRSL; one job id (or None where that job was refused) per description."""
+    async def _create(self, document: str, count: int) -> list[tuple[str | None, str]]:
+        """POST the xRSL; per description (job id, "") or (None, the CE's reason for refusing)."""
         body = await self._json(
             "POST",
             "/jobs",
@@ -593,16 +611,18 @@ class ARCCE(ComputingElement):
             raise CETemporaryError(
                 f"{self}: asked for {count} jobs, the CE answered for {len(items)}", "ce_error"
             )
-        ids: list[str | None] = []
+        made: list[tuple[str | None, str]] = []
         for item in items:
             code = _int(item.get("status-code"))
-            ids.append(str(item["id"]) if code == HTTPStatus.CREATED and item.get("id") else None)
-            if ids[-1] is None:
-                _log.warning("%s refused a job: %s %s", self, code, item.get("reason", ""))
-        if not any(ids):
-            reason = next((str(i.get("reason", "")) for i in items), "")
-            raise CEPermanentError(f"{self}: the CE refused every job ({reason})", "rejected")
-        return ids
+            if code == HTTPStatus.CREATED and item.get("id"):
+                made.append((str(item["id"]), ""))
+            else:
+                reason = " ".join(str(item.get("reason", "")).split())[:200]
+                made.append((None, f"rejected: {reason or code}"))
+                _log.warning("%s refused a job: %s %s", self, code, reason)
+        if not any(job_id for job_id, _ in made):
+            raise CEPermanentError(f"{self}: the CE refused every job ({made[0][1]})", "rejected")
+        return made
 
     async def _upload(self, pilot: PilotSubmission, job_id: str) -> str | None:
         """PUT the wrapper into the session directory; None on success, else the reason."""
@@ -786,7 +806,11 @@ class ARCCE(ComputingElement):
         )
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._retired):
+            if client is not None:
+                await client.aclose()
+        self._client = self._retired = None
+        self._client_auth = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self._credentials.close()

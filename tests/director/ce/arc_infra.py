@@ -1,0 +1,136 @@
+"""The real ARC CE (tests/infra/arc-ce-setup.sh) and our server as its token issuer, as
+session-scoped fixtures.
+
+The set-up script writes `<dir>/arc.env` once A-REX answers. When that file is absent and this
+process may run the script (root, A-REX installed), the fixture runs it (about 3 s); otherwise
+the tests skip by hand and fail in CI (SITE_DIRECTOR_REQUIRE_INFRA=1).
+
+A-REX trusts exactly one token issuer, fixed when it starts (`ARC_ISSUER`, by default
+https://localhost:8444), and fetches its JWKS over HTTPS trusting the ARC test CA only. So the
+issuer fixture runs our real server on that port with the `localhost` certificate the script
+issued from the test CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, missing, start_live_server
+
+REPO = Path(__file__).resolve().parents[3]
+SETUP = REPO / "tests" / "infra" / "arc-ce-setup.sh"
+
+
+@dataclass(frozen=True)
+class ARCInfra:
+    url: str
+    queue: str
+    ca_file: Path
+    user_cert: Path
+    user_key: Path
+    issuer: str
+    issuer_port: int
+    server_cert: Path
+    server_key: Path
+    session_dir: Path
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def arc_env_file() -> Path:
+    base = os.environ.get("ARC_INFRA_DIR") or str(REPO / ".test-infra" / "arc")
+    return Path(base) / "arc.env"
+
+
+def _answers(env: dict[str, str]) -> str | None:
+    """None when A-REX answers an authenticated REST call, else why not."""
+    try:
+        context = ssl.create_default_context(cafile=env["ARC_CA_FILE"])
+        context.load_cert_chain(env["ARC_USER_CERT"], env["ARC_USER_KEY"])
+        response = httpx.get(env["ARC_REST_URL"] + "/info", verify=context, timeout=10)
+    except OSError as exc:
+        return f"cannot use the test credentials: {exc}"
+    except httpx.HTTPError as exc:
+        return f"A-REX at {env['ARC_URL']} does not answer: {exc}"
+    if response.status_code != 200:
+        return f"A-REX at {env['ARC_URL']} answered {response.status_code}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def arc_infra() -> ARCInfra:
+    env_file = arc_env_file()
+    runnable = os.geteuid() == 0 and shutil.which("arched", path="/usr/sbin:/usr/bin")
+    if not env_file.is_file() or (runnable and _answers(read_env_file(env_file))):
+        if not runnable:
+            missing(f"no ARC CE: {env_file} absent (run `sudo {SETUP.relative_to(REPO)}`)")
+        done = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            missing(f"{SETUP.name} failed: {done.stderr.strip()[-500:]}")
+    env = read_env_file(env_file)
+    problem = _answers(env)
+    if problem:
+        missing(f"{problem} (restart it with `sudo {SETUP.relative_to(REPO)}`)")
+    return ARCInfra(
+        url=env["ARC_URL"],
+        queue=env.get("ARC_QUEUE", "fork"),
+        ca_file=Path(env["ARC_CA_FILE"]),
+        user_cert=Path(env["ARC_USER_CERT"]),
+        user_key=Path(env["ARC_USER_KEY"]),
+        issuer=env["ARC_ISSUER"],
+        issuer_port=int(env["ARC_ISSUER_PORT"]),
+        server_cert=Path(env["ARC_SERVER_CERT"]),
+        server_key=Path(env["ARC_SERVER_KEY"]),
+        session_dir=Path(env["ARC_SESSION_DIR"]),
+    )
+
+
+@pytest.fixture(scope="session")
+def arc_issuer(
+    arc_infra: ARCInfra, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """Our real server over HTTPS at the one issuer URL A-REX trusts."""
+    try:
+        server = start_live_server(
+            tmp_path_factory.mktemp("arc-issuer"),
+            tls=(arc_infra.server_cert, arc_infra.server_key),
+            port=arc_infra.issuer_port,
+        )
+    except (RuntimeError, OSError) as exc:
+        missing(f"cannot serve the token issuer on port {arc_infra.issuer_port}: {exc}")
+    if server.url.rstrip("/") != arc_infra.issuer.rstrip("/"):
+        server.stop()
+        missing(f"A-REX trusts {arc_infra.issuer}, the test server is {server.url}")
+    server.ca_file = arc_infra.ca_file
+    yield server
+    server.stop()
+
+
+async def poll(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 120.0, interval: float = 1.0
+) -> bool:
+    """Poll a real CE until `check` holds; the CE's own pace decides, not the test."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(interval)
+    return await check()
