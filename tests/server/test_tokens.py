@@ -3,13 +3,14 @@ on every backend; and which tokens each kind of endpoint refuses."""
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from http import HTTPStatus
 from typing import Any
 
 import httpx
 
-from tests.conftest import Roles
+from tests.conftest import LiveServer, Roles
 
 REFRESH = "/api/auth/pilot-token"
 REVOKE = "/api/auth/revoke"
@@ -158,3 +159,48 @@ async def test_user_tokens_refused_on_pilot_endpoints(api: Roles) -> None:
             "/api/pilots/legacy/message", json={"pilot_stamp": "x", "lines": [LINE]}
         )
         assert r.status_code == HTTPStatus.FORBIDDEN
+
+
+async def test_dirac_pilot_flow_over_verified_tls(live_server_tls: LiveServer) -> None:
+    """What the DIRAC pilot's DiracX client sends, in order, over HTTPS with the test CA: the
+    exchange (401, then the vacuum retry), logs with `pilot_stamp` in the body, a refresh, and
+    the query-parameter revocation; afterwards its tokens are dead."""
+    server = live_server_tls
+    assert server.ca_file is not None
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    tls = ssl.create_default_context(cafile=str(server.ca_file))
+    async with httpx.AsyncClient(base_url=server.url, verify=tls) as client:
+        r = await client.post(
+            "/api/pilots/secrets",
+            headers=admin,
+            json={"vo": "lhcb", "pilot_secret_use_count_max": 100},
+        )
+        assert r.status_code == HTTPStatus.CREATED, r.text
+        secret = r.json()[0]["pilot_secret"]
+        s = uuid.uuid4().hex
+        body = {"pilot_stamp": s, "pilot_secret": secret}
+        r = await client.post("/api/auth/secret-exchange", json=body)
+        assert r.status_code == HTTPStatus.UNAUTHORIZED
+        vacuum = {"vo": "lhcb", "grid_type": "", "grid_site": "", "status": "Running"}
+        r = await client.post("/api/auth/secret-exchange", json=body | vacuum)
+        assert r.status_code == HTTPStatus.OK, r.text
+        pair = r.json()
+        bearer = {"Authorization": f"Bearer {pair['access_token']}"}
+        r = await client.post(LOGS, headers=bearer, json={"pilot_stamp": s, "lines": [LINE]})
+        assert r.status_code == HTTPStatus.NO_CONTENT
+        r = await client.post(
+            REFRESH, json={"refresh_token": pair["refresh_token"], "pilot_stamp": s}
+        )
+        assert r.status_code == HTTPStatus.OK
+        pair = r.json()
+        bearer = {"Authorization": f"Bearer {pair['access_token']}"}
+        r = await client.post(
+            REVOKE, params={"refresh_token": pair["refresh_token"], "client_id": "myDIRACClientID"}
+        )
+        assert r.status_code == HTTPStatus.OK
+        r = await client.post(LOGS, headers=bearer, json={"lines": [LINE]})
+        assert r.status_code == HTTPStatus.UNAUTHORIZED
+        r = await client.post(
+            REFRESH, json={"refresh_token": pair["refresh_token"], "pilot_stamp": s}
+        )
+        assert r.status_code == HTTPStatus.UNAUTHORIZED
