@@ -136,3 +136,23 @@ def test_pilot_files_need_a_checksum_unless_embedded(tmp_path: Path) -> None:
     data["pilot"] = {"files": [{"name": "dirac-pilot.py"}]}
     with pytest.raises(ConfigError, match=r"pilot\.files\.0: .*sha512 is required"):
         load_config(write(tmp_path, yaml.safe_dump(data)))
+
+
+def test_the_commented_example_sites_are_valid_once_uncommented(tmp_path: Path) -> None:
+    """The HTCondor-CE and ARC blocks an operator copies must load as written."""
+    pytest.importorskip("htcondor2")
+    lines = example_config_path().read_text().splitlines()
+    start = lines.index("  # LCG.Example.org:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #"):
+            break
+        block.append("  " + line[len("  # ") :])
+    text = "\n".join(lines[:start] + block) + "\n"
+    settings = load_config(write(tmp_path, text))
+    kinds = {q.key: q.entry.ce.kind for q in settings.queues()}
+    assert kinds == {
+        "DIRAC.Demo.local/localhost/default": "local",
+        "LCG.Example.org/htcondor-ce.example.org/condor": "htcondor",
+        "LCG.Example.org/arc-ce.example.org/grid": "arc",
+    }
