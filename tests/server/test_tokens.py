@@ -74,6 +74,20 @@ async def test_reuse_revokes_the_family(api: Roles) -> None:
     assert await can_log(api, other["access_token"]) == HTTPStatus.NO_CONTENT
 
 
+async def test_concurrent_refreshes_with_one_token(api: Roles) -> None:
+    """One wins the rotation; the others are reuse, so the family dies with them."""
+    import asyncio
+
+    s, pair = await pilot_tokens(api)
+    responses = await asyncio.gather(*(refresh(api, pair["refresh_token"], s) for _ in range(6)))
+    winners = [r for r in responses if r.status_code == HTTPStatus.OK]
+    assert len(winners) == 1
+    assert sum(r.status_code == HTTPStatus.UNAUTHORIZED for r in responses) == 5
+    new = winners[0].json()
+    assert (await refresh(api, new["refresh_token"], s)).status_code == HTTPStatus.UNAUTHORIZED
+    assert await can_log(api, new["access_token"]) == HTTPStatus.UNAUTHORIZED
+
+
 async def test_refresh_refusals(api: Roles) -> None:
     s, pair = await pilot_tokens(api)
     other, _ = await pilot_tokens(api)
@@ -144,6 +158,8 @@ async def test_pilot_token_refused_on_operator_endpoints(api: Roles) -> None:
         ("POST", "/api/pilots/bulk", {"vo": "lhcb", "pilots": [{"pilot_stamp": "x"}]}),
         ("POST", "/api/pilots/", {"pilot_stamp": "y", "vo": "lhcb"}),
         ("POST", "/api/pilots/legacy/message", {"pilot_stamp": s, "lines": [LINE]}),
+        ("DELETE", "/api/pilots/", {"pilot_stamps": [s]}),
+        ("GET", f"/api/pilots/jobs?pilot_stamp={s}", None),
     ]
     for method, path, body in calls:
         r = await pilot.request(method, path, json=body)
