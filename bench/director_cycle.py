@@ -1,0 +1,290 @@
+"""One full director submission cycle against the real server, with a sink CE.
+
+Run: `.venv/bin/python bench/director_cycle.py [--queues 100,1000,10000] [--json out.json]`
+
+Each size runs in its own process (so its peak memory is its own) against a fresh server on
+loopback (SQLite, one uvicorn worker): `Director.run_cycle()` over N queues that each want 10
+pilots (fill demand, 10 per cycle), with the packaged demo pilot embedded in each wrapper and
+every CE a `SinkCE` (bench/sink_ce.py) that accepts submissions in memory. The cycle is the
+real one: leases, reconciliation (CE list + server search per queue), CE counts, plan, one
+bulk registration with minted secrets per queue, render, submit, one patch of references.
+
+Phases are timed by wrapping the director's steps; with `director.concurrency` queues in
+flight at once, a phase's figure is the sum of its calls' durations (it can exceed the wall
+time). Also reported: wall time, director CPU and peak RSS, server CPU.
+
+Goal: 10,000 pilots (1,000 queues) in under 5 s end to end; director peak memory < 150 MB; the
+cost per pilot flat from 100 to 10,000 queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import cpu_seconds, site_director_token, start_site_director, write_json
+from pydantic import SecretStr
+from rich.console import Console
+from rich.table import Table
+from sink_ce import SinkCE, SinkStats
+
+from director.ce.base import ComputingElement, QueueSpec
+from director.client import ServerClient, TokenSource
+from director.config import QueueRef, Settings
+from director.loop import Director, QueueOutcome
+from server.models import BulkRegistration, BulkRegistrationResult, LeaseGrant, PilotMetadata
+
+PILOTS_PER_QUEUE = 10
+CES_PER_SITE = 5
+QUEUES_PER_CE = 2
+PHASES = ("leases", "reconcile", "count", "register+mint", "render", "submit", "patch")
+
+
+class Phases:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def add(self, phase: str, started: float) -> None:
+        self.seconds[phase] += time.perf_counter() - started
+        self.calls[phase] += 1
+
+
+class TimedClient(ServerClient):
+    """The real client; register, patch and lease calls are timed."""
+
+    phases: Phases
+
+    async def register_bulk(self, body: BulkRegistration) -> BulkRegistrationResult:
+        t = time.perf_counter()
+        try:
+            return await super().register_bulk(body)
+        finally:
+            self.phases.add("register+mint", t)
+
+    async def patch_metadata(self, updates: Mapping[str, PilotMetadata]) -> None:
+        t = time.perf_counter()
+        try:
+            await super().patch_metadata(updates)
+        finally:
+            self.phases.add("patch", t)
+
+    async def take_leases(self, holder: str, queues: Sequence[str], ttl: int) -> LeaseGrant:
+        t = time.perf_counter()
+        try:
+            return await super().take_leases(holder, queues, ttl)
+        finally:
+            self.phases.add("leases", t)
+
+
+class TimedPrepared:
+    """A prepared wrapper whose render() is timed."""
+
+    def __init__(self, inner: Any, phases: Phases) -> None:
+        self._inner = inner
+        self._phases = phases
+
+    def render(self, stamp: str, secret: str) -> str:
+        t = time.perf_counter()
+        try:
+            return str(self._inner.render(stamp, secret))
+        finally:
+            self._phases.add("render", t)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class TimedDirector(Director):
+    phases: Phases
+
+    async def reconcile(self, ref: QueueRef, ce: ComputingElement, spec: QueueSpec) -> None:
+        t = time.perf_counter()
+        try:
+            await super().reconcile(ref, ce, spec)
+        finally:
+            self.phases.add("reconcile", t)
+
+    async def _counts(
+        self, ref: QueueRef, ce: ComputingElement, dry_run: bool, outcome: QueueOutcome
+    ) -> tuple[int, int]:
+        t = time.perf_counter()
+        try:
+            return await super()._counts(ref, ce, dry_run, outcome)
+        finally:
+            self.phases.add("count", t)
+
+    def prepared(self, ref: QueueRef) -> Any:
+        return TimedPrepared(super().prepared(ref), self.phases)
+
+
+def settings_for(queues: int, url: str, token: str, work_dir: Path, concurrency: int) -> Settings:
+    ces_per_site = CES_PER_SITE * QUEUES_PER_CE
+    sites: dict[str, Any] = {}
+    for s in range((queues + ces_per_site - 1) // ces_per_site):
+        ces: dict[str, Any] = {}
+        for c in range(CES_PER_SITE):
+            qs = {}
+            for q in range(QUEUES_PER_CE):
+                if len(sites) * ces_per_site + c * QUEUES_PER_CE + q >= queues:
+                    break
+                qs[f"q{q}"] = {
+                    "max_total_pilots": 1000,
+                    "max_waiting_pilots": 1000,
+                    "pilots_per_cycle": PILOTS_PER_QUEUE,
+                }
+            if qs:
+                ces[f"ce{c}.site{s:05d}.example.org"] = {"ce": {"kind": "local"}, "queues": qs}
+        sites[f"LCG.Site{s:05d}.org"] = {"vo": "lhcb", "ces": ces}
+    return Settings(
+        server={"url": url, "token": SecretStr(token), "timeout_seconds": 300},
+        vos=["lhcb"],
+        director={"work_dir": work_dir, "concurrency": concurrency, "name": "bench"},
+        pilot={
+            "setup": "LHCb-Production",
+            # what the pilots would call (an https URL); the director talks to the loopback one
+            "diracx_url": "https://diracx.example.org",
+            "pilot_script": "dirac-pilot.py",
+            "files": [{"name": "dirac-pilot.py", "template": "demo-pilot.py"}],
+            "python_commands": ["python3"],
+        },
+        sites=sites,
+    )
+
+
+async def one_cycle(
+    queues: int, url: str, token: str, work: Path, concurrency: int
+) -> dict[str, Any]:
+    phases = Phases()
+    stats = SinkStats()
+    settings = settings_for(queues, url, token, work, concurrency)
+    client = TimedClient(url, TokenSource(None, SecretStr(token)), timeout=300)
+    client.phases = phases
+    ces: dict[str, ComputingElement] = {}
+    for ref in settings.queues():
+        key = f"{ref.site}/{ref.ce}"
+        if key not in ces:
+            ces[key] = SinkCE(ref.ce, stats)
+    director = TimedDirector(settings, client=client, ces=ces)
+    director.phases = phases
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    outcomes = await director.run_cycle()
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    await director.close()
+    await client.aclose()
+    errors = [o.error for o in outcomes if o.error]
+    submitted = sum(o.submitted for o in outcomes)
+    return {
+        "queues": queues,
+        "pilots": submitted,
+        "errors": errors[:5],
+        "error_count": len(errors),
+        "wall_s": round(wall, 3),
+        "ms_per_pilot": round(1000 * wall / max(submitted, 1), 3),
+        "director_cpu_s": round(cpu, 3),
+        "director_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "concurrency": concurrency,
+        "wrapper_kb": round(stats.wrapper_bytes / max(stats.submitted, 1) / 1024, 1),
+        "phases_s": {
+            p: round(phases.seconds.get(p, 0.0) + (stats.submit_seconds if p == "submit" else 0), 3)
+            for p in PHASES
+        },
+        "phase_calls": {
+            p: phases.calls.get(p, stats.calls if p == "submit" else 0) for p in PHASES
+        },
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    result = asyncio.run(
+        one_cycle(
+            args.one,
+            args.url,
+            os.environ["BENCH_DIRECTOR_TOKEN"],
+            Path(args.work),
+            args.concurrency,
+        )
+    )
+    print(json.dumps(result))
+
+
+def parent(args: argparse.Namespace) -> None:
+    console = Console(stderr=True, width=150)
+    results = []
+    for n in [int(x) for x in args.queues.split(",")]:
+        work = Path(tempfile.mkdtemp(prefix=f"bench-director-{n}-"))
+        server = start_site_director(work / "server")
+        try:
+            token = site_director_token(
+                work / "server", sub="bench-director", properties=["TrustedHost"],
+                issuer=server.url,
+            )  # fmt: skip
+            server_cpu0 = cpu_seconds(server.pid)
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", str(n), "--url", server.url,
+                 "--work", str(work / "director"), "--concurrency", str(args.concurrency)],
+                check=True, capture_output=True, text=True,
+                env={**os.environ, "BENCH_DIRECTOR_TOKEN": token},
+            )  # fmt: skip
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result["server_cpu_s"] = round(cpu_seconds(server.pid) - server_cpu0, 3)
+            result["server_peak_rss_mb"] = round(server.peak_rss_mb(), 1)
+        finally:
+            server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        console.print(result)
+        if result["error_count"]:
+            raise SystemExit(f"{n} queues: {result['error_count']} queues failed")
+        results.append(result)
+    report = {
+        "benchmark": "director_cycle",
+        "pilots_per_queue": PILOTS_PER_QUEUE,
+        "goal": {"pilots": 10_000, "wall_s": 5.0, "director_peak_rss_mb": 150.0},
+        "results": results,
+    }
+    table = Table(title="One director submission cycle (real server on loopback, SinkCE)")
+    for col in ("queues", "pilots", "wall s", "ms/pilot", "director CPU s", "server CPU s",
+                "director RSS MB", *PHASES):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(
+            str(r["queues"]), str(r["pilots"]), f"{r['wall_s']:.2f}", f"{r['ms_per_pilot']:.3f}",
+            f"{r['director_cpu_s']:.2f}", f"{r['server_cpu_s']:.2f}",
+            f"{r['director_peak_rss_mb']:.0f}", *(f"{r['phases_s'][p]:.2f}" for p in PHASES),
+        )  # fmt: skip
+    console.print(table)
+    console.print("phase columns: seconds summed over the calls (queues overlap)")
+    write_json(args.json, report)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queues", default="100,1000,10000")
+    parser.add_argument("--concurrency", type=int, default=8, help="director.concurrency")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        child(args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()
