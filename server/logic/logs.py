@@ -19,8 +19,16 @@ from server.clock import utcnow
 from server.context import ServerContext
 from server.db import logs as db
 from server.db import pilots as db_pilots
+from server.db import tokens as db_tokens
 from server.db.search import parse_datetime
-from server.errors import Forbidden, InvalidRequest, NotFound, RateLimited, TooLarge
+from server.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+)
 from server.identity import Identity
 from server.models import LogLine, SearchParams, VectorOperator, VectorSearch
 from server.policies import vo_scope
@@ -125,15 +133,28 @@ def prepare(
 
 
 async def ingest(
-    ctx: ServerContext, *, stamp: str, vos: frozenset[str], lines: list[LogLine]
+    ctx: ServerContext,
+    *,
+    stamp: str,
+    vos: frozenset[str],
+    lines: list[LogLine],
+    family_id: str | None = None,
 ) -> None:
-    """Store a batch for the pilot `stamp`, which must belong to one of `vos`."""
-    if not lines:
-        return
+    """Store a batch for the pilot `stamp`, which must belong to one of `vos`. With
+    `family_id` (a pilot token's), the family must not be revoked: checked in the same
+    transaction, so the hot path opens one connection."""
     now = utcnow()
     limits = limits_of(ctx)
     rows, nbytes = prepare(lines, stamp=stamp, vo="", limits=limits, now=now)
+    if not rows:
+        if family_id is not None:
+            async with ctx.db.read() as conn:
+                if await db_tokens.family_revoked(conn, family_id):
+                    raise Unauthorized("Invalid token")
+        return
     async with ctx.db.transaction() as conn:
+        if family_id is not None and await db_tokens.family_revoked(conn, family_id):
+            raise Unauthorized("Invalid token")
         found = await db_pilots.pilots_by_stamp(conn, [stamp], ("PilotStamp", "PilotID", "VO"))
         pilot = found.get(stamp)
         if pilot is None:
