@@ -124,3 +124,19 @@ async def make_director(
 
 def settings_for(path: Path, **overrides: Any) -> Settings:
     return load_config(path, overrides)
+
+
+async def revoked_stamps(live: Any) -> set[str]:
+    """Stamps whose bound secrets the server lists as revoked (an admin's view)."""
+    import ssl
+
+    import httpx
+
+    async with httpx.AsyncClient(
+        base_url=live.url,
+        verify=ssl.create_default_context(cafile=str(live.ca_file)),
+        headers={"Authorization": f"Bearer {live.admin_token}"},
+    ) as admin:
+        response = await admin.get("/api/pilots/secrets")
+    assert response.status_code == 200, response.text
+    return {s for info in response.json() if info["revoked"] for s in info["pilot_stamps"]}

@@ -10,7 +10,13 @@ from typing import Any
 
 from director.loop import ce_reference
 from tests.conftest import LiveServer
-from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
+from tests.director.conftest import (
+    ManualClock,
+    queue_block,
+    revoked_stamps,
+    settings_for,
+    write_config,
+)
 from tests.director.test_loop import only_queue, pilots_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,3 +104,6 @@ async def test_registered_but_never_submitted_pilots_are_aborted_after_the_grace
         assert pilots[stamp]["Status"] == "Aborted"
         assert "never submitted" in pilots[stamp]["StatusReason"]
     assert all(ce_reference(p) for s, p in pilots.items() if s not in orphans)
+    revoked = await revoked_stamps(live_server_tls)
+    assert set(orphans) <= revoked
+    assert not (set(pilots) - set(orphans)) & revoked
