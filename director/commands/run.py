@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from director.commands.common import add_config_arguments, quiet_http_logs, settings_from
 from director.daemon import Daemon
@@ -22,4 +23,6 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     quiet_http_logs()
+    # APScheduler logs each job run at INFO; the cycles log their own line per queue.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return asyncio.run(_run(args))
