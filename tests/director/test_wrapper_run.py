@@ -318,7 +318,7 @@ def render(options: PilotOptions, stamp: str, secret: str, folder: Path) -> str:
     return text
 
 
-def start(text: str, folder: Path) -> Run:
+def start(text: str, folder: Path, shell: str = "sh") -> Run:
     """Writes the wrapper 0600 into a fresh job directory, as a CE does, and runs `sh` on it."""
     folder.mkdir(parents=True, exist_ok=True)
     job, tmp = folder / "job", folder / "tmp"
@@ -332,13 +332,13 @@ def start(text: str, folder: Path) -> Run:
     env = {**os.environ, "TMPDIR": str(tmp)}
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            ["sh", "wrapper.sh"], cwd=job, stdout=stdout, stderr=stderr, env=env
+            [shell, "wrapper.sh"], cwd=job, stdout=stdout, stderr=stderr, env=env
         )
     return Run(folder, process, out, err)
 
 
-def run(text: str, folder: Path) -> Run:
-    started = start(text, folder)
+def run(text: str, folder: Path, shell: str = "sh") -> Run:
+    started = start(text, folder, shell)
     started.wait()
     return started
 
@@ -592,16 +592,25 @@ def test_a_signal_fails_the_pilot_and_cleans_up(
     assert leftovers(running) == []
 
 
+@pytest.mark.parametrize("shell", ["sh", "bash"])
 def test_the_secret_appears_in_no_output_log_line_file_or_process_argument(
-    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path
+    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path, shell: str
 ) -> None:
+    """Here sh is dash; on EL worker nodes it is bash, which may put a here-document in a
+    temporary file (TMPDIR, scanned below with the job directory)."""
     server = live_server_tls
     stamp, secret = new_pilot(server)
-    good = file_server.folder("scan", TEST_PILOT.read_bytes())
-    options = pilot_options(server, stamp, (good,), pilot_extra=("--duration", "2"))
+    good = file_server.folder(f"scan-{shell}", TEST_PILOT.read_bytes())
+    files = (  # an embedded file makes the here-document larger than a pipe's buffer
+        PilotFile("dirac-pilot.py", sha512=PILOT_SHA512),
+        PilotFile("payload.bin", content=secrets.token_bytes(200_000)),
+    )
+    options = pilot_options(
+        server, stamp, (good,), pilot_files=files, pilot_extra=("--duration", "2")
+    )
     text = render(options, stamp, secret, tmp_path)
     with ProcScanner(secret) as scanner:
-        done = run(text, tmp_path / "run")
+        done = run(text, tmp_path / "run", shell)
     assert done.returncode == 0, done.stdout + done.stderr
     assert scanner.scans > 10
     assert scanner.hits == []
