@@ -404,7 +404,7 @@ class Director:
                     await self._submit(ref, outcome, dry_run, output)
         except TimeoutError:
             outcome.error = outcome.why = (
-                f"timed out after {self.settings.director.queue_timeout_seconds:.0f}s"
+                f"timed out after {self.settings.director.queue_timeout_seconds:g}s"
             )
             self.backoff.failure(ref.key, outcome.error)
         except (ServerError, CEError, ConfigError, OSError) as exc:

@@ -156,3 +156,16 @@ def test_the_commented_example_sites_are_valid_once_uncommented(tmp_path: Path) 
         "LCG.Example.org/htcondor-ce.example.org/condor": "htcondor",
         "LCG.Example.org/arc-ce.example.org/grid": "arc",
     }
+
+
+def test_a_missing_backend_module_leaves_the_others_loadable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from director import ce
+
+    monkeypatch.setitem(sys.modules, "director.ce.arc", None)  # as if arc.py were not there
+    backends = ce._load_backends()
+    assert "arc" not in backends
+    assert "local" in backends
