@@ -32,7 +32,7 @@ from rich.live import Live
 from director.commands.common import console, quiet_http_logs, table
 from director.config import load_config
 from director.daemon import client_for
-from director.errors import DirectorError
+from director.errors import ConfigError, DirectorError
 from director.loop import LIVE, Director
 from director.render import example_config_path
 from server.models import PilotStatus, ScalarSearch, SearchParams, SortSpec, SummaryParams
@@ -268,6 +268,8 @@ async def _demo(args: argparse.Namespace, base: Path, server: DemoServer) -> int
         r.key for r in settings.queues() if r.enabled and getattr(r.entry.ce, "kind", "") == "local"
     ]
     skipped = [r.key for r in settings.queues() if r.key not in local and r.enabled]
+    if not local:
+        raise ConfigError(f"{config_path}: no enabled queue on a local CE to demo")
     director = Director(settings, client=client_for(settings))
     director.queues = [r for r in director.queues if r.key in local]
     out.print(
