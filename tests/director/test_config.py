@@ -169,3 +169,33 @@ def test_a_missing_backend_module_leaves_the_others_loadable(
     backends = ce._load_backends()
     assert "arc" not in backends
     assert "local" in backends
+
+
+def test_command_line_flags_override_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from director.cli import build_parser
+    from director.commands.common import settings_from
+
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.setenv("SITE_DIRECTOR_DIRECTOR__CONCURRENCY", "7")
+    args = build_parser().parse_args(
+        [
+            "once",
+            "--config",
+            str(path),
+            "--concurrency",
+            "5",
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--server-url",
+            "https://flag.example",
+            "--name",
+            "host-x",
+        ]
+    )
+    settings = settings_from(args)
+    assert settings.director.concurrency == 5
+    assert settings.director.work_dir == tmp_path / "w"
+    assert str(settings.server.url) == "https://flag.example/"
+    assert settings.director.name == "host-x"
