@@ -17,7 +17,9 @@
 # Environment:
 #   ARC_INFRA_DIR  work directory (default: <repo>/.test-infra/arc)
 #   ARC_PORT       A-REX HTTPS port on 127.0.0.1 (default: 8443)
-#   ARC_ISSUER     the one token issuer A-REX trusts (default: https://localhost:8444)
+#   ARC_ISSUER     the token issuer A-REX trusts (default: https://localhost:8444)
+#   ARC_SPARE_ISSUERS  more trusted issuers, space-separated (default: the same on ports
+#                  8445-8447), so that test sessions running side by side each get one
 #   ARC_CA_ID      test CA id (default: sitedirector; never the package's own default id)
 #
 # Result: <dir>/arc.env, KEY=VALUE lines the tests read (ARC_URL, ARC_CA_FILE, ARC_USER_CERT,
@@ -28,6 +30,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 DIR=${ARC_INFRA_DIR:-$REPO/.test-infra/arc}
 PORT=${ARC_PORT:-8443}
 ISSUER=${ARC_ISSUER:-https://localhost:8444}
+SPARE_ISSUERS=${ARC_SPARE_ISSUERS-https://localhost:8445 https://localhost:8446 https://localhost:8447}
 CAID=${ARC_CA_ID:-sitedirector}
 PKI=$DIR/pki
 CADIR=$DIR/certificates
@@ -124,7 +127,7 @@ x509_cert_dir = $CADIR
 subject = $subject
 
 [authgroup:tokenusers]
-authtokens = * $ISSUER * * *
+$(for i in $ISSUER $SPARE_ISSUERS; do echo "authtokens = * $i * * *"; done)
 
 [mapping]
 map_to_user = certusers nobody:nogroup
@@ -273,6 +276,7 @@ ARC_CA_DIR=$CADIR
 ARC_USER_CERT=$DIR/usercert.pem
 ARC_USER_KEY=$DIR/userkey.pem
 ARC_ISSUER=$ISSUER
+ARC_SPARE_ISSUERS="$SPARE_ISSUERS"
 ARC_ISSUER_PORT=$issuer_port
 ARC_SERVER_CERT=$DIR/server-cert.pem
 ARC_SERVER_KEY=$DIR/server-key.pem

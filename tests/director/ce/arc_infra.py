@@ -5,10 +5,10 @@ The set-up script writes `<dir>/arc.env` once A-REX answers. When that file is a
 process may run the script (root, A-REX installed), the fixture runs it (about 3 s); otherwise
 the tests skip by hand and fail in CI (SITE_DIRECTOR_REQUIRE_INFRA=1).
 
-A-REX trusts exactly one token issuer, fixed when it starts (`ARC_ISSUER`, by default
-https://localhost:8444), and fetches its JWKS over HTTPS trusting the ARC test CA only. So the
-issuer fixture runs our real server on that port with the `localhost` certificate the script
-issued from the test CA.
+A-REX trusts the token issuers fixed when it starts (`ARC_ISSUER`, by default
+https://localhost:8444, and spares on the next ports) and fetches their JWKS over HTTPS trusting
+the ARC test CA only. So the issuer fixture runs our real server on the first free of those
+ports with the `localhost` certificate the script issued from the test CA.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -38,8 +40,8 @@ class ARCInfra:
     ca_file: Path
     user_cert: Path
     user_key: Path
-    issuer: str
-    issuer_port: int
+    issuers: tuple[str, ...]
+    """Issuer URLs A-REX trusts, the preferred one first."""
     server_cert: Path
     server_key: Path
     session_dir: Path
@@ -94,33 +96,55 @@ def arc_infra() -> ARCInfra:
         ca_file=Path(env["ARC_CA_FILE"]),
         user_cert=Path(env["ARC_USER_CERT"]),
         user_key=Path(env["ARC_USER_KEY"]),
-        issuer=env["ARC_ISSUER"],
-        issuer_port=int(env["ARC_ISSUER_PORT"]),
+        issuers=(env["ARC_ISSUER"], *env.get("ARC_SPARE_ISSUERS", "").strip('"').split()),
         server_cert=Path(env["ARC_SERVER_CERT"]),
         server_key=Path(env["ARC_SERVER_KEY"]),
         session_dir=Path(env["ARC_SESSION_DIR"]),
     )
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture(scope="session")
 def arc_issuer(
     arc_infra: ARCInfra, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """Our real server over HTTPS at the one issuer URL A-REX trusts."""
-    try:
-        server = start_live_server(
-            tmp_path_factory.mktemp("arc-issuer"),
-            tls=(arc_infra.server_cert, arc_infra.server_key),
-            port=arc_infra.issuer_port,
-        )
-    except (RuntimeError, OSError) as exc:
-        missing(f"cannot serve the token issuer on port {arc_infra.issuer_port}: {exc}")
-    if server.url.rstrip("/") != arc_infra.issuer.rstrip("/"):
+    """Our real server over HTTPS at an issuer URL A-REX trusts: the first whose port is free
+    (test sessions running side by side each take one)."""
+    tried = []
+    for issuer in arc_infra.issuers:
+        port = urlsplit(issuer).port
+        if port is None:
+            continue
+        if not _port_free(port):
+            tried.append(f"{port} in use")
+            continue
+        try:
+            server = start_live_server(
+                tmp_path_factory.mktemp("arc-issuer"),
+                tls=(arc_infra.server_cert, arc_infra.server_key),
+                port=port,
+            )
+        except (RuntimeError, OSError) as exc:
+            tried.append(f"{port}: {exc}")
+            continue
+        if server.url.rstrip("/") != issuer.rstrip("/"):
+            server.stop()
+            tried.append(f"{port}: serves {server.url}, A-REX trusts {issuer}")
+            continue
+        server.ca_file = arc_infra.ca_file
+        yield server
         server.stop()
-        missing(f"A-REX trusts {arc_infra.issuer}, the test server is {server.url}")
-    server.ca_file = arc_infra.ca_file
-    yield server
-    server.stop()
+        return
+    missing(f"cannot serve a token issuer A-REX trusts: {'; '.join(tried)}")
 
 
 async def poll(

@@ -24,6 +24,7 @@ from server.models import FINAL_STATUSES, PilotStatus
 from tests.conftest import LiveServer
 from tests.director.ce.arc_infra import ARCInfra, arc_infra, arc_issuer, poll  # noqa: F401
 
+pytestmark = [pytest.mark.arc, pytest.mark.slow]
 OK_PILOT = '#!/bin/sh\necho "pilot $PILOT_STAMP says hello"\necho "to stderr" >&2\nexit 0\n'
 FAILING_PILOT = '#!/bin/sh\necho "about to fail"\nexit 3\n'
 SLEEPING_PILOT = "#!/bin/sh\nsleep 300\n"
@@ -49,10 +50,14 @@ def make_ce(config: ARCCEConfig, tmp_path: Path) -> ARCCE:
     return ARCCE(config, renderer=TemplateRenderer(), work_dir=tmp_path)
 
 
+RUN = secrets.token_hex(3)
+"""In every site name: runs sharing the one CE (reruns, parallel sessions) never mix."""
+
+
 def queue_for(infra: ARCInfra, name: str = "test") -> QueueSpec:
     return QueueSpec(
         name=infra.queue,
-        site=f"LCG.ARC-{name}.test",
+        site=f"LCG.ARC-{name}-{RUN}.test",
         ce="localhost",
         environment={"SITE_NOTE": 'quoted "value" with spaces'},
     )
