@@ -61,6 +61,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+        self.director.stopping = True
 
     async def _guarded(self, name: str, cycle: Callable[[], Any]) -> None:
         if self._stop.is_set():
@@ -110,6 +111,8 @@ class Daemon:
                 )
 
     async def reload(self) -> None:
+        if self._stop.is_set():
+            return
         try:
             settings = self._load()
         except ConfigError as exc:

@@ -167,6 +167,9 @@ class Director:
         self._unknown_since: dict[str, float] = {}
         self._held_since: dict[str, float] = {}
         self._lease_warned = False
+        self.stopping = False
+        """Set on SIGTERM: queues not yet started are skipped, and a queue stops before its
+        next registration; a batch already registered is still submitted and recorded."""
         self.queues: list[QueueRef] = list(settings.queues())
 
     # --- set-up -------------------------------------------------------------------------------
@@ -389,6 +392,8 @@ class Director:
         try:
             if not ref.enabled:
                 outcome.why = "disabled"
+            elif self.stopping:
+                outcome.why = "stopping"
             elif self.backoff.blocked(ref.key):
                 outcome.why = (
                     f"backed off {self.backoff.remaining(ref.key):.0f}s: "
@@ -464,6 +469,9 @@ class Director:
             result.why,
         )
         if result.n == 0:
+            return
+        if self.stopping:
+            outcome.why = "stopping"
             return
         stamps = [new_stamp() for _ in range(result.n)]
         outcome.stamps = stamps
@@ -618,6 +626,9 @@ class Director:
             if ref.key not in granted:
                 outcome.why = "lease held by another director"
                 return outcome
+            if self.stopping:
+                outcome.why = "stopping"
+                return outcome
             async with semaphore:
                 try:
                     async with asyncio.timeout(self.settings.director.queue_timeout_seconds):
@@ -642,10 +653,9 @@ class Director:
     async def _monitor(self, ref: QueueRef, outcome: MonitorOutcome) -> None:
         ce = self.ce_for(ref)
         spec = self.spec_for(ref)
+        live_pilots = await self.live_pilots(ref)
         by_reference = {
-            reference: p
-            for p in await self.live_pilots(ref)
-            if (reference := ce_reference(p)) is not None
+            reference: p for p in live_pilots if (reference := ce_reference(p)) is not None
         }
         results = await ce.status(list(by_reference)) if by_reference else []
         now = self.clock()
@@ -713,16 +723,33 @@ class Director:
         for status in LIVE:
             self.metrics.live_pilots.labels(ref.key, status).set(live_counts.get(status, 0))
         if cfg.clean_finished:
-            outcome.cleaned = await self._clean(ref, ce, spec, ended, set(by_reference))
+            live_stamps = {str(p.get("PilotStamp")) for p in live_pilots}
+            outcome.cleaned = await self._clean(
+                ref, ce, spec, ended, set(by_reference), live_stamps
+            )
 
     async def _clean(
-        self, ref: QueueRef, ce: ComputingElement, spec: QueueSpec, ended: list[str], live: set[str]
+        self,
+        ref: QueueRef,
+        ce: ComputingElement,
+        spec: QueueSpec,
+        ended: list[str],
+        live: set[str],
+        live_stamps: set[str],
     ) -> int:
-        """Remove CE leftovers: jobs that ended now, and ended jobs the server has as final."""
+        """Remove CE leftovers: jobs that ended now, and ended jobs the server has as final.
+
+        An ended job whose pilot the server still has as live without its reference (a crash
+        between submission and the references' PATCH) is left for the reconciliation to
+        register: cleaning it first would make that pilot look never submitted."""
         leftovers = set(ended)
         try:
             for job in await ce.list_jobs(spec):
-                if job.status in FINAL_STATUSES and job.reference not in live:
+                if (
+                    job.status in FINAL_STATUSES
+                    and job.reference not in live
+                    and job.stamp not in live_stamps
+                ):
                     leftovers.add(job.reference)
         except CEError as exc:
             log.info("queue %s: cannot list CE jobs for cleaning: %s", ref.key, exc)
