@@ -187,3 +187,19 @@ async def test_a_hanging_ce_holds_up_no_other_queue(
         await director.close()
         assert director.client is not None
         await director.client.aclose()
+
+
+async def test_a_stopping_director_registers_nothing_new(
+    live_server_tls: LiveServer, tmp_path: Path, make_director: Any
+) -> None:
+    path, site = write_config(
+        tmp_path,
+        server_url=live_server_tls.url,
+        ca_file=live_server_tls.ca_file,
+        token=live_server_tls.director_token,
+    )
+    director = make_director(settings_for(path))
+    director.stopping = True  # what SIGTERM sets
+    [outcome] = await director.run_cycle()
+    assert outcome.why == "stopping"
+    assert await pilots_of(director, site) == {}
