@@ -518,8 +518,11 @@ class ARCCE(ComputingElement):
     def _queue_name(self, queue: QueueSpec) -> str:
         return queue.name or self.config.queue or ""
 
-    def render_job(self, queue: QueueSpec, stamp: str) -> str:
-        """The xRSL of one pilot (ValueError on values that cannot be written safely)."""
+    def render_job(self, queue: QueueSpec, stamp: str, wrapper_source: str = "") -> str:
+        """The xRSL of one pilot (ValueError on values that cannot be written safely).
+
+        `wrapper_source` empty: the wrapper is uploaded by REST after submission; otherwise the
+        local file `arcsub` should send (dry runs)."""
         for name, value in queue.extra_attributes.items():
             check_xrsl_attribute(name, value)
         environment = {**queue.environment, "PILOT_STAMP": stamp}
@@ -530,6 +533,7 @@ class ARCCE(ComputingElement):
             queue_name=xrsl_string(queue_name) if queue_name else "",
             jobname=xrsl_string(job_name(stamp, queue)),
             executable=xrsl_string(WRAPPER_NAME),
+            wrapper_source=xrsl_string(wrapper_source),
             stdout=xrsl_string(STDOUT_NAME),
             stderr=xrsl_string(STDERR_NAME),
             environment=[(xrsl_string(k), xrsl_string(v)) for k, v in environment.items()],
@@ -540,16 +544,24 @@ class ARCCE(ComputingElement):
             ],
         )
 
-    def render_batch(self, queue: QueueSpec, stamps: Sequence[str]) -> str:
+    def render_batch(
+        self, queue: QueueSpec, stamps: Sequence[str], *, local_wrappers: bool = False
+    ) -> str:
         """One xRSL document for several jobs: `+(&...)(&...)`."""
-        jobs = [self.render_job(queue, s).strip() for s in stamps]
+        jobs = [
+            self.render_job(queue, s, f"{s}.sh" if local_wrappers else "").strip() for s in stamps
+        ]
         if len(jobs) == 1:
             return jobs[0] + "\n"
         return "+" + "\n".join(f"({job})" for job in jobs) + "\n"
 
     def describe(self, queue: QueueSpec, pilots: Sequence[PilotSubmission]) -> dict[str, str]:
-        """For the dry run: the xRSL a real cycle would POST (wrappers travel as `<stamp>.sh`)."""
-        return {"arc.xrsl": self.render_batch(queue, [p.stamp for p in pilots])}
+        """For the dry run: the batch's xRSL, naming the wrappers written beside it as
+        `<stamp>.sh`, so that `arcsub -C <url> arc.xrsl` in that folder submits it as is (a real
+        cycle leaves the source empty and uploads each wrapper by REST)."""
+        return {
+            "arc.xrsl": self.render_batch(queue, [p.stamp for p in pilots], local_wrappers=True)
+        }
 
     # ------------------------------------------------------------------ the contract
 

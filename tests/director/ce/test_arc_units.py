@@ -152,6 +152,8 @@ def test_batch_rendering(tmp_path: Path) -> None:
     assert "(walltime=61)" in text
     assert '(queue="grid")' in text
     assert "(rerun=2)" in text
+    assert '(inputfiles=("pilot-wrapper.sh" "s1.sh"))' in text  # dry run: arcsub sends them
+    assert '(inputfiles=("pilot-wrapper.sh" ""))' in ce.render_batch(QUEUE, ["s1"])  # REST PUT
     single = ce.render_batch(QueueSpec(name="", site="S", ce="C"), ["s3"])
     assert single.startswith("&(")
     assert "(queue=" not in single
