@@ -16,6 +16,8 @@ first, then this pilot's own options:
   --post-at-end      post one line with the token from the credentials file before exiting
   --exit-code N      exit with N
   --long-line N      print one line of N "x" characters
+  --refresh-itself   refresh the token pair through the credentials file, as a DiracX client
+                     does (the wrapper must adopt the new pair, not reuse the old one)
   --save-credentials P  copy the credentials file to P (to check the revocation afterwards)
   --diracxTokenFile=P  checked against DIRACX_CREDENTIALS_PATH (the token-file option)
 Exit code 3 = a check failed (the reason is printed on stderr).
@@ -46,6 +48,7 @@ def own_options(argv):
         "duration": 0.0,
         "save_credentials": None,
         "long_line": 0,
+        "refresh_itself": False,
         "post_at_end": False,
         "exit_code": 0,
     }
@@ -55,6 +58,10 @@ def own_options(argv):
         if arg.startswith("--diracxTokenFile="):
             if arg.split("=", 1)[1] != os.environ.get("DIRACX_CREDENTIALS_PATH"):
                 fail("--diracxTokenFile differs from DIRACX_CREDENTIALS_PATH")
+            i += 1
+            continue
+        if arg == "--refresh-itself":
+            options["refresh_itself"] = True
             i += 1
             continue
         if arg == "--post-at-end":
@@ -100,6 +107,44 @@ def read_credentials():
     if not data.get("access_token") or not data.get("refresh_token"):
         fail("credentials file without tokens")
     return data
+
+
+def https_post(path, body, token=None):
+    context = ssl.create_default_context(cafile=os.environ.get("DIRACX_CA_PATH") or None)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    request = urllib.request.Request(
+        os.environ["DIRACX_URL"] + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers=headers,
+    )
+    with urllib.request.urlopen(request, context=context, timeout=30) as response:
+        data = response.read()
+        return json.loads(data.decode()) if data else None
+
+
+def refresh_itself():
+    """Rotate the pair at the server and write it back the way DiracX's client does."""
+    path = os.environ["DIRACX_CREDENTIALS_PATH"]
+    old = read_credentials()
+    new = https_post(
+        "/api/auth/pilot-token",
+        {
+            "refresh_token": old["refresh_token"],
+            "pilot_stamp": os.environ["SITE_DIRECTOR_PILOT_STAMP"],
+        },
+    )
+    data = {
+        "access_token": new["access_token"],
+        "refresh_token": new["refresh_token"],
+        "expires_on": int(time.time()) + int(new["expires_in"]),
+    }
+    fd = os.open(path + ".pilot", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+    os.replace(path + ".pilot", path)
 
 
 def post_line(message):
@@ -149,6 +194,8 @@ def main():
         fail("stdin is not empty")
 
     tag = options["tag"]
+    if options["refresh_itself"]:
+        refresh_itself()
     if options["save_credentials"]:
         with open(options["save_credentials"], "w") as handle:
             json.dump(read_credentials(), handle)

@@ -540,6 +540,40 @@ def test_the_token_is_refreshed_when_it_lives_shorter_than_the_run(
     assert pilot_record(server, stamp)["Status"] == "Done"
 
 
+def test_the_wrapper_adopts_a_pair_the_pilot_refreshed_itself(
+    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path
+) -> None:
+    """Refresh tokens rotate and a reuse revokes the family: after the pilot refreshed through
+    the shared credentials file, the wrapper carries on with the new pair and revokes it."""
+    server = live_server_tls
+    stamp, secret = new_pilot(server)
+    good = file_server.folder("adopt", TEST_PILOT.read_bytes())
+    saved = tmp_path / "credentials-seen-by-the-pilot.json"
+    options = pilot_options(
+        server,
+        stamp,
+        (good,),
+        pilot_extra=("--refresh-itself", "--save-credentials", str(saved), "--duration", "1"),
+    )
+    done = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = messages(server, stamp)
+    assert "adopted the token pair the pilot refreshed" in found
+    assert f"test-pilot {stamp[:8]}: done" in found  # shipped with the adopted pair
+    assert pilot_record(server, stamp)["Status"] == "Done"
+    assert "token revoked" in done.stdout
+    refreshed = httpx.post(
+        f"{server.url}/api/auth/pilot-token",
+        json={
+            "refresh_token": json.loads(saved.read_text())["refresh_token"],
+            "pilot_stamp": stamp,
+        },
+        verify=trust(server),
+    )
+    assert refreshed.status_code == 401  # the pair the pilot made was revoked at the end
+
+
 def test_a_single_use_secret_is_refused_the_second_time(
     live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path
 ) -> None:
