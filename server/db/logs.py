@@ -114,10 +114,11 @@ async def search(
         count = count.where(where)
         base = base.where(where)
     total = (await conn.execute(count)).scalar_one()
-    if total == 0:
-        return 0, []
+    offset = (page - 1) * per_page
+    if total == 0 or offset >= total:
+        return total, []  # past the end: no query (a huge OFFSET is a MariaDB syntax error)
     ordering = [*order_by(COLUMNS, sort), LOGS.c.TimeStamp.asc(), LOGS.c.LogID.asc()]
-    stmt = base.order_by(*ordering).limit(per_page).offset((page - 1) * per_page)
+    stmt = base.order_by(*ordering).limit(per_page).offset(offset)
     rows = await conn.execute(stmt)
     return total, [jsonable_row(dict(r)) for r in rows.mappings()]
 

@@ -150,8 +150,8 @@ async def search(
         if where is not None:
             base = base.where(where)
         total = (await conn.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
-        if total == 0:
-            return 0, []
+        if total == 0 or offset >= total:
+            return total, []
         rows = await conn.execute(base.order_by(*ordering).limit(per_page).offset(offset))
         return total, [jsonable_row(dict(r)) for r in rows.mappings()]
     count = select(func.count()).select_from(T)
