@@ -122,6 +122,9 @@ REQUESTS: dict[tuple[str, str], Factory] = {
     ("POST", "/api/auth/revoke"): lambda t: Req(
         "/api/auth/revoke", params={"refresh_token": "x.y.z", "client_id": "pilot"}
     ),
+    ("POST", "/api/auth/ce-token"): lambda t: Req(
+        "/api/auth/ce-token", {"audience": "https://ce.example.org:8443/arex", "lifetime": 600}
+    ),
     # logs
     ("POST", "/api/pilots/internal/message"): lambda t: Req(
         "/api/pilots/internal/message", {"pilot_stamp": t.stamp, "lines": log_lines()}
