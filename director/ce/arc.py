@@ -36,7 +36,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -74,6 +74,8 @@ OUTPUT_LIMIT = 4 * 1024 * 1024
 """At most this many characters of a pilot's stdout or stderr are kept (the tail)."""
 REST_PATH = "rest/1.0"
 _JSON = "application/json"
+OWN_JOBS_TTL_S = 10.0
+"""`load()` of several queues of one CE in one cycle lists the director's jobs on it once."""
 _PRE_LRMS_STATES = frozenset(
     {"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING", "HELD"}
 )
@@ -428,6 +430,8 @@ class ARCCE(ComputingElement):
         self._client_auth: dict[str, str] | None = None
         self._retired: httpx.AsyncClient | None = None
         self._closing: set[asyncio.Future[None]] = set()
+        self.clock: Callable[[], float] = time.monotonic
+        self._own_cache: tuple[float, list[tuple[str, str, str, str | None]]] | None = None
 
     def __str__(self) -> str:
         return f"arc:{self.config.netloc}"
@@ -568,6 +572,7 @@ class ARCCE(ComputingElement):
     async def submit(
         self, queue: QueueSpec, pilots: Sequence[PilotSubmission]
     ) -> list[SubmitResult]:
+        self._own_cache = None
         results: dict[str, SubmitResult] = {}
         for chunk in _chunks(pilots, self.config.submit_chunk):
             try:
@@ -721,6 +726,7 @@ class ARCCE(ComputingElement):
         )
 
     async def _action(self, action: str, references: Sequence[str]) -> list[ActionResult]:
+        self._own_cache = None
         ours, bad = self._split(references)
         items = await self._bulk(action, list(ours.values())) if ours else {}
         results = []
@@ -804,7 +810,10 @@ class ARCCE(ComputingElement):
             return glue
         key = queue_key(queue)
         running = waiting = 0
-        for _job_id, _stamp, job_key, state in await self._own_jobs():
+        now = self.clock()
+        if self._own_cache is None or now - self._own_cache[0] > OWN_JOBS_TTL_S:
+            self._own_cache = (now, await self._own_jobs())
+        for _job_id, _stamp, job_key, state in self._own_cache[1]:
             if job_key != key or state is None:
                 continue
             if state.upper() in _PRE_LRMS_STATES:

@@ -16,7 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from director.ce.arc import ARCCE, ARCCEConfig, CETokenSource, parse_reference
+from director.ce.arc import (
+    ARCCE,
+    OWN_JOBS_TTL_S,
+    ARCCEConfig,
+    CETokenSource,
+    parse_reference,
+)
 from director.ce.base import PilotSubmission, QueueSpec, StatusResult
 from director.errors import CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
@@ -122,6 +128,8 @@ async def test_load_counts_fresh_jobs_as_waiting_then_kill_aborts(
     arc_infra: ARCInfra,  # noqa: F811
 ) -> None:
     queue = queue_for(arc_infra, "load")
+    moment = [0.0]
+    x509_ce.clock = lambda: moment[0]
     submitted = await x509_ce.submit(
         queue, [PilotSubmission(stamp(), SLEEPING_PILOT) for _ in range(3)]
     )
@@ -135,6 +143,7 @@ async def test_load_counts_fresh_jobs_as_waiting_then_kill_aborts(
         return any(r.status is PilotStatus.RUNNING for r in await x509_ce.status(refs))
 
     assert await poll(started)
+    moment[0] += OWN_JOBS_TTL_S + 1  # the listing load() keeps for a while has expired
     assert (await x509_ce.load(queue)).running >= 1
 
     assert all(r.ok for r in await x509_ce.kill(refs))
