@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from director.wrapper import (
 
 STAMP = "0123456789abcdef0123456789abcdef"
 SECRET = "f" * 64
+
 
 def _real_python3() -> str:
     """The interpreter `python3` resolves to (skipping a pyenv shim's start-up on every call)."""
@@ -94,6 +96,20 @@ def test_rendered_wrapper_is_valid_sh_and_python(renderer: WrapperRenderer, tmp_
     text = renderer.prepare(options()).render(STAMP, SECRET)
     assert text.startswith("#!/bin/sh\n")
     assert_valid_wrapper(text, tmp_path)
+
+
+def test_the_embedded_program_has_no_undefined_names_or_lint_errors(
+    renderer: WrapperRenderer, tmp_path: Path
+) -> None:
+    """Error paths run rarely, and on worker nodes: pyflakes-class errors are caught here."""
+    program = tmp_path / "program.py"
+    program.write_text(embedded_program(renderer.prepare(options()).render(STAMP, SECRET)))
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "F,B,E9", str(program)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout
 
 
 def test_the_secret_appears_once_and_only_inside_the_program(
