@@ -32,7 +32,7 @@ from tests.security.forge import (
     unsigned,
 )
 from tests.security.pilots import Pilot, make_pilot
-from tests.security.routes import Req, Target, walk
+from tests.security.routes import Req, Target, has_route, walk
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Kit:
     attacker: Signer
     attacker_rsa: Signer
     refresh_token: str  # a genuine refresh token of the pilot
+    ce_token: str | None  # a genuine CE token (RS256, aud = a CE) from /api/auth/ce-token
 
 
 Attack = Callable[[dict[str, Any], Kit], str]
@@ -123,6 +124,7 @@ ATTACKS: dict[str, Attack] = {
     "tampered-properties": _tamper(_escalate),
     "tampered-exp": _tamper(lambda c: _with(c, exp=c["exp"] + 10**6)),
     "refresh-token-as-access": lambda c, k: k.refresh_token,
+    "ce-token-as-access": lambda c, k: k.ce_token or pytest.skip("no /api/auth/ce-token"),
     "refresh-typ-signed-by-server": lambda c, k: k.ed.token(c, typ=REFRESH_TYP),
     "no-typ": lambda c, k: k.ed.token(c, typ=None),
     "typ-JWT": lambda c, k: k.ed.token(c, typ="JWT"),
@@ -183,6 +185,13 @@ async def _scene(api: Roles) -> Scene:
         family_id=pilot_claims.get("fam", "f"),
         jti=uuid.uuid4().hex,
     )
+    ce_token = None
+    if has_route(api.sut.app, "POST", "/api/auth/ce-token"):
+        r = await api.director.post(
+            "/api/auth/ce-token", json={"audience": "https://ce.example.org:8443/arex"}
+        )
+        assert r.status_code == HTTPStatus.OK, r.text
+        ce_token = r.json()["access_token"]
     kit = Kit(
         ed=signers["EdDSA"],
         rsa=signers["RS256"],
@@ -190,6 +199,7 @@ async def _scene(api: Roles) -> Scene:
         attacker=_attacker("OKP"),
         attacker_rsa=_attacker("RSA"),
         refresh_token=refresh,
+        ce_token=ce_token,
     )
     target = Target(vo="lhcb", stamp=pilot.stamp, secret_ids=[])
     pilot_requests = [
