@@ -23,6 +23,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,10 @@ def log_lines(server: LiveServer, stamp: str) -> list[dict[str, Any]]:
     )
     assert response.status_code in (200, 206), response.text
     return response.json()  # type: ignore[no-any-return]
+
+
+def when(line: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(line["TimeStamp"])
 
 
 def messages(server: LiveServer, stamp: str) -> list[str]:
@@ -536,7 +541,11 @@ def test_the_token_is_refreshed_when_it_lives_shorter_than_the_run(
     tag = stamp[:8]
     # sent with the token in the credentials file, which the wrapper kept fresh
     assert f"test-pilot {tag}: posted at the end with the refreshed token" in found
-    assert f"test-pilot {tag}: still running, tick 9" in found  # shipped after 4.5 s
+    # lines made after the first token had expired were shipped too
+    lines = log_lines(server, stamp)
+    issued = next(when(line) for line in lines if line["Message"].startswith("secret exchanged"))
+    ticks = [when(line) for line in lines if f"{tag}: still running" in line["Message"]]
+    assert max(ticks) - issued > timedelta(seconds=3)
     assert pilot_record(server, stamp)["Status"] == "Done"
 
 
