@@ -37,7 +37,7 @@ PATIENCE_S = 180.0
 SLEEPY_PILOT = """import sys, time
 print("sleepy pilot: runs until someone kills it")
 sys.stdout.flush()
-time.sleep(90)
+time.sleep(60)
 """
 
 

@@ -33,7 +33,7 @@ from tests.director.ce.arc_infra import ARCInfra, arc_infra, arc_issuer, poll  #
 pytestmark = [pytest.mark.arc, pytest.mark.slow]
 OK_PILOT = '#!/bin/sh\necho "pilot $PILOT_STAMP says hello"\necho "to stderr" >&2\nexit 0\n'
 FAILING_PILOT = '#!/bin/sh\necho "about to fail"\nexit 3\n'
-SLEEPING_PILOT = "#!/bin/sh\nsleep 300\n"
+SLEEPING_PILOT = "#!/bin/sh\nsleep 60\n"  # long enough to be seen running and killed
 
 
 def stamp() -> str:
