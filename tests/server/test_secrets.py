@@ -76,7 +76,7 @@ async def test_bound_secrets_follow_stamps_in_order(api: Roles) -> None:
 async def test_listing_pages(api: Roles) -> None:
     await mint(api.admin, n=3)
     assert len(await listing(api, page=2, per_page=2)) == 1
-    assert await listing(api, page=10**15, per_page=10_000) == []
+    assert await listing(api, page=10**9, per_page=10_000) == []
 
 
 async def test_listing_never_shows_the_secret(api: Roles) -> None:
