@@ -18,6 +18,7 @@ first, then this pilot's own options:
   --long-line N      print one line of N "x" characters
   --refresh-itself   refresh the token pair through the credentials file, as a DiracX client
                      does (the wrapper must adopt the new pair, not reuse the old one)
+  --print-tokens     print the tokens it holds (the wrapper must redact them)
   --save-credentials P  copy the credentials file to P (to check the revocation afterwards)
   --diracxTokenFile=P  checked against DIRACX_CREDENTIALS_PATH (the token-file option)
 Exit code 3 = a check failed (the reason is printed on stderr).
@@ -49,6 +50,7 @@ def own_options(argv):
         "save_credentials": None,
         "long_line": 0,
         "refresh_itself": False,
+        "print_tokens": False,
         "post_at_end": False,
         "exit_code": 0,
     }
@@ -58,6 +60,10 @@ def own_options(argv):
         if arg.startswith("--diracxTokenFile="):
             if arg.split("=", 1)[1] != os.environ.get("DIRACX_CREDENTIALS_PATH"):
                 fail("--diracxTokenFile differs from DIRACX_CREDENTIALS_PATH")
+            i += 1
+            continue
+        if arg == "--print-tokens":
+            options["print_tokens"] = True
             i += 1
             continue
         if arg == "--refresh-itself":
@@ -200,6 +206,10 @@ def main():
         with open(options["save_credentials"], "w") as handle:
             json.dump(read_credentials(), handle)
     print("test-pilot %s: arguments checked: %s" % (tag, " ".join(argv)))
+    if options["print_tokens"]:
+        held = read_credentials()
+        print("test-pilot %s: access %s" % (tag, held["access_token"]))
+        sys.stderr.write("test-pilot %s: refresh %s\n" % (tag, held["refresh_token"]))
     post_line("test-pilot %s: posted with the pilot's own token" % tag)
     half = options["lines"] // 2
     for i in range(1, options["lines"] + 1):

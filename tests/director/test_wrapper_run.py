@@ -648,8 +648,13 @@ def test_the_secret_appears_in_no_output_log_line_file_or_process_argument(
         PilotFile("dirac-pilot.py", sha512=PILOT_SHA512),
         PilotFile("payload.bin", content=secrets.token_bytes(200_000)),
     )
+    saved = tmp_path / "credentials-seen-by-the-pilot.json"
     options = pilot_options(
-        server, stamp, (good,), pilot_files=files, pilot_extra=("--duration", "2")
+        server,
+        stamp,
+        (good,),
+        pilot_files=files,
+        pilot_extra=("--duration", "2", "--print-tokens", "--save-credentials", str(saved)),
     )
     text = render(options, stamp, secret, tmp_path)
     with ProcScanner(secret) as scanner:
@@ -666,6 +671,13 @@ def test_the_secret_appears_in_no_output_log_line_file_or_process_argument(
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+    # the tokens the pilot printed were redacted on the way to the output and the server
+    tokens = json.loads(saved.read_text())
+    shipped = json.dumps(lines)
+    for token in (tokens["access_token"], tokens["refresh_token"]):
+        assert token not in done.stdout + done.stderr
+        assert token not in shipped
+    assert f"test-pilot {stamp[:8]}: access <redacted>" in messages(server, stamp)
 
 
 def _pyenv_python(prefix: str) -> str | None:
