@@ -336,7 +336,7 @@ class Director:
     async def release_leases(self) -> None:
         if self.client is None or not self.settings.director.leases:
             return
-        keys = [r.key for r in self.queues if r.enabled]
+        keys = [r.key for r in self.queues]  # monitoring leases disabled queues too
         if keys:
             try:
                 await self.client.release_leases(self.settings.director.name, keys)
@@ -612,7 +612,8 @@ class Director:
 
     async def monitor_cycle(self, *, only: str | None = None) -> list[MonitorOutcome]:
         started = self.clock()
-        refs = [r for r in self.queues if r.enabled and (only is None or only in (r.key, r.queue))]
+        # Disabled queues too: disabling stops submission, not the follow-up of live pilots.
+        refs = [r for r in self.queues if only is None or only in (r.key, r.queue)]
         try:
             granted = await self.leases(refs)
         except ServerError as exc:
@@ -651,12 +652,14 @@ class Director:
         return now - since > limit
 
     async def _monitor(self, ref: QueueRef, outcome: MonitorOutcome) -> None:
-        ce = self.ce_for(ref)
-        spec = self.spec_for(ref)
         live_pilots = await self.live_pilots(ref)
         by_reference = {
             reference: p for p in live_pilots if (reference := ce_reference(p)) is not None
         }
+        if not by_reference and not ref.enabled:
+            return  # nothing to follow, and a disabled CE may be gone: leave it alone
+        ce = self.ce_for(ref)
+        spec = self.spec_for(ref)
         results = await ce.status(list(by_reference)) if by_reference else []
         now = self.clock()
         cfg = self.settings.director

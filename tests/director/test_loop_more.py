@@ -16,7 +16,7 @@ from director.errors import ServerError
 from director.loop import Director
 from director.render import default_renderer
 from server.models import PilotStatus, SummaryParams
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, async_wait_until
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
 from tests.director.test_loop import only_queue, pilots_of
 
@@ -203,3 +203,28 @@ async def test_a_stopping_director_registers_nothing_new(
     [outcome] = await director.run_cycle()
     assert outcome.why == "stopping"
     assert await pilots_of(director, site) == {}
+
+
+async def test_disabling_a_queue_stops_submission_not_monitoring(
+    live_server_tls: LiveServer, tmp_path: Path, make_director: Any
+) -> None:
+    path, site = write_config(
+        tmp_path,
+        server_url=live_server_tls.url,
+        ca_file=live_server_tls.ca_file,
+        token=live_server_tls.director_token,
+    )
+    director = make_director(settings_for(path))
+    [outcome] = await director.run_cycle()
+    assert outcome.submitted == 2
+    disabled = make_director(settings_for(path, sites={site: {"enabled": False}}))
+    assert not only_queue(disabled).enabled
+
+    async def ended() -> bool:
+        await disabled.monitor_cycle()
+        pilots = await pilots_of(disabled, site)
+        return all(p["Status"] == "Done" for p in pilots.values())
+
+    assert await async_wait_until(ended, timeout=30, interval=0.2)
+    [skipped] = await disabled.run_cycle()
+    assert skipped.why == "disabled"
