@@ -61,6 +61,18 @@ def redact(message: str) -> str:
     return message[:start] + _HEX64.sub(REDACTED, tail)
 
 
+def storable(text: str) -> str:
+    """Text every database accepts: NUL (refused by PostgreSQL) and unpaired surrogates
+    (valid JSON, but not UTF-8) become U+FFFD, so one odd byte does not lose a whole batch."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
 @dataclass(frozen=True)
 class Limits:
     max_lines: int
@@ -107,7 +119,8 @@ def prepare(
     rows: list[dict[str, Any]] = []
     total = 0
     for number, line in enumerate(lines):
-        size = len(line.message.encode())
+        message = storable(line.message)
+        size = len(message.encode())
         if size > limits.max_line_bytes:
             raise TooLarge(f"Line {number} is too long: at most {limits.max_line_bytes} bytes")
         severity = line.severity.upper()
@@ -124,8 +137,8 @@ def prepare(
                 "VO": vo,
                 "TimeStamp": timestamp,
                 "Severity": severity,
-                "Scope": line.scope,
-                "Message": redact(line.message),
+                "Scope": storable(line.scope),
+                "Message": redact(message),
                 "ReceivedTime": now,
             }
         )

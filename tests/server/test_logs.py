@@ -109,6 +109,20 @@ async def test_every_severity_and_escaped_messages(api: Roles) -> None:
     assert all(x["Message"].startswith('quote " and \\ and \n newline') for x in rows)
 
 
+async def test_nul_and_lone_surrogates_are_stored_replaced(api: Roles) -> None:
+    _, client = await pilot(api)
+    body = (
+        '{"lines": [{"timestamp": "2026-01-02T03:04:05Z", "severity": "INFO",'
+        ' "message": "a\\u0000b\\ud800c", "scope": "P\\u0000"}]}'
+    )
+    r = await client.post(LOGS, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == HTTPStatus.NO_CONTENT, r.text
+    [row] = (await search(api.admin)).json()
+    assert row["Message"].startswith("a\ufffdb")
+    assert row["Message"].endswith("c")
+    assert row["Scope"] == "P\ufffd"
+
+
 async def test_bad_lines_refuse_the_batch(api: Roles) -> None:
     _, client = await pilot(api)
     for bad in (line(severity="LOUD"), {**line(), "timestamp": "yesterday"}):
