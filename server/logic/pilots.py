@@ -9,10 +9,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilots as db
-from server.errors import Forbidden, InvalidRequest, NotFound
+from server.db import tokens as db_tokens
+from server.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity
 from server.logic import secrets_minting
 from server.models import (
@@ -175,6 +178,7 @@ async def update_metadata(
         _one_pilot_for_legacy(identity, stamps)
     values = {s: v for s, v in values.items() if v}
     async with ctx.db.transaction() as conn:
+        await _pilot_token_alive(conn, identity)
         found = await db.pilots_by_stamp(conn, stamps)
         missing = sorted(set(stamps) - set(found))
         if missing:
@@ -184,6 +188,12 @@ async def update_metadata(
             raise Forbidden("Insufficient permissions to access all of the provided pilots.")
         if values:
             await db.update_pilots(conn, values, utcnow())
+
+
+async def _pilot_token_alive(conn: AsyncConnection, identity: Identity) -> None:
+    """A pilot token dies with its family (logout, refresh reuse: RFC 7009 section 2.1)."""
+    if identity.family_id is not None and await db_tokens.family_revoked(conn, identity.family_id):
+        raise Unauthorized("Invalid token")
 
 
 def _scoped(specs: list[SearchSpec], identity: Identity) -> list[SearchSpec]:
@@ -297,6 +307,7 @@ async def _pilot_for(conn: Any, identity: Identity, stamp: str) -> dict[str, Any
 
 async def add_jobs(ctx: ServerContext, identity: Identity, stamp: str, job_ids: list[int]) -> None:
     async with ctx.db.transaction() as conn:
+        await _pilot_token_alive(conn, identity)
         pilot = await _pilot_for(conn, identity, stamp)
         await db.add_jobs(conn, pilot["PilotID"], job_ids, utcnow())
 

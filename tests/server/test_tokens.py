@@ -9,7 +9,6 @@ from http import HTTPStatus
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import LiveServer, Roles
 
@@ -223,10 +222,6 @@ async def test_dirac_pilot_flow_over_verified_tls(live_server_tls: LiveServer) -
         assert r.status_code == HTTPStatus.UNAUTHORIZED
 
 
-@pytest.mark.xfail(
-    reason="needs `await ensure_live(ctx, identity)` in server/logic/pilots.py (lead's hook)",
-    strict=False,
-)
 async def test_revoked_family_cannot_patch_its_pilot(api: Roles) -> None:
     s, pair = await pilot_tokens(api)
     await api.anonymous.post(REVOKE, data={"token": pair["refresh_token"]})
