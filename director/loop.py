@@ -166,7 +166,6 @@ class Director:
         self._prepared: dict[str, PreparedWrapper] = {}
         self._unknown_since: dict[str, float] = {}
         self._held_since: dict[str, float] = {}
-        self._lease_warned = False
         self.stopping = False
         """Set on SIGTERM: queues not yet started are skipped, and a queue stops before its
         next registration; a batch already registered is still submitted and recorded."""
@@ -320,17 +319,11 @@ class Director:
         keys = [r.key for r in refs]
         if not self.settings.director.leases or not keys:
             return set(keys)
-        try:
-            grant = await self._server().take_leases(
-                self.settings.director.name, keys, self.settings.director.lease_ttl_seconds
-            )
-        except ServerError as exc:
-            if exc.status == 404 and not isinstance(exc, ServerUnavailable):
-                if not self._lease_warned:
-                    log.warning("the server has no lease endpoint: running without leases")
-                    self._lease_warned = True
-                return set(keys)
-            raise
+        # No silent fallback when the server cannot grant leases: two directors would then
+        # both submit to every queue. An operator who runs one director says `leases: false`.
+        grant = await self._server().take_leases(
+            self.settings.director.name, keys, self.settings.director.lease_ttl_seconds
+        )
         return set(grant.granted)
 
     async def release_leases(self) -> None:
