@@ -625,6 +625,10 @@ class ARCCE(ComputingElement):
         )
         items = as_list(body.get("job") if isinstance(body, Mapping) else None)
         if len(items) != count:
+            # cannot tell which job is which pilot's: none gets a wrapper, so none may stay
+            orphans = [str(i["id"]) for i in items if isinstance(i, Mapping) and i.get("id")]
+            if orphans:
+                await self._discard(orphans)
             raise CETemporaryError(
                 f"{self}: asked for {count} jobs, the CE answered for {len(items)}", "ce_error"
             )
