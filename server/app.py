@@ -210,7 +210,12 @@ def _short_input(error: dict[str, Any]) -> dict[str, Any]:
         or isinstance(value, bool | int | float)
         or (isinstance(value, str) and len(value) <= _MAX_ECHO)
     )
-    return error if small else {k: v for k, v in error.items() if k != "input"}
+    short = error if small else {k: v for k, v in error.items() if k != "input"}
+    loc = short.get("loc", ())
+    if any(isinstance(part, str) and len(part) > _MAX_ECHO for part in loc):
+        # a megabyte-long JSON key comes back in `loc` too
+        short = {**short, "loc": [p[:_MAX_ECHO] if isinstance(p, str) else p for p in loc]}
+    return short
 
 
 def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
