@@ -431,6 +431,9 @@ class ARCCE(ComputingElement):
         self._retired: httpx.AsyncClient | None = None
         self._closing: set[asyncio.Future[None]] = set()
         self.clock: Callable[[], float] = time.monotonic
+        self.transport: httpx.AsyncBaseTransport | None = None
+        """httpx's extension point: tests put a fake A-REX here for what a real one cannot
+        be made to do (5xx answers, failed uploads); None = the network."""
         self._own_cache: tuple[float, list[tuple[str, str, str, str | None]]] | None = None
 
     def __str__(self) -> str:
@@ -458,6 +461,7 @@ class ARCCE(ComputingElement):
                 raise CEPermanentError(f"TLS set-up for {self}: {exc}", "auth") from exc
             self._client = httpx.AsyncClient(
                 base_url=self._base,
+                transport=self.transport,
                 verify=context,
                 timeout=httpx.Timeout(c.timeout_s, connect=c.connect_timeout_s),
                 headers={"Accept": _JSON},
