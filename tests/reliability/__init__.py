@@ -1,0 +1,1 @@
+"""Reliability tests: crashes, faults and load against the real server and director."""

@@ -1,0 +1,304 @@
+"""Director crash trials: kill a real director process at a point of its cycle, restart one in
+this process, let it run one reconciliation cycle, then check the invariants.
+
+Shared by `tests/reliability/test_director_crash.py` (the CI variant) and
+`bench/reliability_report.py` (more trials, figures for the README).
+
+Invariants, checked after every trial (each broken one is a violation):
+
+1. every job the CE holds right after the kill, and every job it holds after the restart, is
+   registered exactly once: one server pilot with that stamp whose reference is that job's;
+2. no non-final server pilot points at a job the CE does not have (or has no reference at all:
+   registered but never submitted pilots are Aborted by the reconciliation);
+3. every pilot that never reached the CE is Aborted and each secret bound to it is revoked or
+   expired.
+
+The restarted director runs the submission cycle, or (every other trial) the monitoring cycle
+first and then the submission cycle, as a daemon may do after a start-up. Its clock is moved
+past `submit_grace_seconds` (injected time, no sleep), so "one reconciliation" may Abort what
+a crash left registered but unsubmitted.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from director.config import Settings, load_config
+from director.daemon import client_for
+from director.loop import Director, ce_reference
+from server.models import FINAL_STATUSES, ScalarSearch, SearchParams
+from tests.director.conftest import queue_block, write_config
+from tests.reliability.crash_driver import POINTS
+
+ROOT = Path(__file__).resolve().parents[2]
+FINAL = {s.value for s in FINAL_STATUSES}
+GRACE_SECONDS = 300.0
+
+
+@dataclass
+class Trial:
+    index: int
+    point: str
+    seed: int
+    monitoring_first: bool = False
+    killed_at: str = ""
+    log_tail: str = ""
+    jobs_after_kill: int = 0
+    pilots: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CrashReport:
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[str]:
+        return [f"trial {t.index} ({t.killed_at}): {v}" for t in self.trials for v in t.violations]
+
+    def by_point(self) -> dict[str, dict[str, int]]:
+        rows: dict[str, dict[str, int]] = {}
+        for t in self.trials:
+            row = rows.setdefault(t.point, {"trials": 0, "violations": 0, "jobs_after_kill": 0})
+            row["trials"] += 1
+            row["violations"] += len(t.violations)
+            row["jobs_after_kill"] += t.jobs_after_kill
+        return rows
+
+
+def crash_config(folder: Path, *, server_url: str, ca_file: Path | None, token: str) -> Path:
+    """Two queues on one local CE; pilots exit at once, so monitoring has work every round."""
+    block = {
+        "max_total_pilots": 6,
+        "max_waiting_pilots": 6,
+        "pilots_per_cycle": 3,
+        "environment": {"TEST_PILOT_SLEEP": "0", "TEST_PILOT_EXIT": "0"},
+    }
+    path, _ = write_config(
+        folder,
+        server_url=server_url,
+        ca_file=ca_file,
+        token=token,
+        slots=8,
+        director={
+            "submit_grace_seconds": GRACE_SECONDS,
+            "backoff": {"initial_seconds": 1, "max_seconds": 2},
+            "queue_timeout_seconds": 30,
+        },
+        queues={"q1": queue_block(**block), "q2": queue_block(**block)},
+    )
+    return path
+
+
+class Killer:
+    """The crash driver in --serve mode: one interpreter, one forked director per trial."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.crash_driver", "--serve"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def kill_once(self, config: Path, point: str, seed: int) -> tuple[str, str]:
+        """Run one crashing director; returns where it died ('' when it was not killed by
+        SIGKILL) and the tail of its log."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        log_path = self.folder / f"driver-{seed}.log"
+        self.process.stdin.write(f"{config} {point} {seed} {log_path}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        log_text = log_path.read_text() if log_path.exists() else ""
+        found = re.findall(r"^KILLED (\S+)$", log_text, re.MULTILINE)
+        if answer != str(signal.SIGKILL.value) or not found:
+            return "", log_text[-3000:]
+        return found[-1], log_text[-3000:]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def ce_jobs(director: Director) -> dict[str, str]:
+    """stamp -> reference of every job the CE holds, over the director's queues."""
+    jobs: dict[str, str] = {}
+    for ref in director.queues:
+        for job in await director.ce_for(ref).list_jobs(director.spec_for(ref)):
+            jobs[job.stamp] = job.reference
+    return jobs
+
+
+async def site_pilots(director: Director, site: str) -> list[dict[str, Any]]:
+    assert director.client is not None
+    return await director.client.search(
+        SearchParams(search=[ScalarSearch(parameter="GridSite", operator="eq", value=site)])
+    )
+
+
+async def secrets_by_stamp(server_url: str, admin_token: str, ca: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    async with httpx.AsyncClient(
+        base_url=server_url, headers={"Authorization": f"Bearer {admin_token}"}, verify=ca
+    ) as http:
+        page = 1
+        while True:
+            r = await http.get("/api/pilots/secrets", params={"page": page, "per_page": 10_000})
+            r.raise_for_status()
+            rows = r.json()
+            for row in rows:
+                for stamp in row["pilot_stamps"]:
+                    out.setdefault(stamp, []).append(row)
+            if len(rows) < 10_000:
+                return out
+            page += 1
+
+
+def check(
+    snapshot: dict[str, str],
+    jobs: dict[str, str],
+    pilots: list[dict[str, Any]],
+    secrets: dict[str, list[Any]],
+    now: float,
+) -> list[str]:
+    """The three invariants of the module docstring; pure, so it is tested on its own."""
+    problems: list[str] = []
+    by_stamp = {str(p["PilotStamp"]): p for p in pilots}
+    references = Counter(r for p in pilots if (r := ce_reference(p)) is not None)
+    for stamp, reference in {**snapshot, **jobs}.items():
+        pilot = by_stamp.get(stamp)
+        if pilot is None:
+            problems.append(f"CE job {reference} has no server record")
+        elif ce_reference(pilot) != reference:
+            problems.append(
+                f"CE job {reference}: pilot's reference is {pilot.get('PilotJobReference')}"
+            )
+        elif references[reference] != 1:
+            problems.append(f"CE job {reference} is registered {references[reference]} times")
+    live_refs = set(jobs.values())
+    for stamp, pilot in by_stamp.items():
+        own = ce_reference(pilot)
+        status = str(pilot.get("Status"))
+        if status not in FINAL and (own is None or own not in live_refs):
+            problems.append(f"pilot {stamp} is {status} and points at a missing job {own}")
+        if own is None and stamp not in snapshot:
+            if status != "Aborted":
+                problems.append(f"pilot {stamp} never reached the CE but is {status}")
+            for secret in secrets.get(stamp, []):
+                expired = secret["expires_at"] is not None and secret["expires_at"] <= now
+                if not (secret["revoked"] or expired):
+                    problems.append(f"pilot {stamp} never ran: its secret is still usable")
+    return problems
+
+
+async def run_trial(
+    index: int,
+    point: str,
+    seed: int,
+    *,
+    killer: Killer,
+    config: Path,
+    site: str,
+    server_url: str,
+    admin_token: str,
+    ca_file: Path | None,
+) -> Trial:
+    trial = Trial(index, point, seed, monitoring_first=index % 2 == 1)
+    trial.killed_at, trial.log_tail = killer.kill_once(config, point, seed)
+    if not trial.killed_at:
+        trial.violations.append("the driver was not killed")
+    settings: Settings = load_config(config)
+    shift = GRACE_SECONDS + 5
+    director = Director(settings, client=client_for(settings), clock=lambda: time.time() + shift)
+    try:
+        snapshot = await ce_jobs(director)
+        trial.jobs_after_kill = len(snapshot)
+        # the restarted director: one reconciliation (a daemon may start with either cycle)
+        errors: list[tuple[str, str | None]] = []
+        if trial.monitoring_first:
+            errors += [(m.queue, m.error) for m in await director.monitor_cycle()]
+        errors += [(o.queue, o.error) for o in await director.run_cycle()]
+        for queue, error in errors:
+            if error:
+                trial.violations.append(f"restart cycle of {queue}: {error}")
+        jobs = await ce_jobs(director)
+        pilots = await site_pilots(director, site)
+        trial.pilots = len(pilots)
+        verify: Any = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        secrets = await secrets_by_stamp(server_url, admin_token, verify)
+        trial.violations += check(snapshot, jobs, pilots, secrets, time.time())
+    finally:
+        await director.close()
+        if director.client is not None:
+            await director.client.aclose()
+    return trial
+
+
+async def run_crash_trials(
+    folder: Path,
+    *,
+    trials: int,
+    server_url: str,
+    director_token: str,
+    admin_token: str,
+    ca_file: Path | None = None,
+    seed: int = 0,
+) -> CrashReport:
+    """`trials` kills, the points taken in turn, all on one site whose state carries over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = crash_config(folder, server_url=server_url, ca_file=ca_file, token=director_token)
+    site = next(iter(load_config(config).sites))
+    report = CrashReport()
+    killer = Killer(folder)
+    try:
+        for i in range(trials):
+            point = POINTS[i % len(POINTS)]
+            report.trials.append(
+                await run_trial(
+                    i,
+                    point,
+                    seed * 100_000 + i,
+                    killer=killer,
+                    config=config,
+                    site=site,
+                    server_url=server_url,
+                    admin_token=admin_token,
+                    ca_file=ca_file,
+                )
+            )
+    finally:
+        killer.close()
+        await kill_leftovers(config)
+    return report
+
+
+async def kill_leftovers(config: Path) -> None:
+    """End whatever pilot processes the trials left on the local CE."""
+    settings = load_config(config)
+    director = Director(settings, client=None)
+    try:
+        for ref in director.queues:
+            ce = director.ce_for(ref)
+            jobs = await ce.list_jobs(director.spec_for(ref))
+            await ce.kill([j.reference for j in jobs])
+    finally:
+        await director.close()
