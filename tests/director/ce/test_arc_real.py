@@ -276,3 +276,31 @@ async def test_rejected_and_unreachable(
         assert unreachable.value.category == "unreachable"
     finally:
         await closed.close()
+
+
+async def test_a_service_token_without_trusted_host_gets_no_ce_token(
+    arc_infra: ARCInfra,  # noqa: F811
+    arc_issuer: LiveServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    user_token = tmp_path / "user.token"
+    user_token.write_text(arc_issuer.token("alice", "lhcb"))
+    ce = make_ce(
+        ARCCEConfig(
+            url=arc_infra.url,
+            ca_file=arc_infra.ca_file,
+            ce_token=CETokenSource(
+                server_url=arc_issuer.url,
+                service_token_file=user_token,
+                ca_file=arc_infra.ca_file,
+            ),
+        ),
+        tmp_path,
+    )
+    try:
+        with pytest.raises(CEPermanentError) as refused:
+            await ce.load(queue_for(arc_infra))
+        assert refused.value.category == "auth"
+        assert "403" in str(refused.value)
+    finally:
+        await ce.close()
