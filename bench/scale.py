@@ -142,9 +142,14 @@ async def fill(url: str, total: int, chunk: int = 10_000) -> float:
             async with db.engine.begin() as conn:
                 await conn.execute(insert(PILOTS), rows)
         if db.dialect == "postgresql":
-            async with db.engine.connect() as conn:
-                await conn.exec_driver_sql('ANALYZE "PilotAgents"')
-                await conn.commit()
+            # VACUUM sets the visibility map (index-only counts skip the heap), as autovacuum
+            # would soon after a real fill; ANALYZE gives the planner the statistics
+            auto = await db.engine.connect()
+            try:
+                conn = await auto.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql('VACUUM ANALYZE "PilotAgents"')
+            finally:
+                await auto.close()
         elif db.is_mysql:
             async with db.engine.connect() as conn:
                 await conn.exec_driver_sql("ANALYZE TABLE PilotAgents")
