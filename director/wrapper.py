@@ -68,6 +68,8 @@ class WrapperTuning:
     log_max_line_bytes: int = 8192
     """Longer lines are cut (the server refuses lines over its `log_max_line_bytes`, 16 KiB)."""
     refresh_margin_s: float = 120.0
+    """Refresh min(this, lifetime/4) before expiry; after a 401 in any case. Negative: only
+    after a 401 (as the DIRAC pilot's own client does)."""
     final_flush_timeout_s: float = 30.0
     status_attempts: int = 3
 

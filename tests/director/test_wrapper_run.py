@@ -549,6 +549,34 @@ def test_the_token_is_refreshed_when_it_lives_shorter_than_the_run(
     assert pilot_record(server, stamp)["Status"] == "Done"
 
 
+def test_a_401_makes_the_wrapper_refresh_and_resend(
+    short_token_server: LiveServer, file_server: FileServer, tmp_path: Path
+) -> None:
+    """With the proactive refresh off, the expired token's 401 triggers the refresh, and the
+    refused batch goes again with the new token."""
+    server = short_token_server
+    stamp, secret = new_pilot(server)
+    good = file_server.folder("refresh-on-401", TEST_PILOT.read_bytes())
+    options = pilot_options(
+        server,
+        stamp,
+        (good,),
+        pilot_extra=("--duration", "4"),
+        tuning=replace(FAST, refresh_margin_s=-3600.0),
+    )
+    done = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = messages(server, stamp)
+    assert any(m.startswith("token refreshed (1, after a 401)") for m in found)
+    assert not any(m.startswith("token refreshed (1)") for m in found)
+    lines = log_lines(server, stamp)
+    issued = next(when(line) for line in lines if line["Message"].startswith("secret exchanged"))
+    ticks = [when(line) for line in lines if "still running" in line["Message"]]
+    assert max(ticks) - issued > timedelta(seconds=2.5)  # made after the first token expired
+    assert pilot_record(server, stamp)["Status"] == "Done"
+
+
 def test_the_wrapper_adopts_a_pair_the_pilot_refreshed_itself(
     live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path
 ) -> None:
