@@ -1,9 +1,10 @@
 """The database connection: one async engine per process, the same code on every backend.
 
 SQLite is tuned for a server (WAL so readers never wait for the writer, synchronous=NORMAL,
-a busy timeout instead of instant "database is locked"). Writes on SQLite go through one lock
-in this process: aiosqlite runs each connection in its own thread and SQLite allows one writer,
-so queueing here is cheaper than spinning on SQLITE_BUSY.
+a short busy timeout) and runs its statements inline on the event loop (`sqlite_inline`).
+Writes on SQLite go through one lock in this process: SQLite allows one writer, so queueing
+here is cheaper than spinning on SQLITE_BUSY. Another process holding the write lock longer
+than the busy timeout gives "database is locked", which the app answers with 503 (retry).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from server.db.sqlite_inline import inline_creator
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -39,9 +42,11 @@ class Database:
                 pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=3600
             )
         else:
-            # closing a connection already ends its transaction; the pool's extra rollback
-            # would be one more round trip to aiosqlite's thread per request
+            # closing a connection already ends its transaction; the pool's reset would be
+            # one more rollback per request
             kwargs["pool_reset_on_return"] = None
+            if parsed.database and parsed.database != ":memory:":
+                kwargs["async_creator"] = inline_creator(parsed.database)
         if self.dialect in ("mysql", "mariadb"):
             kwargs["isolation_level"] = "READ COMMITTED"
         self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)

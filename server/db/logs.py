@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.db.schema import LOG_QUOTA as Q
 from server.db.schema import LOGS, PILOTS
-from server.db.search import jsonable_row, order_by, where_clause
+from server.db.search import order_by, rows_as_dicts, where_clause
 from server.db.secrets import insert_ignoring_conflicts
 from server.errors import InvalidRequest
 from server.models import SearchSpec, SortSpec
@@ -120,7 +120,7 @@ async def search(
     ordering = [*order_by(COLUMNS, sort), LOGS.c.TimeStamp.asc(), LOGS.c.LogID.asc()]
     stmt = base.order_by(*ordering).limit(per_page).offset(offset)
     rows = await conn.execute(stmt)
-    return total, [jsonable_row(dict(r)) for r in rows.mappings()]
+    return total, rows_as_dicts(rows)
 
 
 async def purge_older_than(conn: AsyncConnection, cutoff: datetime) -> int:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.db.schema import JOBS, PILOTS
-from server.db.search import jsonable_row, order_by, where_clause
+from server.db.search import order_by, rows_as_dicts, where_clause
 from server.errors import AlreadyExists, InvalidRequest, NotFound
 from server.models import SearchSpec, SortSpec
 
@@ -153,7 +153,7 @@ async def search(
         if total == 0 or offset >= total:
             return total, []
         rows = await conn.execute(base.order_by(*ordering).limit(per_page).offset(offset))
-        return total, [jsonable_row(dict(r)) for r in rows.mappings()]
+        return total, rows_as_dicts(rows)
     count = select(func.count()).select_from(T)
     if where is not None:
         count = count.where(where)
@@ -169,7 +169,7 @@ async def search(
         select(*cols).join_from(T, page_ids, T.c.PilotID == page_ids.c.PilotID).order_by(*ordering)
     )
     rows = await conn.execute(stmt)
-    return total, [jsonable_row(dict(r)) for r in rows.mappings()]
+    return total, rows_as_dicts(rows)
 
 
 def _unknown(parameter: str) -> Any:
@@ -188,7 +188,7 @@ async def summary(
     if where is not None:
         stmt = stmt.where(where)
     rows = await conn.execute(stmt)
-    return [jsonable_row(dict(r)) for r in rows.mappings()]
+    return rows_as_dicts(rows)
 
 
 async def delete_pilots(

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, DateTime, Double, Float, Integer, and_, not_
+from sqlalchemy import Boolean, ColumnElement, DateTime, Double, Float, Integer, Result, and_, not_
 from sqlalchemy.sql.schema import Column
 
 from server.errors import InvalidRequest
@@ -133,6 +133,8 @@ def order_by(columns: Mapping[str, Column[Any]], sort: Sequence[SortSpec]) -> li
     return clauses
 
 
-def jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Datetimes as DiracX sends them (naive ISO 8601, UTC)."""
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+def rows_as_dicts(result: Result[Any]) -> list[dict[str, Any]]:
+    """Result rows as dicts keyed by column name; datetimes stay datetimes, and the response
+    encoder writes them as DiracX does (naive ISO 8601, UTC)."""
+    keys = [str(k) for k in result.keys()]  # noqa: SIM118 - plain str keys for orjson
+    return [dict(zip(keys, row, strict=True)) for row in result]

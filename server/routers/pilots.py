@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Query, Response
 
 from server.context import Context
@@ -27,12 +29,27 @@ from server.policies import PilotManager, PilotSelf, Reader
 router = APIRouter(prefix="/api/pilots", tags=["pilots"])
 
 
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _encode(payload: Any) -> bytes:
+    """orjson: rows of a page are most of a search's cost (datetimes as naive ISO 8601, as
+    DiracX writes them). A string orjson refuses (a lone surrogate) falls back to json."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload, separators=(",", ":"), default=_iso).encode()
+
+
 def json_response(
     payload: Any, status: int = HTTPStatus.OK, headers: dict[str, str] | None = None
 ) -> Response:
     """Serialise once with the standard library; rows are already JSON-ready."""
     return Response(
-        json.dumps(payload, separators=(",", ":")),
+        _encode(payload),
         status_code=status,
         headers=headers,
         media_type="application/json",
