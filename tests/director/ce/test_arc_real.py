@@ -117,9 +117,15 @@ async def test_x509_pilots_end_done_and_failed_with_output_then_clean(
     assert "about to fail" in (await x509_ce.output(refs[1])).stdout
 
     assert all(r.ok for r in await x509_ce.clean(refs))
-    gone = await x509_ce.status(refs)
+    gone: list[StatusResult] = []
+
+    async def cleaned() -> bool:  # A-REX queues the cleaning ("202 Queued for cleaning")
+        nonlocal gone
+        gone = await x509_ce.status(refs)
+        return all("no longer knows" in r.reason for r in gone)
+
+    assert await poll(cleaned), gone
     assert [r.status for r in gone] == [PilotStatus.ABORTED, PilotStatus.ABORTED]
-    assert all("no longer knows" in r.reason for r in gone)
     assert await x509_ce.list_jobs(queue) == []
 
 
