@@ -708,10 +708,10 @@ def test_the_secret_appears_in_no_output_log_line_file_or_process_argument(
     assert f"test-pilot {stamp[:8]}: access <redacted>" in messages(server, stamp)
 
 
-def _pyenv_python(prefix: str) -> str | None:
+def _pyenv_python(prefix: str, name: str = "python3") -> str | None:
     """An interpreter of that version from pyenv, when this machine has one."""
     versions = Path.home() / ".pyenv" / "versions"
-    found = sorted(versions.glob(f"{prefix}.*/bin/python3")) if versions.is_dir() else []
+    found = sorted(versions.glob(f"{prefix}.*/bin/{name}")) if versions.is_dir() else []
     return str(found[-1]) if found else None
 
 
@@ -720,16 +720,16 @@ def test_the_wrapper_runs_on_the_oldest_and_newest_python(
     live_server_tls: LiveServer, tmp_path: Path, version: str
 ) -> None:
     """EL7/EL8 worker nodes have python3.6; new ones the latest. Optional: pyenv's builds.
-    The pilot is embedded here, and the first interpreter name does not exist."""
+    The pilot is embedded here; the first candidate does not exist, the next is Python 2."""
     python = _pyenv_python(version)
     if python is None:
         pytest.skip(f"no python{version} on this machine (~/.pyenv/versions)")
     server = live_server_tls
     stamp, secret = new_pilot(server)
     embedded = (PilotFile("dirac-pilot.py", content=TEST_PILOT.read_bytes()),)
-    options = pilot_options(
-        server, stamp, (), pilot_files=embedded, python_commands=("python0", python)
-    )
+    too_old = _pyenv_python("2.7", "python")  # found, but passed over
+    candidates = ("python0", *([too_old] if too_old else []), python)
+    options = pilot_options(server, stamp, (), pilot_files=embedded, python_commands=candidates)
     done = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"python {version}." in done.stdout
@@ -739,3 +739,17 @@ def test_the_wrapper_runs_on_the_oldest_and_newest_python(
     assert "Warning" not in done.stderr
     assert pilot_record(server, stamp)["Status"] == "Done"
     assert leftovers(done) == []
+
+
+def test_without_a_usable_python_the_wrapper_says_so_and_exits_100(
+    live_server_tls: LiveServer, tmp_path: Path
+) -> None:
+    stamp, secret = new_pilot(live_server_tls)
+    options = pilot_options(
+        live_server_tls, stamp, ("file:///nonexistent",), python_commands=("python0",)
+    )
+    failed = run(render(options, stamp, secret, tmp_path), tmp_path / "run")
+    assert failed.returncode == 100
+    assert "no python >= 3.6 among: python0" in failed.stderr
+    assert secret not in failed.stdout + failed.stderr
+    assert leftovers(failed) == []
