@@ -34,10 +34,12 @@ __all__ = ["arc_infra", "arc_issuer"]  # the fixtures, imported so pytest finds 
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
 PATIENCE_S = 180.0
+# A-REX's fork back-end kills only the job's top process (cancel-fork-job): the wrapper and
+# this pilot live on and report their own end later, so it must come after the test's checks.
 SLEEPY_PILOT = """import sys, time
 print("sleepy pilot: runs until someone kills it")
 sys.stdout.flush()
-time.sleep(60)
+time.sleep(150)
 """
 
 
