@@ -44,24 +44,28 @@ class ServerProc:
         db_url: str | None = None,
         env: Mapping[str, str] | None = None,
         vos: Sequence[str] = ("lhcb", "dteam"),
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.db_url = db_url
-        self.url = f"http://127.0.0.1:{port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self.env = {**os.environ, **(env or {})}
         self.vos = list(vos)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         data_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 90.0, verify: Any = True) -> None:
         cmd = [str(SITE_DIRECTOR), "server", "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), "--log-level", "warning"]
         if self.db_url:
             cmd += ["--db", self.db_url]
         for vo in self.vos:
             cmd += ["--vo", vo]
+        if self.tls:
+            cmd += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         log = (self.data_dir / f"server-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.starts += 1
@@ -70,7 +74,10 @@ class ServerProc:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode}")
             try:
-                if httpx.get(self.url + "/api/health", timeout=2).status_code == HTTPStatus.OK:
+                if (
+                    httpx.get(self.url + "/api/health", timeout=2, verify=verify).status_code
+                    == HTTPStatus.OK
+                ):
                     return
             except httpx.TransportError:
                 pass
