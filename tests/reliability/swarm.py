@@ -319,3 +319,35 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
         return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000
 
     return {"p50_ms": rank(0.50), "p95_ms": rank(0.95), "p99_ms": rank(0.99)}
+
+
+async def restart_under_load(
+    server: ServerProc, *, pilots: int, batch: int, restarts: list[signal.Signals], gap: float
+) -> tuple[Stats, int, list[str]]:
+    """Start the swarm, kill and restart the server once per entry of `restarts` with `gap`
+    seconds of load between, then let the swarm run for `gap` more; returns the stats, the
+    number of lines acknowledged before the last restart and the stored line ids."""
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        swarm = await register(http, server.director_token, pilots, "Restart.Test.org")
+        stats = Stats()
+        until = time.monotonic() + gap * (len(restarts) + 1) + 60  # ended by `stop` below
+
+        async def pilot_task(p: Pilot) -> None:
+            await run_pilot(
+                http, p, server.director_token, stats, until=until, batch=batch, pause=0.05
+            )
+
+        tasks = [asyncio.create_task(pilot_task(p)) for p in swarm]
+        acked_before_last = 0
+        for sig in restarts:
+            await asyncio.sleep(gap)
+            await asyncio.to_thread(server.kill, sig)
+            acked_before_last = len(stats.acked)
+            await asyncio.sleep(0.5)  # clients meet a closed port
+            await asyncio.to_thread(server.start)
+        await asyncio.sleep(gap)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stored = await stored_lines(http, server.admin_token, [p.stamp for p in swarm])
+        return stats, acked_before_last, stored
