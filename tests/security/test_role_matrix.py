@@ -23,7 +23,15 @@ import httpx
 from server import policies
 from tests.conftest import Roles
 from tests.security.pilots import Pilot, make_pilot
-from tests.security.routes import Req, Route, Target, has_route, log_lines, walk
+from tests.security.routes import (
+    OPERATOR_POLICIES,
+    Req,
+    Route,
+    Target,
+    has_route,
+    log_lines,
+    walk,
+)
 
 REFUSED = {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}
 REFUSED_OR_ABSENT = {*REFUSED, HTTPStatus.NOT_FOUND}
@@ -117,7 +125,7 @@ async def test_pilot_token_is_refused_on_every_operator_route(api: Roles) -> Non
     bad = []
     checked = 0
     for route in world.routes:
-        if route.policy not in _operator_policies():
+        if route.policy not in OPERATOR_POLICIES:
             continue
         for target in (world.mine, world.sibling):
             r = await _send(pilot, route, route.make(world.target(target)))
@@ -126,12 +134,6 @@ async def test_pilot_token_is_refused_on_every_operator_route(api: Roles) -> Non
                 bad.append(_describe("pilot", route, r))
     assert checked >= 10, "the walk found too few operator routes"
     assert not bad, bad
-
-
-def _operator_policies() -> set[policies.Policy]:
-    from tests.security.routes import OPERATOR_POLICIES
-
-    return OPERATOR_POLICIES
 
 
 async def test_pilot_cannot_act_on_another_pilot(api: Roles) -> None:
