@@ -154,7 +154,7 @@ def test_embedded_files_carry_their_checksum() -> None:
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     values=st.lists(st.text(min_size=0, max_size=40), min_size=4, max_size=4),
