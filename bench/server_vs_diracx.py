@@ -94,7 +94,12 @@ def run_phase(
         connections=connections,
     )
     unexpected = {k: v for k, v in result.statuses.items() if k != expected}
-    if unexpected or result.errors:
+    failed = sum(unexpected.values()) + result.errors
+    # DiracX on SQLite sets no busy timeout beyond the driver's 5 s: under load a few of its
+    # writes fail with "database is locked" (500). Counted and reported, not hidden; a run
+    # with more than 5% failures is not a measurement.
+    result.extra = {"failed": failed, "unexpected_statuses": unexpected}
+    if failed > 0.05 * max(result.issued, 1):
         raise RuntimeError(
             f"{server.name} {op}: unexpected answers {unexpected}, {result.errors} socket errors"
         )
@@ -172,6 +177,7 @@ def summarise(
                 "p50_ms": round(median([r.p50_ms for r in results]), 2),
                 "p95_ms": round(median([r.p95_ms for r in results]), 2),
                 "cpu_ms_per_request": round(median([r.cpu_ms_per_request for r in results]), 3),
+                "failed": sum(r.extra.get("failed", 0) for r in results),
                 "runs": [r.as_dict() for r in results],
             }
         o, d = entry["ours"], entry["diracx"]
@@ -204,6 +210,7 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
         "ours CPU ms/req",
         "DiracX CPU ms/req",
         "x CPU",
+        "failed ours/DiracX",
     ):
         table.add_column(col, justify="right")
     for op, e in report["ops"].items():
@@ -218,6 +225,7 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
             f"{o['cpu_ms_per_request']:.2f}",
             f"{d['cpu_ms_per_request']:.2f}",
             f"{e['cpu_ratio']:.1f}",
+            f"{o['failed']}/{d['failed']}",
         )
     console.print(table)
     console.print(f"peak RSS MB: {report['peak_rss_mb']}")
