@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import cpu_seconds, site_director_token, start_site_director, write_json
+from harness import cpu_seconds, machine_state, site_director_token, start_site_director, write_json
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
@@ -253,6 +253,7 @@ def parent(args: argparse.Namespace) -> None:
     report = {
         "benchmark": "director_cycle",
         "pilots_per_queue": PILOTS_PER_QUEUE,
+        "machine": machine_state(),
         "goal": {"pilots": 10_000, "wall_s": 5.0, "director_peak_rss_mb": 150.0},
         "results": results,
     }

@@ -375,3 +375,14 @@ def site_director_token(
     if issuer:
         cmd += ["--issuer", issuer]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def machine_state() -> dict[str, Any]:
+    """Load average and CPU pressure (PSI) now: how busy the shared machine was."""
+    state: dict[str, Any] = {"cpus": os.cpu_count()}
+    try:
+        state["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+        state["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        pass
+    return state

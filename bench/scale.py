@@ -33,6 +33,7 @@ from typing import Any
 from harness import (
     ServerProcess,
     lua_script,
+    machine_state,
     percentile,
     run_wrk,
     site_director_token,
@@ -249,7 +250,13 @@ def main() -> None:
     results = [
         run_backend(b, args.pilots, work, console, args.searches) for b in args.backends.split(",")
     ]
-    report = {"benchmark": "scale", "pilots": args.pilots, "goals": GOALS, "backends": results}
+    report = {
+        "benchmark": "scale",
+        "pilots": args.pilots,
+        "goals": GOALS,
+        "machine": machine_state(),
+        "backends": results,
+    }
     table = Table(title=f"{args.pilots:,} pilots: latency through the server (wrk -c1)")
     for col in (
         "backend",

@@ -32,6 +32,7 @@ from harness import (
     ServerProcess,
     WrkResult,
     lua_script,
+    machine_state,
     median,
     run_wrk,
     site_director_token,
@@ -234,6 +235,7 @@ def summarise(
         "database": "SQLite (WAL), one uvicorn worker",
         "client": "wrk -t1 (Lua scripts)",
         "server_peak_rss_mb": round(peak, 1),
+        "machine": machine_state(),
         "ops": ops,
     }
 

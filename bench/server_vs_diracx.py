@@ -31,6 +31,7 @@ from harness import (
     ServerProcess,
     WrkResult,
     lua_script,
+    machine_state,
     median,
     run_wrk,
     site_director_token,
@@ -194,6 +195,7 @@ def summarise(
         "client": "wrk -t1 (Lua scripts, unique stamps)",
         "database": "SQLite (WAL), one uvicorn worker each",
         "peak_rss_mb": {k: round(v, 1) for k, v in rss.items()},
+        "machine": machine_state(),
         "ops": ops,
     }
 
