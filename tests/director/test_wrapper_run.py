@@ -16,6 +16,7 @@ import http.server
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -323,7 +324,7 @@ def render(options: PilotOptions, stamp: str, secret: str, folder: Path) -> str:
     return text
 
 
-def start(text: str, folder: Path, shell: str = "sh") -> Run:
+def start(text: str, folder: Path, shell: str = "sh", env: dict[str, str] | None = None) -> Run:
     """Writes the wrapper 0600 into a fresh job directory, as a CE does, and runs `sh` on it."""
     folder.mkdir(parents=True, exist_ok=True)
     job, tmp = folder / "job", folder / "tmp"
@@ -334,7 +335,7 @@ def start(text: str, folder: Path, shell: str = "sh") -> Run:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     out, err = folder / "stdout", folder / "stderr"
-    env = {**os.environ, "TMPDIR": str(tmp)}
+    env = {**(os.environ if env is None else env), "TMPDIR": str(tmp)}
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
             [shell, "wrapper.sh"], cwd=job, stdout=stdout, stderr=stderr, env=env
@@ -342,8 +343,8 @@ def start(text: str, folder: Path, shell: str = "sh") -> Run:
     return Run(folder, process, out, err)
 
 
-def run(text: str, folder: Path, shell: str = "sh") -> Run:
-    started = start(text, folder, shell)
+def run(text: str, folder: Path, shell: str = "sh", env: dict[str, str] | None = None) -> Run:
+    started = start(text, folder, shell, env)
     started.wait()
     return started
 
@@ -417,6 +418,24 @@ def test_the_pilot_runs_and_ends_done_with_its_lines_searchable(
         verify=trust(server),
     )
     assert posted.status_code == 401
+
+
+def test_the_pilot_starts_in_a_job_environment_without_path(
+    live_server_tls: LiveServer, file_server: FileServer, tmp_path: Path
+) -> None:
+    """HTCondor starts jobs with no PATH: the wrapper must still find python3 and start the
+    pilot with it (an empty sys.executable once made every such pilot fail with exit 104)."""
+    server = live_server_tls
+    stamp, secret = new_pilot(server)
+    good = file_server.folder("nopath", TEST_PILOT.read_bytes())
+    options = pilot_options(server, stamp, (good,))
+    # no PATH at all, as HTCondor does: sh falls back to its default search path
+    env = {"HOME": str(tmp_path)}
+    if shutil.which("python3", path=os.defpath) is None:
+        pytest.skip(f"no python3 on the default search path {os.defpath!r}")
+    done = run(render(options, stamp, secret, tmp_path), tmp_path / "run", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert pilot_record(server, stamp)["Status"] == "Done"
 
 
 def test_a_file_location_serves_the_pilot_after_a_wrong_https_copy(
