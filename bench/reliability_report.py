@@ -35,9 +35,10 @@ from tests.reliability.load import pg_create, pg_drop, pg_name, pg_url, run_load
 from tests.reliability.swarm import ServerProc, restart_under_load  # noqa: E402
 
 
-def test_ca(folder: Path) -> tuple[Path, Path, Path]:
+def make_ca(folder: Path) -> tuple[Path, Path, Path]:
     import trustme
 
+    folder.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     ca_file, cert_file, key_file = folder / "ca.pem", folder / "server.pem", folder / "server.key"
@@ -48,7 +49,7 @@ def test_ca(folder: Path) -> tuple[Path, Path, Path]:
 
 
 async def crash(folder: Path, trials: int, seed: int) -> dict[str, Any]:
-    ca_file, cert_file, key_file = test_ca(folder)
+    ca_file, cert_file, key_file = make_ca(folder)
     server = ServerProc(folder / "server", free_port(), tls=(cert_file, key_file))
     verify = ssl.create_default_context(cafile=str(ca_file))
     await asyncio.to_thread(server.start, verify=verify)
@@ -175,7 +176,7 @@ async def main(args: argparse.Namespace) -> int:
             results["load"] = await load(
                 folder / "load", args.pilots, args.load_seconds, args.rate_per_minute
             )
-    print_tables(Console(), results)
+    print_tables(Console(width=140), results)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
