@@ -29,7 +29,7 @@ def four_ces(folder: Path, server: LiveServer) -> tuple[Path, str]:
         token=server.director_token,
         ce_name="good",
         director={
-            "queue_timeout_seconds": 1.0,
+            "queue_timeout_seconds": 5.0,  # the hung CE costs this; a busy CI host needs it
             "submit_grace_seconds": 120,
             "backoff": {"initial_seconds": 60, "max_seconds": 600},
         },
