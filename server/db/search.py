@@ -8,6 +8,7 @@ is a 400 naming the parameter, never a database error.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,8 @@ _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 #: POSIX RE_DUP_MAX, PostgreSQL's limit too: larger `{n}` counts are a database error there.
 _MAX_REPEAT = 255
 _REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+#: `.*a.*b.*c` is fine; each further open-ended repetition multiplies the work by the length.
+_MAX_WIDE_REPEATS = 3
 
 
 def parse_datetime(value: str) -> datetime:
@@ -77,6 +80,59 @@ def _check_regex(pattern: str, parameter: str) -> None:
     for match in _REPEAT.finditer(pattern):
         if any(int(n) > _MAX_REPEAT for n in match.groups() if n):
             raise InvalidRequest(f"Repetition counts above {_MAX_REPEAT} are not supported")
+    problem = _backtracking_risk(pattern)
+    if problem:
+        raise InvalidRequest(f"Regular expression for parameter {parameter!r} refused: {problem}")
+
+
+def _backtracking_risk(pattern: str) -> str | None:
+    """Shapes that make a backtracking engine (SQLite runs Python's `re` for REGEXP, holding
+    the GIL) take exponential or high-polynomial time: `(a|aa)*c` on 40 characters takes
+    minutes and freezes the whole server. Refused on every backend, so the DSL is the same."""
+    # the parse tree of the standard library's own compiler (not in the typeshed stubs)
+    c: Any = importlib.import_module("re._constants")
+    parser: Any = importlib.import_module("re._parser")
+
+    repeats = (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT)
+    wide = 0
+
+    def has_choice(items: Any) -> bool:
+        for op, av in items:
+            if op in repeats or op is c.BRANCH:
+                return True
+            if op is c.SUBPATTERN and has_choice(av[3]):
+                return True
+            if op in (c.ASSERT, c.ASSERT_NOT) and has_choice(av[1]):
+                return True
+        return False
+
+    def walk(items: Any) -> str | None:
+        nonlocal wide
+        for op, av in items:
+            found = None
+            if op in repeats:
+                _low, high, sub = av
+                if high > 1 and has_choice(sub):
+                    return "a repeated group that itself repeats or alternates"
+                if high == c.MAXREPEAT or high > 16:
+                    wide += 1
+                found = walk(sub)
+            elif op is c.SUBPATTERN:
+                found = walk(av[3])
+            elif op is c.BRANCH:
+                found = next((f for alt in av[1] if (f := walk(alt))), None)
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                found = walk(av[1])
+            elif op in (c.GROUPREF, c.GROUPREF_EXISTS):
+                return "back-references"
+            if found:
+                return found
+        return None
+
+    problem = walk(parser.parse(pattern))
+    if problem is None and wide > _MAX_WIDE_REPEATS:
+        problem = f"more than {_MAX_WIDE_REPEATS} open-ended repetitions"
+    return problem
 
 
 def column_for(columns: Mapping[str, Column[Any]], parameter: str) -> Column[Any]:
