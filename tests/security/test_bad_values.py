@@ -99,6 +99,32 @@ CASES: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
         json.dumps(_search("GridSite", "regex", "a{99999}")),
         {},
     ),
+    # backtracking bombs: SQLite runs Python's `re` for REGEXP, holding the GIL, and a stamp
+    # of 32 'a's against (a|aa)*c takes seconds per row; 128-character sites take forever
+    "regex-alternation-under-star": (
+        "POST",
+        "/api/pilots/search",
+        json.dumps(_search("PilotStamp", "regex", "(a|aa)*c")),
+        {},
+    ),
+    "regex-nested-plus": (
+        "POST",
+        "/api/pilots/search",
+        json.dumps(_search("GridSite", "regex", "^([0-9a-f]+)+z$")),
+        {},
+    ),
+    "regex-many-stars": (
+        "POST",
+        "/api/pilots/search",
+        json.dumps(_search("GridSite", "regex", "a*a*a*a*a*a*c")),
+        {},
+    ),
+    "regex-backreference": (
+        "POST",
+        "/api/pilots/search/logs",
+        json.dumps(_search("Message", "regex", "(a+)\\1")),
+        {},
+    ),
     "like-ending-in-escape": (
         "POST",
         "/api/pilots/search",
