@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.bodyguard import AuthBeforeBody
 from server.context import ServerContext
 from server.db.engine import Database
 from server.db.migrate import upgrade
@@ -269,5 +270,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit)
+    app.add_middleware(AuthBeforeBody)
     app.add_middleware(AccessLog)
     return app
