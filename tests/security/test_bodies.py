@@ -153,6 +153,37 @@ def _head(server: ServerProcess, path: str, extra: str) -> str:
 # --- size limits ----------------------------------------------------------------------------
 
 
+def test_anonymous_body_is_refused_before_it_is_parsed(server_process: ServerProcess) -> None:
+    """First in this module, while the server's peak memory is still its baseline: 14 MiB of
+    tiny JSON objects cost ~350 MB to parse; without a token they must cost nothing."""
+    peak_before = server_process.peak_kib()
+    body = b"[" + b"{}," * 5_000_000 + b"{}]"
+    for path in ("/api/pilots/search", "/api/pilots/internal/message", "/api/nowhere"):
+        r = httpx.post(
+            f"{server_process.url}{path}",
+            content=body,
+            headers={"Content-Type": "application/json", "Authorization": "Bearer x.y.z"},
+            timeout=60,
+        )
+        assert r.status_code == HTTPStatus.UNAUTHORIZED, (path, r.text[:200])
+    grown = (server_process.peak_kib() - peak_before) / 1024
+    print(f"\nserver peak memory grew by {grown:.0f} MiB for 3 anonymous 14 MiB bodies")
+    assert grown < 50
+
+
+def test_public_routes_take_small_bodies_only(server_process: ServerProcess) -> None:
+    """The routes that need no token (exchange, refresh, revoke) have small bodies."""
+    big = json.dumps({"pilot_stamp": "a", "pilot_secret": "b", "vo": "x" * (256 * 1024)})
+    for path in ("/api/auth/secret-exchange", "/api/auth/pilot-token", "/api/auth/revoke"):
+        r = httpx.post(
+            f"{server_process.url}{path}",
+            content=big,
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert r.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE, (path, r.text[:200])
+
+
 def test_declared_oversized_body_is_413_before_it_is_sent(server_process: ServerProcess) -> None:
     head = _head(server_process, "/api/pilots/search", f"Content-Length: {LIMIT + 1}\r\n")
     status, body = _raw(server_process, head)
