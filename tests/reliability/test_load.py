@@ -46,3 +46,22 @@ async def test_five_hundred_pilots_lose_nothing(pg_database: str, tmp_path: Path
     assert report.lost_lines == 0
     assert report.acked_lines >= 250
     assert report.stored_lines >= report.acked_lines
+
+
+async def test_throttled_pilots_wait_and_lose_nothing(tmp_path: Path) -> None:
+    """The designed 429: pilots over their per-minute line rate are told to wait (Retry-After),
+    do, and nothing they got acknowledged is missing."""
+    server = ServerProc(
+        tmp_path / "server",
+        free_port(),
+        env={"SITE_DIRECTOR_LOG_RATE_LINES_PER_MINUTE": "300"},  # one 250-line batch a minute
+    )
+    server.start()
+    try:
+        report = await run_load(server, pilots=5, seconds=8)
+    finally:
+        server.kill()
+    assert report.throttled > 0
+    assert report.errors == []
+    assert report.lost_lines == 0
+    assert report.acked_lines == 5 * 250  # the first batch of each, then only 429s
