@@ -168,7 +168,8 @@ def wrk_latencies(
 ) -> dict[str, Any]:
     result = run_wrk("q", server.url, lua_script(lua, limit=n, prefix="", token=token),
                      server_pid=server.pid, connections=1)  # fmt: skip
-    if set(result.statuses) != {expected} or result.errors:
+    # a page that holds every match is a 200, a part of them a 206 (Content-Range)
+    if not set(result.statuses) <= {expected, "200"} or result.errors:
         raise RuntimeError(f"unexpected answers {result.statuses}, {result.errors} errors")
     return {
         "requests": result.requests,
