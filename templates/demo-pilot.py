@@ -22,8 +22,11 @@ def step(name, message):
 
 def main():
     step("PilotParams", "options %s" % " ".join(sys.argv[1:]))
-    step("CheckWorkerNode", "host %s, python %s, %d CPUs" % (
-        platform.node(), platform.python_version(), os.cpu_count() or 1))
+    step(
+        "CheckWorkerNode",
+        "host %s, python %s, %d CPUs"
+        % (platform.node(), platform.python_version(), os.cpu_count() or 1),
+    )
     path = os.environ.get("DIRACX_CREDENTIALS_PATH", "")
     try:
         with open(path) as handle:
