@@ -64,6 +64,8 @@ class PilotAgents(Base):
         Index("idx_status_time", "Status", "SubmissionTime"),
         Index("idx_vo_status_time", "VO", "Status", "SubmissionTime"),
         Index("idx_submission_time", "SubmissionTime"),
+        # the summary by site and status (dashboards, the director's counts) streams this index
+        Index("idx_site_status", "GridSite", "Status"),
     )
 
 

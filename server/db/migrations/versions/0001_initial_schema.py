@@ -93,6 +93,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "idx_dest_queue_status", ["DestinationSite", "Queue", "Status"], unique=False
         )
+        batch_op.create_index("idx_site_status", ["GridSite", "Status"], unique=False)
         batch_op.create_index("idx_status_time", ["Status", "SubmissionTime"], unique=False)
         batch_op.create_index("idx_submission_time", ["SubmissionTime"], unique=False)
         batch_op.create_index(
@@ -272,6 +273,7 @@ def downgrade() -> None:
         batch_op.drop_index("idx_vo_status_time")
         batch_op.drop_index("idx_submission_time")
         batch_op.drop_index("idx_status_time")
+        batch_op.drop_index("idx_site_status")
         batch_op.drop_index("idx_dest_queue_status")
         batch_op.drop_index("Statuskey")
         batch_op.drop_index("Status")
