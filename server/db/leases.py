@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
 
+from server.db.batch import chunks
 from server.db.schema import LEASES
 
 
@@ -36,8 +37,7 @@ async def acquire(
     the conditional UPDATE and the conflict-ignoring INSERT leave exactly one holder.
     """
     held: set[str] = set()
-    for start in range(0, len(queues), 900):
-        chunk = list(queues[start : start + 900])
+    for chunk in chunks(queues):
         await conn.execute(
             update(LEASES)
             .where(
@@ -57,9 +57,7 @@ async def acquire(
 
 
 async def release(conn: AsyncConnection, *, holder: str, queues: Sequence[str]) -> None:
-    for start in range(0, len(queues), 900):
+    for chunk in chunks(queues):
         await conn.execute(
-            delete(LEASES).where(
-                LEASES.c.Queue.in_(list(queues[start : start + 900])), LEASES.c.Holder == holder
-            )
+            delete(LEASES).where(LEASES.c.Queue.in_(chunk), LEASES.c.Holder == holder)
         )

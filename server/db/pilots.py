@@ -14,6 +14,7 @@ from sqlalchemy import Column, ColumnElement, bindparam, delete, func, insert, s
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.db.batch import chunks
 from server.db.schema import JOBS, PILOTS
 from server.db.search import order_by, rows_as_dicts, where_clause
 from server.errors import AlreadyExists, InvalidRequest
@@ -21,17 +22,11 @@ from server.models import SearchSpec, SortSpec
 
 T = PILOTS
 COLUMNS: dict[str, Column[Any]] = {c.name: c for c in T.columns}
-_CHUNK = 900  # stay under SQLite's and drivers' bound-parameter limits
-
-
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 async def existing_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> list[str]:
     found: list[str] = []
-    for chunk in _chunks(stamps):
+    for chunk in chunks(stamps):
         rows = await conn.execute(select(T.c.PilotStamp).where(T.c.PilotStamp.in_(chunk)))
         found.extend(r[0] for r in rows)
     return found
@@ -69,7 +64,7 @@ async def insert_pilot(conn: AsyncConnection, row: dict[str, Any]) -> None:
 
 async def ids_for_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
-    for chunk in _chunks(stamps):
+    for chunk in chunks(stamps):
         rows = await conn.execute(
             select(T.c.PilotStamp, T.c.PilotID).where(T.c.PilotStamp.in_(chunk))
         )
@@ -84,7 +79,7 @@ async def pilots_by_stamp(
 ) -> dict[str, dict[str, Any]]:
     cols = [COLUMNS[c] for c in columns]
     found: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(stamps):
+    for chunk in chunks(stamps):
         rows = await conn.execute(select(*cols).where(T.c.PilotStamp.in_(chunk)))
         for row in rows.mappings():
             found[row["PilotStamp"]] = dict(row)
@@ -113,7 +108,7 @@ async def update_pilots(
             .where(T.c.PilotStamp == bindparam("b_stamp"))
             .values({COLUMNS[c]: bindparam(f"v_{c}") for c in cols})
         )
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             await conn.execute(stmt, list(chunk))
 
 
@@ -206,7 +201,7 @@ async def delete_pilots(
     if vos is not None:
         conditions.append(T.c.VO.in_(list(vos)))
     ids = [r[0] for r in await conn.execute(select(T.c.PilotID).where(*conditions))]
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         await conn.execute(delete(JOBS).where(JOBS.c.PilotID.in_(chunk)))
         await conn.execute(delete(T).where(T.c.PilotID.in_(chunk)))
     return len(ids)
@@ -243,7 +238,7 @@ async def jobs_of(conn: AsyncConnection, pilot_id: int) -> list[int]:
 
 async def pilot_ids_for_jobs(conn: AsyncConnection, job_ids: Sequence[int]) -> list[int]:
     ids: set[int] = set()
-    for chunk in _chunks(list(job_ids)):
+    for chunk in chunks(list(job_ids)):
         rows = await conn.execute(select(JOBS.c.PilotID).where(JOBS.c.JobID.in_(chunk)).distinct())
         ids.update(r[0] for r in rows)
     return sorted(ids)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
 
+from server.db.batch import chunks
 from server.db.schema import PILOTS, SECRETS
 from server.db.schema import SECRET_STAMPS as STAMPS
 from server.models import SecretInfo
@@ -48,8 +49,7 @@ async def insert_secrets(
     }
     await conn.execute(insert(SECRETS), [{"SecretHash": h, **common} for h in hashes])
     ids: dict[str, int] = {}
-    for start in range(0, len(hashes), 900):
-        chunk = hashes[start : start + 900]
+    for chunk in chunks(hashes):
         rows = await conn.execute(
             select(SECRETS.c.SecretHash, SECRETS.c.SecretID).where(SECRETS.c.SecretHash.in_(chunk))
         )
@@ -156,10 +156,10 @@ def _info(row: Mapping[str, Any], stamps: list[str]) -> SecretInfo:
 
 async def stamps_of(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, list[str]]:
     bound: dict[int, list[str]] = {}
-    for start in range(0, len(ids), 900):
+    for chunk in chunks(ids):
         rows = await conn.execute(
             select(STAMPS.c.SecretID, STAMPS.c.PilotStamp)
-            .where(STAMPS.c.SecretID.in_(ids[start : start + 900]))
+            .where(STAMPS.c.SecretID.in_(chunk))
             .order_by(STAMPS.c.PilotStamp)
         )
         for secret_id, stamp in rows:
@@ -194,21 +194,17 @@ async def list_secrets(
 
 async def secret_ids_for_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> list[int]:
     ids: set[int] = set()
-    for start in range(0, len(stamps), 900):
-        rows = await conn.execute(
-            select(STAMPS.c.SecretID).where(STAMPS.c.PilotStamp.in_(stamps[start : start + 900]))
-        )
+    for chunk in chunks(stamps):
+        rows = await conn.execute(select(STAMPS.c.SecretID).where(STAMPS.c.PilotStamp.in_(chunk)))
         ids.update(r[0] for r in rows)
     return sorted(ids)
 
 
 async def vos_of(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, list[str]]:
     found: dict[int, list[str]] = {}
-    for start in range(0, len(ids), 900):
+    for chunk in chunks(ids):
         rows = await conn.execute(
-            select(SECRETS.c.SecretID, SECRETS.c.VOs).where(
-                SECRETS.c.SecretID.in_(ids[start : start + 900])
-            )
+            select(SECRETS.c.SecretID, SECRETS.c.VOs).where(SECRETS.c.SecretID.in_(chunk))
         )
         found.update({r[0]: load_list(r[1]) for r in rows})
     return found
@@ -216,10 +212,10 @@ async def vos_of(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, list[st
 
 async def revoke(conn: AsyncConnection, ids: Sequence[int]) -> int:
     changed = 0
-    for start in range(0, len(ids), 900):
+    for chunk in chunks(ids):
         result = await conn.execute(
             update(SECRETS)
-            .where(SECRETS.c.SecretID.in_(ids[start : start + 900]), SECRETS.c.Revoked.is_(False))
+            .where(SECRETS.c.SecretID.in_(chunk), SECRETS.c.Revoked.is_(False))
             .values(Revoked=True)
         )
         changed += result.rowcount
@@ -239,8 +235,7 @@ async def purge(conn: AsyncConnection, now: datetime, *, revoked: bool = True) -
     if revoked:
         dead = or_(dead, SECRETS.c.Revoked.is_(True))
     ids = [r[0] for r in await conn.execute(select(SECRETS.c.SecretID).where(dead))]
-    for start in range(0, len(ids), 900):
-        chunk = ids[start : start + 900]
+    for chunk in chunks(ids):
         await conn.execute(delete(STAMPS).where(STAMPS.c.SecretID.in_(chunk)))
         await conn.execute(delete(SECRETS).where(SECRETS.c.SecretID.in_(chunk)))
     return len(ids)
