@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from server.db.engine import Database
+from server.errors import InvalidRequest
 from server.keys import KeyStore
 from server.settings import ServerSettings
 
@@ -17,6 +18,11 @@ class ServerContext:
     settings: ServerSettings
     db: Database
     keys: KeyStore
+
+    def require_known_vo(self, vo: str) -> None:
+        """A VO this server does not serve is a 400 (DiracX's answer), before anything is stored."""
+        if vo not in self.settings.vos:
+            raise InvalidRequest(f"Unknown VO {vo!r}")
 
 
 async def _context(request: Request) -> ServerContext:

@@ -55,11 +55,6 @@ PILOT_SELF_FIELDS = frozenset(
 )
 
 
-def _known_vo(ctx: ServerContext, vo: str) -> None:
-    if vo not in ctx.settings.vos:
-        raise InvalidRequest(f"Unknown VO {vo!r}")
-
-
 def _legacy_only(identity: Identity) -> bool:
     """A GenericPilot user token without any managing property."""
     return GENERIC_PILOT in identity.properties and not identity.properties & {ADMIN, TRUSTED_HOST}
@@ -104,7 +99,7 @@ def _pilot_row(
 
 async def register_pilot(ctx: ServerContext, identity: Identity, reg: PilotRegistration) -> None:
     require_vo(identity, reg.vo)
-    _known_vo(ctx, reg.vo)
+    ctx.require_known_vo(reg.vo)
     now = utcnow()
     row = _pilot_row(
         reg.vo,
@@ -128,7 +123,7 @@ async def register_bulk(
     if _legacy_only(identity):
         raise Forbidden("Legacy pilots register one pilot at a time.")
     require_vo(identity, body.vo)
-    _known_vo(ctx, body.vo)
+    ctx.require_known_vo(body.vo)
     stamps = [p.pilot_stamp for p in body.pilots]
     if len(set(stamps)) != len(stamps):
         dupes = sorted({s for s in stamps if stamps.count(s) > 1})

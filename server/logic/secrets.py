@@ -52,8 +52,7 @@ async def mint(
     vos = {body.vo, *body.vos}
     for vo in sorted(vos):
         require_vo(identity, vo)
-        if vo not in ctx.settings.vos:
-            raise InvalidRequest(f"Unknown VO {vo!r}")
+        ctx.require_known_vo(vo)
     stamps = bound_stamps(body)
     constraints = SecretConstraints.model_validate(
         body.model_dump(include=set(SecretConstraints.model_fields))
