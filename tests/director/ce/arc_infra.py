@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, missing, start_live_server
+from tests.director.ce.env_file import read_env_file
 
 REPO = Path(__file__).resolve().parents[3]
 SETUP = REPO / "tests" / "infra" / "arc-ce-setup.sh"
@@ -45,15 +46,6 @@ class ARCInfra:
     server_cert: Path
     server_key: Path
     session_dir: Path
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
 
 
 def arc_env_file() -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
+from tests.director.ce.env_file import read_env_file
 
 REPO = Path(__file__).resolve().parents[3]
 SETUP = "tests/infra/htcondor-setup.sh"
@@ -31,15 +32,6 @@ class HTCondorPool:
     condor_config: Path
     root: Path
     job_user: str
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
 
 
 def pool_env_file() -> Path:
