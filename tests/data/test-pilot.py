@@ -30,6 +30,7 @@ import ssl
 import stat
 import sys
 import time
+import urllib.error
 import urllib.request
 
 
@@ -169,15 +170,26 @@ def post_line(message):
             ]
         }
     ).encode()
-    request = urllib.request.Request(
-        os.environ["DIRACX_URL"] + "/api/pilots/internal/message",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "Authorization": "Bearer " + token},
-    )
-    with urllib.request.urlopen(request, context=context, timeout=30) as response:
-        if response.status >= 300:
-            fail("posting a line answered HTTP %d" % response.status)
+    # A token read just before it expires can be stale by the time the server sees it (2 s
+    # lifetimes in the tests): like a DiracX client, take a 401 as "read the credentials
+    # again", a few times, since the wrapper keeps the file fresh.
+    for attempt in range(4):
+        request = urllib.request.Request(
+            os.environ["DIRACX_URL"] + "/api/pilots/internal/message",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer " + token},
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as response:
+                if response.status >= 300:
+                    fail("posting a line answered HTTP %d" % response.status)
+                return
+        except urllib.error.HTTPError as error:
+            if error.code != 401 or attempt == 3:
+                raise
+        time.sleep(0.5)
+        token = read_credentials()["access_token"]
 
 
 def main():
