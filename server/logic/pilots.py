@@ -191,7 +191,7 @@ async def _pilot_token_alive(conn: AsyncConnection, identity: Identity) -> None:
         raise Unauthorized("Invalid token")
 
 
-def _scoped(specs: list[SearchSpec], identity: Identity) -> list[SearchSpec]:
+def scoped(specs: list[SearchSpec], identity: Identity) -> list[SearchSpec]:
     scope = vo_scope(identity)
     if scope is None:
         return specs
@@ -240,7 +240,7 @@ async def search(
         return await db.search(
             conn,
             parameters=body.parameters,
-            specs=_scoped(specs, identity),
+            specs=scoped(specs, identity),
             sort=body.sort,
             distinct=body.distinct,
             page=page,
@@ -255,7 +255,7 @@ async def summary(
         specs = await _resolve_job_ids(conn, list(body.search))
         if specs is None:
             return []
-        return await db.summary(conn, grouping=body.grouping, specs=_scoped(specs, identity))
+        return await db.summary(conn, grouping=body.grouping, specs=scoped(specs, identity))
 
 
 async def delete_pilots(ctx: ServerContext, identity: Identity, body: PilotDeletion) -> int:
@@ -288,15 +288,15 @@ async def delete_pilots(ctx: ServerContext, identity: Identity, body: PilotDelet
 
 
 async def _pilot_for(conn: Any, identity: Identity, stamp: str) -> dict[str, Any]:
-    found = await db.pilots_by_stamp(conn, [stamp])
-    if stamp not in found:
-        raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": [stamp]})
-    pilot = found[stamp]
+    """The pilot behind `stamp` as the caller may see it. Another VO's pilot is as unknown as
+    a stamp never registered: a 403 there would tell a caller which stamps exist elsewhere."""
     if identity.is_pilot and identity.pilot_stamp != stamp:
         raise Forbidden("A pilot may only act on its own record.")
+    found = await db.pilots_by_stamp(conn, [stamp])
+    pilot = found.get(stamp)
     scope = vo_scope(identity)
-    if scope is not None and pilot["VO"] not in scope:
-        raise Forbidden("Insufficient permissions to access this pilot.")
+    if pilot is None or (scope is not None and pilot["VO"] not in scope):
+        raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": [stamp]})
     return pilot
 
 
