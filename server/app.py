@@ -29,7 +29,7 @@ from server.db.engine import Database
 from server.db.migrate import upgrade
 from server.errors import RateLimited, ServerDomainError, status_of
 from server.keys import KeyStore
-from server.routers import auth, cetokens, leases, logs, pilots, secrets, wellknown
+from server.routers import auth, cetokens, director, leases, logs, pilots, secrets, wellknown
 from server.settings import ServerSettings
 
 log = logging.getLogger("server.access")
@@ -265,6 +265,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         logs.router,
         auth.router,
         leases.router,
+        director.router,
         cetokens.router,
         wellknown.router,
     ):

@@ -8,10 +8,11 @@ error.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 class PilotStatus(StrEnum):
@@ -331,3 +332,59 @@ class LeaseGrant(BaseModel):
 def drop_none(values: dict[str, Any]) -> dict[str, Any]:
     """The fields a client actually set, for PATCH-style bodies."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+# --- director queue reports -------------------------------------------------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC (a naive time is read as UTC), in the range every backend stores."""
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:00-05:00 is past year 9999 in UTC
+        raise ValueError("time out of range") from exc
+    if not 1970 <= value.year <= 9998:
+        raise ValueError("time out of range (years 1970-9998)")
+    return value
+
+
+UTCTime = Annotated[datetime, AfterValidator(_utc)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class QueueReport(_Strict):
+    """One queue as its director last saw it: limits from the config, back-off, last cycle."""
+
+    queue_key: str = Field(min_length=1, max_length=384, description="the director's site/ce/queue")
+    vo: VOName
+    site: str = Field(min_length=1, max_length=128)
+    ce: str = Field(min_length=1, max_length=128)
+    queue: str = Field(min_length=1, max_length=128, description="the CE-side queue name")
+    ce_kind: str = Field(min_length=1, max_length=32)
+    max_total_pilots: Count
+    max_waiting_pilots: Count
+    pilots_per_cycle: Count
+    enabled: bool
+    failures: Count = 0
+    backoff_until: UTCTime | None = None
+    last_error: str | None = Field(None, max_length=255)
+    last_cycle_at: UTCTime | None = None
+    last_submitted: Count | None = None
+    last_waiting: Count | None = None
+    last_running: Count | None = None
+
+
+class QueuesReport(_Strict):
+    """Body of `PUT /api/director/queues`: every queue the director serves (the report
+    replaces the director's previous one, so a queue left out is no longer served)."""
+
+    queues: list[QueueReport] = Field(max_length=10_000)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> QueuesReport:
+        seen: set[tuple[str, str]] = set()
+        for q in self.queues:
+            if (q.vo, q.queue_key) in seen:
+                raise ValueError(f"queue {q.queue_key!r} of VO {q.vo!r} is reported twice")
+            seen.add((q.vo, q.queue_key))
+        return self

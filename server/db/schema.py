@@ -187,6 +187,40 @@ class DirectorLeases(Base):
     expires_at: Mapped[datetime] = mapped_column("ExpiresAt", UTCDateTime)
 
 
+class DirectorQueues(Base):
+    """What each director last reported of the queues it serves: limits, back-off, last cycle.
+
+    A director's report replaces its rows within its VOs, so a queue it no longer serves
+    disappears. The key includes the VO: two VOs' directors may share a token `sub` and a
+    queue name, and neither may touch the other's rows. 255 + 128 + 384 characters keep the
+    key within MariaDB's 3072-byte index limit in utf8mb4.
+    """
+
+    __tablename__ = "DirectorQueues"
+
+    director: Mapped[str] = mapped_column("Director", String(255), primary_key=True)
+    vo: Mapped[str] = mapped_column("VO", String(128), primary_key=True)
+    queue_key: Mapped[str] = mapped_column("QueueKey", String(384), primary_key=True)
+    site: Mapped[str] = mapped_column("Site", String(128))
+    ce: Mapped[str] = mapped_column("CE", String(128))
+    queue: Mapped[str] = mapped_column("Queue", String(128))
+    ce_kind: Mapped[str] = mapped_column("CEKind", String(32))
+    max_total_pilots: Mapped[int] = mapped_column("MaxTotalPilots", Integer)
+    max_waiting_pilots: Mapped[int] = mapped_column("MaxWaitingPilots", Integer)
+    pilots_per_cycle: Mapped[int] = mapped_column("PilotsPerCycle", Integer)
+    enabled: Mapped[bool] = mapped_column("Enabled", Boolean)
+    failures: Mapped[int] = mapped_column("Failures", Integer, default=0)
+    backoff_until: Mapped[datetime | None] = mapped_column("BackoffUntil", UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column("LastError", String(255))
+    last_cycle_at: Mapped[datetime | None] = mapped_column("LastCycleAt", UTCDateTime)
+    last_submitted: Mapped[int | None] = mapped_column("LastSubmitted", Integer)
+    last_waiting: Mapped[int | None] = mapped_column("LastWaiting", Integer)
+    last_running: Mapped[int | None] = mapped_column("LastRunning", Integer)
+    reported_at: Mapped[datetime] = mapped_column("ReportedAt", UTCDateTime)
+
+    __table_args__ = (Index("idx_director_queues_vo", "VO", "Site", "CE", "Queue"),)
+
+
 metadata = Base.metadata
 
 
@@ -203,3 +237,4 @@ REVOKED_FAMILIES = _table(RevokedFamilies)
 LOGS = _table(PilotLogs)
 LOG_QUOTA = _table(PilotLogQuota)
 LEASES = _table(DirectorLeases)
+DIRECTOR_QUEUES = _table(DirectorQueues)

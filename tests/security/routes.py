@@ -143,6 +143,26 @@ REQUESTS: dict[tuple[str, str], Factory] = {
     ("DELETE", "/api/director/leases"): lambda t: Req(
         "/api/director/leases", {"holder": t.lease_holder, "queues": [t.queue]}
     ),
+    ("PUT", "/api/director/queues"): lambda t: Req(
+        "/api/director/queues",
+        {
+            "queues": [
+                {
+                    "queue_key": f"Site.{t.vo}.org/{t.queue}",
+                    "vo": t.vo,
+                    "site": f"Site.{t.vo}.org",
+                    "ce": t.queue.split("/")[0],
+                    "queue": t.queue.split("/")[-1],
+                    "ce_kind": "local",
+                    "max_total_pilots": 10,
+                    "max_waiting_pilots": 5,
+                    "pilots_per_cycle": 5,
+                    "enabled": True,
+                }
+            ]
+        },
+    ),
+    ("GET", "/api/director/queues"): lambda t: Req("/api/director/queues"),
 }
 
 
