@@ -29,7 +29,18 @@ from server.db.engine import Database
 from server.db.migrate import upgrade
 from server.errors import RateLimited, ServerDomainError, status_of
 from server.keys import KeyStore
-from server.routers import auth, cetokens, director, leases, logs, pilots, secrets, wellknown
+from server.policies import LoginRequired
+from server.routers import (
+    auth,
+    cetokens,
+    director,
+    leases,
+    logs,
+    monitor,
+    pilots,
+    secrets,
+    wellknown,
+)
 from server.settings import ServerSettings
 
 log = logging.getLogger("server.access")
@@ -254,6 +265,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         description="Pilot and auth endpoints, wire-compatible with DiracX 0.7.0.",
     )
     app.add_exception_handler(ServerDomainError, _domain_error)
+    app.add_exception_handler(LoginRequired, monitor.login_required)
     for db_error in (OperationalError, PoolTimeout, DBAPIError, ConnectionError, OSError):
         app.add_exception_handler(db_error, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -268,6 +280,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         director.router,
         cetokens.router,
         wellknown.router,
+        monitor.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit)

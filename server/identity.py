@@ -69,10 +69,11 @@ def _str_list(value: Any) -> frozenset[str]:
     raise Unauthorized("Invalid token")
 
 
-def identity_from_token(keys: KeyStore, token: str) -> Identity:
-    """Verify an access token and read its identity; every failure is the same 401."""
+def identity_from_token(keys: KeyStore, token: str, typ: str = ACCESS_TYP) -> Identity:
+    """Verify an access token (or, with `typ`, a monitor session) and read its identity;
+    every failure is the same 401."""
     try:
-        claims = keys.verify(token, typ=ACCESS_TYP)
+        claims = keys.verify(token, typ=typ)
     except InvalidToken as exc:
         raise Unauthorized("Invalid token") from exc
     vo = claims.get("vo")

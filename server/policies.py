@@ -12,6 +12,7 @@ test_policies.py` walks the route table so that no route escapes a policy.
     PilotOnly       a pilot token from the secret exchange
     LegacyPilot     a user token with GenericPilot
     Admin           ServiceAdministrator
+    MonitorViewer   the pilot monitor's session cookie, then the Reader rule
 """
 
 from __future__ import annotations
@@ -122,6 +123,29 @@ class _Director(Policy):
             raise Forbidden("This endpoint is for the site director's service token.")
 
 
+class LoginRequired(Unauthorized):
+    """No valid monitor session: the monitor answers with its login form, not a JSON 401."""
+
+
+class _MonitorSession(Policy):
+    """The pilot monitor's pages: a session cookie (see `server.monitor.session`) instead of
+    a bearer header, and then exactly what the Reader policy allows."""
+
+    name = "monitor-session"
+
+    async def __call__(self, request: Request) -> Identity:
+        from server.monitor.session import COOKIE, session_identity
+
+        ctx: ServerContext = request.app.state.ctx
+        try:
+            return session_identity(ctx.keys, request.cookies.get(COOKIE))
+        except Unauthorized as exc:
+            raise LoginRequired(exc.detail) from exc
+
+    def check(self, identity: Identity) -> None:
+        READER.check(identity)
+
+
 PUBLIC = _Public()
 READER = _Reader()
 PILOT_MANAGER = _PilotManager()
@@ -130,6 +154,7 @@ PILOT_ONLY = _PilotOnly()
 LEGACY_PILOT = _LegacyPilot()
 ADMIN_ONLY = _Admin()
 DIRECTOR = _Director()
+MONITOR = _MonitorSession()
 
 Public = Annotated[None, Depends(PUBLIC)]
 Reader = Annotated[Identity, Depends(READER)]
@@ -139,6 +164,7 @@ PilotOnly = Annotated[Identity, Depends(PILOT_ONLY)]
 LegacyPilot = Annotated[Identity, Depends(LEGACY_PILOT)]
 AdminOnly = Annotated[Identity, Depends(ADMIN_ONLY)]
 Director = Annotated[Identity, Depends(DIRECTOR)]
+MonitorViewer = Annotated[Identity, Depends(MONITOR)]
 
 
 def vo_scope(identity: Identity) -> frozenset[str] | None:

@@ -1,0 +1,107 @@
+// The pilot monitor's only script: refresh parts of the page in place, and apply filters and
+// log searches without a reload. Plain DOM, no library. Every fragment comes from the server
+// already rendered and escaped; a 401 means the session ended, so go back to the login form.
+"use strict";
+
+(function () {
+  function fragmentQuery(form) {
+    var params = new URLSearchParams();
+    new FormData(form).forEach(function (value, key) {
+      if (value !== "") params.set(key, value);
+    });
+    return params;
+  }
+
+  function load(region, query) {
+    var url = region.dataset.fragment + (query ? "?" + query : "");
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        if (response.status === 401) {
+          window.location.assign("/monitor/login");
+          return null;
+        }
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.text();
+      })
+      .then(function (html) {
+        if (html === null) return;
+        region.innerHTML = html;
+        region.removeAttribute("aria-busy");
+        var stamp = document.getElementById("last-refreshed");
+        if (stamp) stamp.textContent = new Date().toISOString().replace(/\.\d+Z$/, "Z");
+        document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
+      })
+      .catch(function () {
+        region.setAttribute("aria-busy", "true"); // kept as it was; the next refresh retries
+      });
+  }
+
+  function currentQuery() {
+    return window.location.search.replace(/^\?/, "");
+  }
+
+  function every(region, seconds) {
+    if (!seconds) return;
+    window.setInterval(function () {
+      if (!document.hidden) load(region, currentQuery());
+    }, seconds * 1000);
+  }
+
+  function setQuery(params, path) {
+    var query = params.toString();
+    window.history.replaceState(null, "", (path || window.location.pathname) + (query ? "?" + query : ""));
+    return query;
+  }
+
+  function preserveRefresh(params) {
+    var refresh = new URLSearchParams(window.location.search).get("refresh");
+    if (refresh !== null) params.set("refresh", refresh);
+    return params;
+  }
+
+  function overview() {
+    var region = document.getElementById("overview");
+    var form = document.getElementById("filters");
+    if (!region || !form) return;
+    every(region, Number(region.dataset.refresh || 0));
+    function apply(event) {
+      if (event) event.preventDefault();
+      load(region, setQuery(preserveRefresh(fragmentQuery(form)), "/monitor"));
+    }
+    form.addEventListener("submit", apply);
+    form.addEventListener("change", function () { apply(null); });
+    region.addEventListener("click", function (event) {
+      var link = event.target.closest("a[data-range]");
+      if (!link) return;
+      event.preventDefault();
+      var params = new URLSearchParams(window.location.search);
+      params.set("range", link.dataset.range);
+      var hidden = form.querySelector("input[name=range]");
+      if (hidden) hidden.value = link.dataset.range;
+      load(region, setQuery(params));
+    });
+  }
+
+  function pilotLogs() {
+    var region = document.getElementById("logs");
+    var form = document.getElementById("log-search");
+    if (!region || !form) return;
+    every(region, Number(region.dataset.refresh || 0));
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      load(region, setQuery(preserveRefresh(fragmentQuery(form))));
+    });
+    region.addEventListener("click", function (event) {
+      var link = event.target.closest("#logs-prev, #logs-next");
+      if (!link) return;
+      event.preventDefault();
+      var params = preserveRefresh(new URLSearchParams(link.getAttribute("href").replace(/^\?/, "")));
+      load(region, setQuery(params));
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    overview();
+    pilotLogs();
+  });
+})();
