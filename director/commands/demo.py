@@ -61,6 +61,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="keep everything in this folder (default: a temporary one, removed)",
     )
+    p.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the server up after the summary, for the pilot monitor, until Ctrl-C "
+        "(default: when run from a terminal)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="log every cycle as well")
     p.set_defaults(func=main)
 
@@ -282,6 +289,7 @@ async def _demo(args: argparse.Namespace, base: Path, server: DemoServer) -> int
     try:
         submitted = await _follow(director, args, out)
         await _summary(director, settings, server.admin_file, submitted, out)
+        _print_monitor(server, out)
     finally:
         await director.close()
         if director.client is not None:
@@ -381,6 +389,23 @@ async def _summary(
     )
 
 
+def _print_monitor(server: DemoServer, out: Any) -> None:
+    """Where to see the same pilots in a browser; the token stays in its file, off the screen."""
+    out.print(
+        f"[bold]pilot monitor:[/] {server.url}/monitor\n"
+        f"  log in with the administrator token in {server.admin_file}\n"
+        f"  (HTTPS with the demo's own CA, {server.ca}: the browser will ask you to accept it)"
+    )
+
+
+def _serve_until_interrupted(server: DemoServer, out: Any) -> None:
+    out.print("the server stays up for the monitor; Ctrl-C stops it")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        out.print("stopping")
+
+
 def main(args: argparse.Namespace) -> int:
     quiet_http_logs()
     if not args.verbose:  # the live table says it all; keep warnings and errors
@@ -394,7 +419,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         server = start_server(base)
         try:
-            return asyncio.run(_demo(args, base, server))
+            code = asyncio.run(_demo(args, base, server))
+            serve = (
+                args.serve if args.serve is not None else sys.stdin.isatty() and sys.stdout.isatty()
+            )
+            if code == 0 and serve:
+                _serve_until_interrupted(server, console())
+            return code
         finally:
             server.stop()
     finally:
