@@ -31,6 +31,7 @@ from server.models import (
     LeaseRelease,
     LeaseRequest,
     PilotMetadata,
+    QueuesReport,
     SearchParams,
     SecretRevocation,
     SummaryParams,
@@ -271,6 +272,17 @@ class ServerClient:
                 f"DELETE /api/director/leases: {response.status_code} {_detail(response)}",
                 response.status_code,
             )
+
+    # --- queue reports ------------------------------------------------------------------------
+
+    async def report_queues(self, body: QueuesReport) -> None:
+        """Replace this director's report of its queues (limits, back-off, last cycle)."""
+        await self._call(
+            "PUT",
+            "/api/director/queues",
+            json=body.model_dump(mode="json"),
+            ok=(HTTPStatus.NO_CONTENT, HTTPStatus.OK),
+        )
 
     async def health(self) -> dict[str, Any]:
         response = await self._call("GET", "/api/health")

@@ -15,6 +15,9 @@ Submission, per queue, concurrently up to `director.concurrency`, each queue bou
    one bulk submission, references patched on in one call; a failed submission Aborts its
    pilots with the CE's reason, revokes their secrets and backs the queue off.
 
+After the queues, one report of every configured queue (limits, back-off, last cycle) goes to
+the server for the monitor page (`director.queue_report`); a failed report is only logged.
+
 Monitoring, per queue: the status of live pilots from the CE, patched in bulk; Unknown or held
 too long -> Aborted (and killed); ended jobs' leftovers cleaned.
 
@@ -44,6 +47,7 @@ from director.config import QueueRef, Settings
 from director.demand import DemandSource, make_demand_source
 from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
 from director.metrics import Metrics
+from director.queue_report import LastCycle, build_report
 from director.render import TemplateRenderer, default_template_dir
 from director.slots import Limits, plan
 from director.wrapper import PilotFile, PilotOptions, PreparedWrapper, WrapperRenderer
@@ -170,6 +174,7 @@ class Director:
         """Set on SIGTERM: queues not yet started are skipped, and a queue stops before its
         next registration; a batch already registered is still submitted and recorded."""
         self.queues: list[QueueRef] = list(settings.queues())
+        self._last_cycle: dict[str, LastCycle] = {}
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -369,7 +374,31 @@ class Director:
 
         outcomes = list(await asyncio.gather(*(one(r) for r in refs)))
         self.metrics.cycle_seconds.labels("submission").observe(self.clock() - started)
+        if not dry_run:
+            await self.report_queues(started, outcomes)
         return outcomes
+
+    async def report_queues(self, started: float, outcomes: Sequence[QueueOutcome]) -> None:
+        """Tell the server every queue's limits, back-off and last cycle, for the monitor
+        page. Best effort: a failed report is logged and the cycle goes on."""
+        for o in outcomes:
+            counted = o.counts_from in ("ce", "server")
+            self._last_cycle[o.queue] = LastCycle(
+                at=started,
+                submitted=o.submitted,
+                waiting=o.waiting if counted else None,
+                running=o.running if counted else None,
+                error=o.error,
+            )
+        if self.client is None:
+            return
+        try:
+            body = build_report(self.queues, self.backoff, self._last_cycle, self.clock())
+            await self.client.report_queues(body)
+        except (DirectorError, OSError, ValueError) as exc:
+            log.warning("report queues=%d error=%s", len(self.queues), _kv(str(exc)))
+        except Exception:
+            log.exception("report queues=%d: unexpected error", len(self.queues))
 
     async def _queue_cycle(
         self,

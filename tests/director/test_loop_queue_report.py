@@ -1,0 +1,133 @@
+"""After a submission cycle the server knows the director's queues: limits, enabled, back-off
+and the last cycle, read back through `GET /api/director/queues` (real server over HTTPS on
+loopback, local CE running real processes)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from director.loop import Director
+from tests.conftest import LiveServer
+from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
+
+
+async def reported(live: LiveServer, site: str) -> dict[str, dict[str, Any]]:
+    """The site's reported queues by name, as an operator of the VO reads them."""
+    async with httpx.AsyncClient(
+        base_url=live.url,
+        verify=ssl.create_default_context(cafile=str(live.ca_file)),
+        headers={"Authorization": f"Bearer {live.token('operator', 'lhcb')}"},
+    ) as client:
+        response = await client.get("/api/director/queues")
+    assert response.status_code == 200, response.text
+    return {row["Queue"]: row for row in response.json() if row["Site"] == site}
+
+
+def naive_utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+
+
+async def test_one_cycle_reports_every_configured_queue(
+    live_server_tls: LiveServer, tmp_path: Path, make_director: Any, clock: ManualClock
+) -> None:
+    path, site = write_config(
+        tmp_path,
+        server_url=live_server_tls.url,
+        ca_file=live_server_tls.ca_file,
+        token=live_server_tls.director_token,
+        queues={
+            "default": queue_block(max_total_pilots=6, max_waiting_pilots=3, pilots_per_cycle=2),
+            "off": queue_block(enabled=False, max_total_pilots=1, max_waiting_pilots=1),
+        },
+    )
+    director: Director = make_director(settings_for(path))
+    outcomes = {o.queue.rsplit("/", 1)[1]: o for o in await director.run_cycle()}
+    assert outcomes["default"].submitted == 2, outcomes["default"].why
+
+    queues = await reported(live_server_tls, site)
+    assert set(queues) == {"default", "off"}
+    on, off = queues["default"], queues["off"]
+    assert on["QueueKey"] == f"{site}/localhost/default"
+    assert (on["VO"], on["CE"], on["CEKind"], on["Director"]) == (
+        "lhcb",
+        "localhost",
+        "local",
+        "director",
+    )
+    assert (on["MaxTotalPilots"], on["MaxWaitingPilots"], on["PilotsPerCycle"]) == (6, 3, 2)
+    assert on["Enabled"] is True
+    assert (on["Failures"], on["BackoffUntil"], on["LastError"]) == (0, None, None)
+    assert on["LastSubmitted"] == 2
+    assert on["LastWaiting"] is not None
+    assert on["LastRunning"] is not None
+    assert datetime.fromisoformat(on["LastCycleAt"]) - naive_utc(clock()) < timedelta(seconds=1)
+    assert off["Enabled"] is False
+    assert off["MaxTotalPilots"] == 1
+    assert off["LastSubmitted"] == 0
+    assert (off["LastWaiting"], off["LastRunning"]) == (None, None)  # not counted: disabled
+
+
+async def test_a_backed_off_queue_reports_its_failures_and_rest(
+    live_server_tls: LiveServer, tmp_path: Path, make_director: Any, clock: ManualClock
+) -> None:
+    path, site = write_config(
+        tmp_path,
+        server_url=live_server_tls.url,
+        ca_file=live_server_tls.ca_file,
+        token=live_server_tls.director_token,
+    )
+    director: Director = make_director(settings_for(path))
+    [ref] = director.queues
+    ce = director.ce_for(ref)
+    # The CE cannot write its job folder: every submission fails, as on a full disk.
+    ce.work_dir.mkdir(parents=True)
+    (ce.work_dir / "jobs").write_text("not a folder")
+
+    [outcome] = await director.run_cycle()
+    assert outcome.failed == 2, outcome.why
+    [row] = (await reported(live_server_tls, site)).values()
+    assert row["Failures"] == 1
+    until = datetime.fromisoformat(row["BackoffUntil"])
+    assert until > naive_utc(clock())
+    assert abs(until - naive_utc(clock() + 60)) < timedelta(seconds=1)  # initial_seconds: 60
+    assert row["LastError"]
+    assert row["LastSubmitted"] == 0
+
+    clock.advance(30)  # still resting: the next cycle skips the queue and says so again
+    [resting] = await director.run_cycle()
+    assert resting.why.startswith("backed off")
+    [row] = (await reported(live_server_tls, site)).values()
+    assert row["Failures"] == 1
+    assert abs(datetime.fromisoformat(row["BackoffUntil"]) - until) < timedelta(seconds=1)
+
+
+async def test_a_failed_report_never_fails_the_cycle(
+    live_server_tls: LiveServer, tmp_path: Path, make_director: Any, caplog: Any
+) -> None:
+    """A token the server refuses for the report's VO: the cycle's outcome is untouched and
+    the failure is one key=value warning."""
+    path, site = write_config(
+        tmp_path,
+        server_url=live_server_tls.url,
+        ca_file=live_server_tls.ca_file,
+        token=live_server_tls.director_token,
+        queues={"default": queue_block(enabled=False)},
+    )
+    director: Director = make_director(settings_for(path))
+    [ref] = director.queues
+    # Reported as a VO this director's token does not serve: the server answers 403.
+    director.queues = [replace(ref, vo="dteam")]
+    caplog.set_level("WARNING", logger="director.loop")
+    [outcome] = await director.run_cycle()
+    assert outcome.error is None
+    assert outcome.why == "disabled"
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("report ")]
+    assert "queues=1" in warning.getMessage()
+    assert "403" in warning.getMessage()
+    assert await reported(live_server_tls, site) == {}
