@@ -366,3 +366,34 @@ def test_every_monitor_page_needs_a_session() -> None:
         policies = [d.call for d in route.dependant.dependencies if isinstance(d.call, Policy)]
         expected = [] if (method, path) in open_routes else [MONITOR]
         assert policies == expected, (method, path, policies)
+
+
+async def test_reported_queues_show_limits_backoff_and_last_cycle(api: Roles) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.server.test_director_queues import put, queue
+
+    until = datetime.now(UTC) + timedelta(minutes=10)
+    r = await put(
+        api.director,
+        queue("busy", failures=3, backoff_until=until.isoformat(), last_error="CE said: full"),
+        queue("calm", last_cycle_at=datetime.now(UTC).isoformat(), last_submitted=4),
+    )
+    assert r.status_code == HTTPStatus.NO_CONTENT, r.text
+    r = await put(api.other_director, queue("theirs", vo="dteam"))
+    assert r.status_code == HTTPStatus.NO_CONTENT, r.text
+
+    browser = await operator(api, api.sut.token("alice", "lhcb", [NORMAL_USER]))
+    page = parse((await browser.get("/monitor")).text)
+    table = page.find("table", id="queue-table")
+    assert table is not None
+    rows = {row.attrs["data-queue"]: row for row in table.find_all("tr", data_queue=None)}
+    assert set(rows) == {"ce.lhcb.org/busy", "ce.lhcb.org/calm"}  # not dteam's queue
+    busy = rows["ce.lhcb.org/busy"].text
+    assert "backed off until" in busy
+    assert "3 failures" in busy
+    assert "CE said: full" in busy
+    assert "10 / 5 / 3" in busy
+    calm = rows["ce.lhcb.org/calm"]
+    assert calm.find(class_="state-ok") is not None
+    assert "4 / - / -" in calm.text.replace("\u2013", "-")
