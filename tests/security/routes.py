@@ -184,13 +184,12 @@ def policy_of(route: Any) -> Policy:
     return found[0]
 
 
-def api_routes(app: FastAPI) -> list[tuple[str, str, Any]]:
-    """(method, full path, route) for every API route, through included routers.
+def all_routes(app: FastAPI) -> list[tuple[str, str, Any]]:
+    """(method, full path, route) for every route, API or not, through included routers.
 
     FastAPI 0.165 keeps included routers as `_IncludedRouter` entries in `app.routes`, so a
     plain `isinstance(route, APIRoute)` walk finds nothing at all; `iter_route_contexts`
-    flattens them with their prefixes. The result is cross-checked against the OpenAPI paths
-    so the walk can never silently come back empty again.
+    flattens them with their prefixes.
     """
     try:
         from fastapi.routing import iter_route_contexts
@@ -201,10 +200,15 @@ def api_routes(app: FastAPI) -> list[tuple[str, str, Any]]:
     found = []
     for rc in contexts:
         original = getattr(rc, "original_route", rc)
-        if not isinstance(original, APIRoute) or not rc.include_in_schema:
-            continue
-        for method in sorted(rc.methods):
-            found.append((method, rc.path, rc))
+        if isinstance(original, APIRoute):
+            found += [(method, rc.path, rc) for method in sorted(rc.methods)]
+    return found
+
+
+def api_routes(app: FastAPI) -> list[tuple[str, str, Any]]:
+    """Every API route (those in the OpenAPI schema). The result is cross-checked against the
+    OpenAPI paths so the walk can never silently come back empty again."""
+    found = [(m, p, rc) for m, p, rc in all_routes(app) if rc.include_in_schema]
     in_openapi = {
         (method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item
     }

@@ -331,24 +331,11 @@ async def test_bad_filters_are_400_with_a_reason_and_logout_ends_the_session(api
 
 def monitor_routes() -> list[tuple[str, str, Any]]:
     """Every /monitor route (they are outside the OpenAPI schema, so the API walk skips them)."""
-    from fastapi.routing import APIRoute
-
     from server.app import create_app
     from server.settings import ServerSettings
+    from tests.security.routes import all_routes
 
-    app = create_app(ServerSettings())
-    try:
-        from fastapi.routing import iter_route_contexts
-    except ImportError:  # FastAPI before 0.165: app.routes is already flat
-        contexts: list[Any] = list(app.routes)
-    else:
-        contexts = list(iter_route_contexts(app.routes))
-    found = []
-    for rc in contexts:
-        original = getattr(rc, "original_route", rc)
-        if isinstance(original, APIRoute) and rc.path.startswith("/monitor"):
-            found += [(method, rc.path, rc) for method in sorted(rc.methods)]
-    return found
+    return [r for r in all_routes(create_app(ServerSettings())) if r[1].startswith("/monitor")]
 
 
 def test_every_monitor_page_needs_a_session() -> None:
