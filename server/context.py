@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -18,6 +18,9 @@ class ServerContext:
     settings: ServerSettings
     db: Database
     keys: KeyStore
+    #: Per-process memo of slow, slowly changing reads (e.g. the monitor's filter choices);
+    #: it lives and dies with the app.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def require_known_vo(self, vo: str) -> None:
         """A VO this server does not serve is a 400 (DiracX's answer), before anything is stored."""

@@ -133,6 +133,7 @@ class ServerUnderTest:
 
     async def reset(self) -> None:
         ctx = self.app.state.ctx
+        ctx.memo.clear()
         async with ctx.db.transaction() as conn:
             for table in reversed(schema.metadata.sorted_tables):
                 await conn.execute(delete(table))

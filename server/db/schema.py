@@ -66,6 +66,11 @@ class PilotAgents(Base):
         Index("idx_submission_time", "SubmissionTime"),
         # the summary by site and status (dashboards, the director's counts) streams this index
         Index("idx_site_status", "GridSite", "Status"),
+        # the same within a VO (a VO user's summary and monitor matrix): 1.2 s -> 0.1 s over
+        # 1M pilots in SQLite, where idx_vo_status_time made it visit every row of the VO
+        Index("idx_vo_site_status", "VO", "GridSite", "Status"),
+        # pilots that ended in a period (the monitor's chart): a range, not a scan of all ended
+        Index("idx_status_update", "Status", "LastUpdateTime"),
     )
 
 

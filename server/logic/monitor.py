@@ -8,6 +8,7 @@ arithmetic (filters, the matrix, buckets) is pure functions, tested without a da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -204,17 +205,34 @@ def visible_vos(ctx: ServerContext, identity: Identity) -> list[str]:
     return sorted(ctx.settings.vos if scope is None else scope)
 
 
+OPTIONS_TTL = 60.0
+
+
 async def options(ctx: ServerContext, identity: Identity) -> Options:
-    """Sites, CEs and queues that occur among the caller's pilots (one grouped query)."""
+    """Sites, CEs and queues that occur among the caller's pilots (one grouped query).
+
+    Kept for a minute per VO scope: the query reads every pilot of the scope (1.5-1.8 s over
+    1M pilots in SQLite), and the lists change when sites are added, not by the second.
+    """
+    key = ("monitor-options", vo_scope(identity))
+    now = time.monotonic()
+    cached = ctx.memo.get(key)
+    if cached is not None and cached[0] > now:
+        found: Options = cached[1]
+        return found
     rows = await pilots_logic.summary(
         ctx, identity, SummaryParams(grouping=["GridSite", "DestinationSite", "Queue"])
     )
-    return Options(
+    found = Options(
         vos=visible_vos(ctx, identity),
         sites=sorted({str(r["GridSite"]) for r in rows})[:MAX_OPTIONS],
         ces=sorted({str(r["DestinationSite"]) for r in rows})[:MAX_OPTIONS],
         queues=sorted({str(r["Queue"]) for r in rows})[:MAX_OPTIONS],
     )
+    if len(ctx.memo) > 1000:  # bounded: one entry per VO scope in practice
+        ctx.memo.clear()
+    ctx.memo[key] = (now + OPTIONS_TTL, found)
+    return found
 
 
 async def overview(ctx: ServerContext, identity: Identity, filters: Filters) -> Overview:

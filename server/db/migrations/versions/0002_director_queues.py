@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-12-05
+Create Date: 2026-11-28
 """
 
 from __future__ import annotations
