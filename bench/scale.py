@@ -12,8 +12,11 @@ queries on a big table matter). Then, through the server's HTTP API, `wrk -c1`:
     search    indexed filter and a page of 100: Status=Running sorted by SubmissionTime
               (idx_status_time), page 2; and GridSite=<one of 100 sites> (Statuskey), page 1
     summary   grouped by GridSite and Status over the whole table
+    monitor   the pilot monitor's overview (matrix, 24 h or 7 d chart, latest failures,
+              queues) as an administrator and as a VO user, logged in with a session cookie;
+              the first full page (with the filter choices, then kept a minute) apart
 
-Goals: search p95 < 50 ms, summary < 1 s, server peak RSS < 200 MB.
+Goals: search p95 < 50 ms, summary < 1 s, server peak RSS < 200 MB (the monitor has none).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from harness import (
     ServerProcess,
     lua_script,
@@ -197,6 +201,35 @@ def summary_latencies(server: ServerProcess, token: str, n: int) -> dict[str, An
     }
 
 
+def monitor_latencies(server: ServerProcess, data_dir: Path, n: int) -> dict[str, Any]:
+    """Seconds per monitor request, each alone, for an administrator and a VO user."""
+    result: dict[str, Any] = {}
+    for who, props in (("admin", ("ServiceAdministrator",)), ("vo_user", ("NormalUser",))):
+        token = site_director_token(data_dir, sub=who, properties=props, issuer=server.url)
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            r = client.post("/monitor/login", data={"token": token})
+            if r.status_code != httpx.codes.SEE_OTHER:
+                raise RuntimeError(f"monitor login answered {r.status_code}")
+            started = time.perf_counter()
+            if client.get("/monitor").status_code != httpx.codes.OK:
+                raise RuntimeError("the monitor page did not answer 200")
+            result[f"{who}_first_page_s"] = round(time.perf_counter() - started, 3)
+            for window in ("24h", "7d"):
+                times = []
+                for _ in range(n):
+                    started = time.perf_counter()
+                    r = client.get("/monitor/fragments/overview", params={"range": window})
+                    if r.status_code != httpx.codes.OK:
+                        raise RuntimeError(f"the overview answered {r.status_code}")
+                    times.append(time.perf_counter() - started)
+                result[f"{who}_overview_{window}"] = {
+                    "runs": n,
+                    "median_s": round(sorted(times)[len(times) // 2], 3),
+                    "max_s": round(max(times), 3),
+                }
+    return result
+
+
 def run_backend(
     backend: str, pilots: int, work: Path, console: Console, searches: int
 ) -> dict[str, Any]:
@@ -215,6 +248,7 @@ def run_backend(
         search_status = wrk_latencies(server, token, SEARCH_STATUS, searches, "206")
         search_site = wrk_latencies(server, token, SEARCH_SITE, searches, "206")
         summary = summary_latencies(server, token, 5)
+        monitor = monitor_latencies(server, data_dir, 5)
         rss = server.peak_rss_mb()
     finally:
         server.stop()
@@ -226,6 +260,7 @@ def run_backend(
         "search_status_page2": search_status,
         "search_site_page1": search_site,
         "summary_site_status": summary,
+        "monitor": monitor,
         "server_peak_rss_mb": round(rss, 1),
     }
     result["goals_met"] = {
@@ -265,6 +300,8 @@ def main() -> None:
         "Status+sort p2 p50/p95 ms",
         "GridSite p1 p50/p95 ms",
         "summary median/max s",
+        "monitor 24h/7d admin s",
+        "monitor 24h/7d VO user s",
         "peak RSS MB",
     ):
         table.add_column(col, justify="right")
@@ -276,6 +313,11 @@ def main() -> None:
             f"{a['p50_ms']:.1f}/{a['p95_ms']:.1f}",
             f"{b['p50_ms']:.1f}/{b['p95_ms']:.1f}",
             f"{s['median_s']:.3f}/{s['max_s']:.3f}",
+            *(
+                f"{m[f'{who}_overview_24h']['median_s']:.2f}/{m[f'{who}_overview_7d']['median_s']:.2f}"
+                for m in [r["monitor"]]
+                for who in ("admin", "vo_user")
+            ),
             f"{r['server_peak_rss_mb']:.0f}",
         )
     console.print(table)
