@@ -12,9 +12,26 @@
     return params;
   }
 
+  // The newest request for a region wins: starting one aborts the one in flight, and an
+  // answer that still arrives late is dropped (counted in body[data-discarded]), so a slow
+  // answer for an old filter can never replace the matrix of the filter now in the URL.
+  var latest = new WeakMap();
+
+  function discard() {
+    document.body.dataset.discarded = String(Number(document.body.dataset.discarded || 0) + 1);
+  }
+
   function load(region, query) {
     var url = region.dataset.fragment + (query ? "?" + query : "");
-    return fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
+    var previous = latest.get(region);
+    if (previous) previous.abort();
+    var mine = new AbortController();
+    latest.set(region, mine);
+    return fetch(url, {
+      credentials: "same-origin",
+      headers: { Accept: "text/html" },
+      signal: mine.signal
+    })
       .then(function (response) {
         if (response.status === 401) {
           window.location.assign("/monitor/login");
@@ -25,13 +42,21 @@
       })
       .then(function (html) {
         if (html === null) return;
+        if (latest.get(region) !== mine) {
+          discard();
+          return;
+        }
         region.innerHTML = html;
         region.removeAttribute("aria-busy");
         var stamp = document.getElementById("last-refreshed");
         if (stamp) stamp.textContent = new Date().toISOString().replace(/\.\d+Z$/, "Z");
         document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
       })
-      .catch(function () {
+      .catch(function (error) {
+        if (error && error.name === "AbortError") {
+          discard(); // superseded by a newer request
+          return;
+        }
         region.setAttribute("aria-busy", "true"); // kept as it was; the next refresh retries
       });
   }
