@@ -9,6 +9,7 @@ overview and of a pilot page are kept under test-artifacts/monitor/.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import uuid
 from collections.abc import Callable
@@ -361,3 +362,40 @@ def test_no_page_holds_a_secret_or_token(contexts: Contexts, fleet: Fleet) -> No
     contexts.bodies.append(("planted", f"<p>{fleet.secrets[0]}</p>"))
     assert contexts.leaks() == ["planted"]
     contexts.bodies.pop()
+
+
+def test_a_late_answer_for_an_older_filter_never_replaces_the_newer_one(
+    operator: Login, fleet: Fleet
+) -> None:
+    """Hold back the answer for "site" while the operator adds "status": when the held answer
+    is finally let through, the matrix must still be the one of the URL's selection."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import Route
+
+    me = operator("alice", "lhcb")
+    page, token = me.page, me.token
+    held: list[Route] = []
+
+    def hold_site_only(route: Route) -> None:
+        url = route.request.url
+        if "site=LCG.CERN.ch" in url and "status=" not in url:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/monitor/fragments/overview*", hold_site_only)
+    page.select_option("#filters select[name=site]", "LCG.CERN.ch")
+    page.wait_for_function("() => location.search.includes('site=')", timeout=WAIT_MS)
+    page.select_option("#filters select[name=status]", "Running")
+    newest = fleet.summary(token, GridSite="LCG.CERN.ch", Status="Running")
+    wait_for_matrix(page, newest)
+    assert held, "the older request was never made"
+    for route in held:
+        # the page may have aborted it already: that is the fix at work
+        with contextlib.suppress(PlaywrightError):
+            route.continue_()
+    page.wait_for_function(
+        "() => Number(document.body.dataset.discarded || 0) >= 1", timeout=WAIT_MS
+    )
+    assert nonzero(read_matrix(page)[0]) == newest
+    assert "status=Running" in page.url
