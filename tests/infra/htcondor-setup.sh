@@ -16,6 +16,7 @@
 #   HTCONDOR_INFRA_DIR  where everything lives (default: <repo>/.test-infra/htcondor)
 #   DEBIAN_MIRROR       apt mirror for debootstrap (default: http://deb.debian.org/debian)
 #   PILOT_USER / PILOT_UID   the job owner the token names (default: pilot / 1000)
+#   HTCONDOR_PORT       the shared port on 127.0.0.1 (default: 9619, HTCondor-CE's)
 #
 # Result: <dir>/htcondor.env, shell KEY=VALUE lines the tests read (CONDOR_CONFIG,
 # HTCONDOR_TOKEN_DIR, HTCONDOR_COLLECTOR, HTCONDOR_SCHEDD_NAME, HTCONDOR_ROOT, ...).
@@ -32,7 +33,7 @@ ENVFILE=$DIR/htcondor.env
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PILOT_USER=${PILOT_USER:-pilot}
 PILOT_UID=${PILOT_UID:-1000}
-PORT=9619
+PORT=${HTCONDOR_PORT:-9619}
 # a clean environment inside the chroot: nothing of the caller's CONDOR_* leaks in
 CHROOT_ENV=(/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
 
