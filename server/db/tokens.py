@@ -19,6 +19,7 @@ from server.db.schema import REVOKED_FAMILIES as RF
 from server.db.secrets import insert_ignoring_conflicts
 
 _jti = RT.c.JTI  # (a lower-case name: ruff takes RT.c.JTI for a constant)
+_INSERT = RT.insert()  # built once: every exchange and refresh stores a token
 
 
 async def insert_refresh_token(
@@ -33,7 +34,7 @@ async def insert_refresh_token(
     expires_at: datetime,
 ) -> None:
     await conn.execute(
-        RT.insert(),
+        _INSERT,
         {
             "JTI": jti,
             "FamilyID": family_id,
