@@ -23,7 +23,11 @@ import argparse
 import json
 import secrets
 import shutil
+import signal
+import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +90,25 @@ end
 
 GOALS = {"bulk": 5000.0, "exchange": 500.0, "logs": 50_000.0}
 UNITS = {"bulk": "pilots/s", "exchange": "exchanges/s", "logs": "lines/s"}
+
+
+@contextmanager
+def profiled(server: ServerProcess, out: Path | None, name: str) -> Iterator[None]:
+    """With `out`, py-spy samples the server over the block into `out/name.txt` (collapsed
+    stacks, `--nonblocking` so the server is not paused; its CPU figures still include
+    py-spy's reads, so compare profiled runs only with profiled runs)."""
+    if out is None:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["py-spy", "record", "--pid", str(server.pid), "--format", "raw", "--rate", "200"]
+    cmd += ["--nonblocking", "-o", str(out / f"{name}.txt")]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
 
 
 def lua_list(items: list[str]) -> str:
@@ -175,6 +198,9 @@ def main() -> None:
     parser.add_argument("--log-batches", type=int, default=2000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy each measured phase into DIR/<op>-<run>.txt"
+    )
     args = parser.parse_args()
     console = Console(stderr=True, width=150)
     work = Path(tempfile.mkdtemp(prefix="bench-ops-"))
@@ -189,12 +215,15 @@ def main() -> None:
         exchange_phase(server, warm[:200], 100, args.exchange_connections)
         logs_phase(server, pilot_tokens(server, warm[200:210]), 20)
         for rep in range(args.repeat):
-            bulk, creds = bulk_phase(server, director, args.bulk_requests, args.batch)
+            with profiled(server, args.profile, f"bulk-{rep + 1}"):
+                bulk, creds = bulk_phase(server, director, args.bulk_requests, args.batch)
             tokens = pilot_tokens(server, creds[:100])
-            exchange = exchange_phase(
-                server, creds[100:], args.exchanges, args.exchange_connections
-            )
-            logs = logs_phase(server, tokens, args.log_batches)
+            with profiled(server, args.profile, f"exchange-{rep + 1}"):
+                exchange = exchange_phase(
+                    server, creds[100:], args.exchanges, args.exchange_connections
+                )
+            with profiled(server, args.profile, f"logs-{rep + 1}"):
+                logs = logs_phase(server, tokens, args.log_batches)
             for r in (bulk, exchange, logs):
                 runs[r.op].append(r)
                 console.print(
