@@ -207,6 +207,12 @@ async def test_a_vo_user_sees_only_their_vo_and_an_admin_sees_all(api: Roles) ->
         "",
         "dteam",
     ]  # type: ignore[union-attr]
+    # asking for the other VO by name narrows to nothing rather than widening the scope
+    r = await dteam.get("/monitor", params={"vo": "lhcb"})
+    asked = parse(r.text)
+    assert asked.find(id="matrix-empty") is not None
+    assert asked.find(id="no-failures") is not None
+    assert "LCG.CERN.ch" not in r.text
     foreign = await dteam.get(f"/monitor/pilots/{data['logger']}")
     unknown = await dteam.get(f"/monitor/pilots/{'f' * 32}")
     assert foreign.status_code == unknown.status_code == HTTPStatus.NOT_FOUND
