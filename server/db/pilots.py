@@ -8,20 +8,42 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Integer,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.db.batch import chunks
 from server.db.schema import JOBS, PILOTS
-from server.db.search import order_by, rows_as_dicts, where_clause
-from server.errors import AlreadyExists, InvalidRequest
+from server.db.search import (
+    SpecShape,
+    bound_values,
+    bound_where,
+    column_for,
+    rows_as_dicts,
+    shape,
+)
+from server.errors import AlreadyExists
 from server.models import SearchSpec, SortSpec
 
 T = PILOTS
 COLUMNS: dict[str, Column[Any]] = {c.name: c for c in T.columns}
+
+#: Statements built once per shape (see `server.db.search`): how many shapes are kept.
+STATEMENT_CACHE = 256
 
 
 async def existing_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> list[str]:
@@ -126,60 +148,84 @@ async def search(
 
     A page is found in two steps (a "deferred join"): first the ids of the page, sorting only
     narrow index tuples, then the full rows of those ids. Sorting whole rows to keep 100 of
-    them costs several times more on every backend.
+    them costs several times more on every backend. Both statements are built once per shape
+    of query (columns, conditions, sort) and reused with this request's values.
     """
-    cols = (
-        [COLUMNS[p] if p in COLUMNS else _unknown(p) for p in parameters]
-        if parameters
-        else list(T.columns)
+    # checked in the order the statements would meet them: columns, conditions, sort
+    if parameters:
+        for p in parameters:
+            column_for(COLUMNS, p)
+    params = bound_values(COLUMNS, specs)
+    for s in sort:
+        column_for(COLUMNS, s.parameter)
+    count, page_stmt = _search_statements(
+        tuple(parameters) if parameters else None,
+        shape(specs),
+        tuple((s.parameter, s.direction) for s in sort),
+        distinct,
     )
-    where = where_clause(COLUMNS, specs)
-    ordering = order_by(COLUMNS, sort)
     offset = (page - 1) * per_page
+    total = (await conn.execute(count, params)).scalar_one()
+    if total == 0 or offset >= total:
+        return total, []
+    rows = await conn.execute(page_stmt, {**params, "p_limit": per_page, "p_offset": offset})
+    return total, rows_as_dicts(rows)
+
+
+@lru_cache(maxsize=STATEMENT_CACHE)
+def _search_statements(
+    parameters: tuple[str, ...] | None,
+    shapes: tuple[SpecShape, ...],
+    sort: tuple[tuple[str, str], ...],
+    distinct: bool,
+) -> tuple[Select[Any], Select[Any]]:
+    """(count, page) for one shape of search; the page takes `p_limit` and `p_offset`."""
+    cols = [COLUMNS[p] for p in parameters] if parameters else list(T.columns)
+    where = bound_where(COLUMNS, shapes)
+    ordering = [COLUMNS[p].desc() if d == "desc" else COLUMNS[p].asc() for p, d in sort]
+    limit = bindparam("p_limit", type_=Integer)
+    offset = bindparam("p_offset", type_=Integer)
     if distinct:
         base = select(*cols).distinct()
         if where is not None:
             base = base.where(where)
-        total = (await conn.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
-        if total == 0 or offset >= total:
-            return total, []
-        rows = await conn.execute(base.order_by(*ordering).limit(per_page).offset(offset))
-        return total, rows_as_dicts(rows)
+        count = select(func.count()).select_from(base.subquery())
+        return count, base.order_by(*ordering).limit(limit).offset(offset)
     count = select(func.count()).select_from(T)
     if where is not None:
         count = count.where(where)
-    total = (await conn.execute(count)).scalar_one()
-    if total == 0 or offset >= total:
-        return total, []
     ordering.append(T.c.PilotID.asc())  # stable pages
     ids = select(T.c.PilotID)
     if where is not None:
         ids = ids.where(where)
-    page_ids = ids.order_by(*ordering).limit(per_page).offset(offset).subquery("page")
-    stmt = (
+    page_ids = ids.order_by(*ordering).limit(limit).offset(offset).subquery("page")
+    page = (
         select(*cols).join_from(T, page_ids, T.c.PilotID == page_ids.c.PilotID).order_by(*ordering)
     )
-    rows = await conn.execute(stmt)
-    return total, rows_as_dicts(rows)
-
-
-def _unknown(parameter: str) -> Any:
-    raise InvalidRequest(f"Unknown parameter {parameter!r}")
+    return count, page
 
 
 async def summary(
     conn: AsyncConnection, *, grouping: Sequence[str], specs: Sequence[SearchSpec]
 ) -> list[dict[str, Any]]:
-    where = where_clause(COLUMNS, specs)
+    for g in grouping:
+        column_for(COLUMNS, g)
+    params = bound_values(COLUMNS, specs)
+    rows = await conn.execute(_summary_statement(tuple(grouping), shape(specs)), params)
+    return rows_as_dicts(rows)
+
+
+@lru_cache(maxsize=STATEMENT_CACHE)
+def _summary_statement(grouping: tuple[str, ...], shapes: tuple[SpecShape, ...]) -> Select[Any]:
+    where = bound_where(COLUMNS, shapes)
     if grouping:
-        cols = [COLUMNS[g] if g in COLUMNS else _unknown(g) for g in grouping]
+        cols = [COLUMNS[g] for g in grouping]
         stmt = select(*cols, func.count().label("count")).group_by(*cols).order_by(*cols)
     else:
         stmt = select(*T.columns, func.count().label("count")).group_by(*T.columns)
     if where is not None:
         stmt = stmt.where(where)
-    rows = await conn.execute(stmt)
-    return rows_as_dicts(rows)
+    return stmt
 
 
 async def delete_pilots(

@@ -15,11 +15,29 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, DateTime, Double, Float, Integer, Result, and_, not_
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Double,
+    Float,
+    Integer,
+    Result,
+    and_,
+    bindparam,
+    not_,
+)
 from sqlalchemy.sql.schema import Column
 
 from server.errors import InvalidRequest
-from server.models import ScalarOperator, ScalarSearch, SearchSpec, SortSpec, VectorOperator
+from server.models import (
+    ScalarOperator,
+    ScalarSearch,
+    SearchSpec,
+    SortSpec,
+    VectorOperator,
+    VectorSearch,
+)
 
 #: The range of the integer columns (BIGINT); beyond it the drivers fail instead of comparing.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
@@ -181,6 +199,82 @@ def where_clause(
     return and_(*conditions) if conditions else None
 
 
+# --- the same DSL as statements built once per shape -----------------------------------------
+#
+# A hot route (a dashboard's search, the summary) sends the same shape of query with other
+# values. Building the SQLAlchemy statement costs more than running it on SQLite (coercions,
+# cache-key generation on every new object); a statement built once with bound parameters is
+# cache-keyed once and its compiled form reused. `shape` is the hashable key, `bound_where`
+# builds the clause for a shape, `bound_values` checks and converts one request's values.
+
+#: One condition's shape: (parameter, operator, vector?)
+SpecShape = tuple[str, str, bool]
+
+
+def shape(specs: Sequence[SearchSpec]) -> tuple[SpecShape, ...]:
+    return tuple((s.parameter, s.operator.value, isinstance(s, VectorSearch)) for s in specs)
+
+
+def bound_values(columns: Mapping[str, Column[Any]], specs: Sequence[SearchSpec]) -> dict[str, Any]:
+    """The values for `bound_where(columns, shape(specs))`, checked as `condition` checks
+    them (same errors, same order)."""
+    params: dict[str, Any] = {}
+    for i, spec in enumerate(specs):
+        column = column_for(columns, spec.parameter)
+        if isinstance(spec, VectorSearch):
+            params[f"w{i}"] = [_convert(column, v, spec.parameter) for v in spec.values]
+            continue
+        op = spec.operator
+        if op in (ScalarOperator.LIKE, ScalarOperator.NOT_LIKE, ScalarOperator.REGEX):
+            if not _is_text(column):
+                raise InvalidRequest(
+                    f"Operator {op.value!r} needs a text parameter, not {spec.parameter!r}"
+                )
+            pattern = str(spec.value)
+            if op is ScalarOperator.REGEX:
+                _check_regex(pattern, spec.parameter)
+            params[f"w{i}"] = pattern
+            continue
+        if op in (ScalarOperator.GT, ScalarOperator.LT) and isinstance(column.type, Boolean):
+            raise InvalidRequest(f"Operator {op.value!r} cannot compare {spec.parameter!r}")
+        params[f"w{i}"] = _convert(column, spec.value, spec.parameter)
+    return params
+
+
+def bound_where(
+    columns: Mapping[str, Column[Any]], shapes: Sequence[SpecShape]
+) -> ColumnElement[bool] | None:
+    """The WHERE clause of `shapes` with bound parameters w0, w1, ... (see `bound_values`,
+    which has checked the parameter names and the operators' column types)."""
+    conditions: list[ColumnElement[bool]] = []
+    for i, (parameter, operator, vector) in enumerate(shapes):
+        column = columns[parameter]
+        name = f"w{i}"
+        if vector:
+            values = bindparam(name, type_=column.type, expanding=True)
+            is_in = operator == VectorOperator.IN.value
+            conditions.append(column.in_(values) if is_in else column.not_in(values))
+            continue
+        op = ScalarOperator(operator)
+        if op is ScalarOperator.LIKE:
+            conditions.append(column.like(bindparam(name)))
+        elif op is ScalarOperator.NOT_LIKE:
+            conditions.append(not_(column.like(bindparam(name))))
+        elif op is ScalarOperator.REGEX:
+            conditions.append(column.regexp_match(bindparam(name)))
+        else:
+            value = bindparam(name, type_=column.type)
+            if op is ScalarOperator.EQ:
+                conditions.append(column == value)
+            elif op is ScalarOperator.NEQ:
+                conditions.append(column != value)
+            elif op is ScalarOperator.GT:
+                conditions.append(column > value)
+            else:
+                conditions.append(column < value)
+    return and_(*conditions) if conditions else None
+
+
 def order_by(columns: Mapping[str, Column[Any]], sort: Sequence[SortSpec]) -> list[Any]:
     clauses = []
     for spec in sort:
@@ -193,4 +287,5 @@ def rows_as_dicts(result: Result[Any]) -> list[dict[str, Any]]:
     """Result rows as dicts keyed by column name; datetimes stay datetimes, and the response
     encoder writes them as DiracX does (naive ISO 8601, UTC)."""
     keys = [str(k) for k in result.keys()]  # noqa: SIM118 - plain str keys for orjson
-    return [dict(zip(keys, row, strict=True)) for row in result]
+    # all() fetches and processes the rows in one go; iterating the result fetches one by one
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]

@@ -309,6 +309,9 @@ async def test_search_operators(api: Roles) -> None:
         return len(r.json())
 
     assert await count({"parameter": "Status", "operator": "eq", "value": "Running"}) == 3
+    # the same shape of query with another value (statements are built once per shape)
+    assert await count({"parameter": "Status", "operator": "eq", "value": "Waiting"}) == 9
+    assert await count({"parameter": "GridSite", "operator": "in", "values": ["Site0"]}) == 4
     assert await count({"parameter": "Status", "operator": "neq", "value": "Running"}) == 9
     assert await count({"parameter": "BenchMark", "operator": "gt", "value": 8}) == 3
     assert await count({"parameter": "BenchMark", "operator": "lt", "value": "2"}) == 2
