@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    Update,
     bindparam,
     delete,
     func,
@@ -94,18 +95,45 @@ async def ids_for_stamps(conn: AsyncConnection, stamps: Sequence[str]) -> dict[s
     return ids
 
 
+@lru_cache(maxsize=16)
+def _by_stamps(columns: tuple[str, ...]) -> Select[Any]:
+    return select(*(COLUMNS[c] for c in columns)).where(
+        T.c.PilotStamp.in_(bindparam("stamps", expanding=True))
+    )
+
+
 async def pilots_by_stamp(
     conn: AsyncConnection,
     stamps: Sequence[str],
     columns: Sequence[str] = ("PilotStamp", "PilotID", "VO", "Status"),
 ) -> dict[str, dict[str, Any]]:
-    cols = [COLUMNS[c] for c in columns]
+    stmt = _by_stamps(tuple(columns))
     found: dict[str, dict[str, Any]] = {}
     for chunk in chunks(stamps):
-        rows = await conn.execute(select(*cols).where(T.c.PilotStamp.in_(chunk)))
+        rows = await conn.execute(stmt, {"stamps": list(chunk)})
         for row in rows.mappings():
             found[row["PilotStamp"]] = dict(row)
     return found
+
+
+@lru_cache(maxsize=STATEMENT_CACHE)
+def _update_statement(columns: tuple[str, ...], scoped: bool = False) -> Update:
+    """UPDATE of `columns` (and LastUpdateTime) by stamp, optionally only within VOs `b_vos`."""
+    stmt = (
+        update(T)
+        .where(T.c.PilotStamp == bindparam("b_stamp"))
+        .values({COLUMNS[c]: bindparam(f"v_{c}") for c in (*columns, "LastUpdateTime")})
+    )
+    if scoped:
+        stmt = stmt.where(T.c.VO.in_(bindparam("b_vos", expanding=True)))
+    return stmt
+
+
+def _update_row(stamp: str, values: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    row = {f"v_{col}": val for col, val in values.items()}
+    row["b_stamp"] = stamp
+    row["v_LastUpdateTime"] = now
+    return row
 
 
 async def update_pilots(
@@ -118,20 +146,34 @@ async def update_pilots(
     """
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for stamp, values in updates.items():
-        key = tuple(sorted(values))
-        row = {f"v_{col}": val for col, val in values.items()}
-        row["b_stamp"] = stamp
-        row["v_LastUpdateTime"] = now
-        by_columns.setdefault(key, []).append(row)
+        by_columns.setdefault(tuple(sorted(values)), []).append(_update_row(stamp, values, now))
     for key, rows in by_columns.items():
-        cols = (*key, "LastUpdateTime")
-        stmt = (
-            update(T)
-            .where(T.c.PilotStamp == bindparam("b_stamp"))
-            .values({COLUMNS[c]: bindparam(f"v_{c}") for c in cols})
-        )
+        stmt = _update_statement(key)
         for chunk in chunks(rows):
             await conn.execute(stmt, list(chunk))
+
+
+async def update_pilot(
+    conn: AsyncConnection,
+    stamp: str,
+    values: Mapping[str, Any],
+    now: datetime,
+    *,
+    vos: Iterable[str] | None = None,
+) -> bool:
+    """Update one pilot, only if its VO is in `vos` (None: any); True if the row was found.
+
+    One statement instead of a look-up and an update: the common PATCH (a pilot or the
+    director reporting one status) needs no more. False leaves telling an unknown stamp from
+    another VO's to the caller. The MySQL dialects count matched rows (FOUND_ROWS), not changed
+    ones, so an update that changes nothing still says True.
+    """
+    stmt = _update_statement(tuple(sorted(values)), vos is not None)
+    params = _update_row(stamp, values, now)
+    if vos is not None:
+        params["b_vos"] = sorted(vos)
+    result = await conn.execute(stmt, params)
+    return result.rowcount == 1
 
 
 async def search(

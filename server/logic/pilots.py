@@ -172,13 +172,20 @@ async def update_metadata(
     else:
         _one_pilot_for_legacy(identity, stamps)
     values = {s: v for s, v in values.items() if v}
+    scope = vo_scope(identity)
     async with ctx.db.transaction() as conn:
         await _pilot_token_alive(conn, identity)
+        # One stamp with something to set (a pilot's or the director's status report): the
+        # scoped update itself finds the pilot; only a miss needs the look-up below to tell
+        # an unknown stamp (404) from another VO's (403).
+        if len(stamps) == 1 and values:
+            stamp = stamps[0]
+            if await db.update_pilot(conn, stamp, values[stamp], utcnow(), vos=scope):
+                return
         found = await db.pilots_by_stamp(conn, stamps)
         missing = sorted(set(stamps) - set(found))
         if missing:
             raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": missing})
-        scope = vo_scope(identity)
         if scope is not None and any(p["VO"] not in scope for p in found.values()):
             raise Forbidden("Insufficient permissions to access all of the provided pilots.")
         if values:

@@ -239,6 +239,34 @@ async def test_patch_unknown_stamp_is_404_and_changes_nothing(api: Roles) -> Non
     assert r.json() == [{"Status": "Submitted"}]
 
 
+async def test_patch_one_stamp(api: Roles) -> None:
+    """One stamp is one scoped UPDATE; its misses still say 404 or 403, and change nothing."""
+    a = await register(api.director)
+    other = await register(api.other_director, vo="dteam")
+    for _ in range(2):  # the second changes nothing (MySQL's affected rows) and is still a 204
+        r = await api.director.patch("/api/pilots/metadata", json={a: {"Status": "Running"}})
+        assert r.status_code == HTTPStatus.NO_CONTENT, r.text
+    r = await api.director.patch("/api/pilots/metadata", json={"nosuch": {"Status": "Done"}})
+    assert r.status_code == HTTPStatus.NOT_FOUND
+    assert r.json()["detail"]["pilot_stamps"] == ["nosuch"]
+    r = await api.director.patch("/api/pilots/metadata", json={"nosuch": {}})
+    assert r.status_code == HTTPStatus.NOT_FOUND
+    r = await api.director.patch("/api/pilots/metadata", json={other: {"Status": "Done"}})
+    assert r.status_code == HTTPStatus.FORBIDDEN
+    r = await search(
+        api.admin,
+        {
+            "parameters": ["PilotStamp", "Status"],
+            "search": [{"parameter": "PilotStamp", "operator": "in", "values": [a, other]}],
+            "sort": [{"parameter": "VO", "direction": "asc"}],
+        },
+    )
+    assert r.json() == [
+        {"PilotStamp": other, "Status": "Submitted"},
+        {"PilotStamp": a, "Status": "Running"},
+    ]
+
+
 async def test_patch_boundaries(api: Roles) -> None:
     a, b = await register(api.director), await register(api.director)
     other = await register(api.other_director, vo="dteam")
