@@ -236,7 +236,12 @@ def _search_statements(
     count = select(func.count()).select_from(T)
     if where is not None:
         count = count.where(where)
-    ordering.append(T.c.PilotID.asc())  # stable pages
+    # Stable pages: ties broken by PilotID, in the direction of the last sort key. An index on
+    # (filter, sort key) ends with the row id ascending, so a descending sort ("newest first")
+    # reads it backwards and needs no sort step for the tie-breaker (DiracX sets no order
+    # among ties at all).
+    last_desc = bool(sort) and sort[-1][1] == "desc"
+    ordering.append(T.c.PilotID.desc() if last_desc else T.c.PilotID.asc())
     ids = select(T.c.PilotID)
     if where is not None:
         ids = ids.where(where)
