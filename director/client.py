@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -197,16 +197,24 @@ class ServerClient:
             total = len(rows) + (page - 1) * per_page
         return rows, total
 
-    async def search(self, params: SearchParams, per_page: int = PER_PAGE) -> list[dict[str, Any]]:
-        """Every row of a search, page by page."""
-        rows: list[dict[str, Any]] = []
+    async def search_pages(
+        self, params: SearchParams, per_page: int = PER_PAGE
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every row of a search, one page at a time (the caller keeps what it needs)."""
+        seen = 0
         page = 1
         while True:
             batch, total = await self.search_page(params, page, per_page)
-            rows.extend(batch)
-            if not batch or total is None or len(rows) >= total:
-                return rows
+            if batch:
+                yield batch
+            seen += len(batch)
+            if not batch or total is None or seen >= total:
+                return
             page += 1
+
+    async def search(self, params: SearchParams, per_page: int = PER_PAGE) -> list[dict[str, Any]]:
+        """Every row of a search, page by page."""
+        return [row async for batch in self.search_pages(params, per_page) for row in batch]
 
     async def summary(self, params: SummaryParams) -> list[dict[str, Any]]:
         response = await self._call(
