@@ -1,19 +1,29 @@
 """The director's cycles: one `run_cycle()` for `run`, `once` and the dry run, and one
 `monitor_cycle()`.
 
-Submission, per queue, concurrently up to `director.concurrency`, each queue bounded by
-`director.queue_timeout_seconds` so a slow CE never holds the others up:
+Submission, in four phases, so that the server sees a few bulk calls per cycle rather than a
+few per queue (1,000 queues: five calls, not 3,000), while each queue is still bounded by
+`director.queue_timeout_seconds` where it talks to its CE, so a slow CE never holds the others
+up for longer than that:
 
-1. skip the queue when its site, CE or itself is disabled, when it is backed off, or when
-   another director holds its lease;
-2. reconcile: CE jobs against server records by stamp (a reference the server misses is patched
-   on; a pilot registered but absent from the CE after `submit_grace_seconds` is Aborted and its
-   secret revoked), so a crash at any point loses no pilot and counts none twice;
-3. count waiting and running pilots from the CE, or from the server's records when the CE
-   cannot tell; demand from the configured source; n = min(slots, demand) (`director.slots`);
-4. n stamps, one server call registering them and minting one bound secret each, n wrappers,
-   one bulk submission, references patched on in one call; a failed submission Aborts its
-   pilots with the CE's reason, revokes their secrets and backs the queue off.
+0. skip the queues whose site, CE or themselves are disabled, that are backed off, or whose
+   lease another director holds; then one search (per `SEARCH_QUEUES` queues) for the live
+   pilots of the others that have no CE reference yet, grouped per queue here;
+1. per queue, concurrently up to `director.concurrency`: reconcile, that is CE jobs against
+   those pilots by stamp (a reference the server misses is patched on; a pilot registered but
+   absent from the CE after `submit_grace_seconds` is Aborted and its secret revoked), so a
+   crash at any point loses no pilot and counts none twice; count waiting and running pilots
+   from the CE, or from the server's records when the CE cannot tell; demand from the
+   configured source; n = min(slots, demand) (`director.slots`); n stamps;
+2. one server call per VO (per `BULK_MAX` pilots) registering every planned pilot and minting
+   one bound secret each, before anything is submitted; a failed call fails the queues it
+   carried (the server is down: they submit next cycle);
+3. per queue, concurrently: n wrappers, one bulk submission to the CE;
+4. one call revoking the secrets of the pilots that failed, then one PATCH (per `BULK_MAX`)
+   with every reference, and every failed pilot Aborted with the CE's reason; a queue whose
+   submission failed backs off. A queue that failed after phase 2 but before its CE call has
+   its pilots Aborted here too; one that failed during its CE call (a timeout) is left to the
+   next reconciliation, which asks the CE what it holds.
 
 After the queues, one report of every configured queue (limits, back-off, last cycle) goes to
 the server for the monitor page (`director.queue_report`); a failed report is only logged.
@@ -33,11 +43,11 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from director import ce as ce_registry
 from director.backoff import Backoff
@@ -65,7 +75,13 @@ from server.models import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
+BULK_MAX = 10_000
+"""Pilots per registration, revocation or PATCH call (the server takes 10,000 at most)."""
+SEARCH_QUEUES = 1000
+"""Queues per reconciliation search (three lists of at most this many names)."""
+SEARCH_PAGE = 10_000
 DRY_RUN_SECRET = "dry-run-placeholder-not-a-secret"  # noqa: S105 - a placeholder
 GRID_TYPES = {"local": "Local", "arc": "ARC", "htcondor": "HTCondorCE"}
 LIVE = [s.value for s in PilotStatus if s not in FINAL_STATUSES]
@@ -109,6 +125,52 @@ class MonitorOutcome:
     seconds: float = 0.0
     why: str = ""
     error: str | None = None
+
+
+QueueId = tuple[str, str, str]
+"""A queue as the server's pilot records name it: (GridSite, DestinationSite, Queue)."""
+
+
+def queue_id(ref: QueueRef) -> QueueId:
+    return (ref.site, ref.ce, ref.ce_queue)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One queue's pilots on their way through phases 2-4 of a submission cycle."""
+
+    ref: QueueRef
+    outcome: QueueOutcome
+    ce: ComputingElement
+    spec: QueueSpec
+    prepared: PreparedWrapper
+    stamps: list[str]
+    registered: list[str] = field(default_factory=list)
+    """The stamps the server registered (all of them, unless a registration call failed)."""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Stamp -> minted secret, from phase 2 until the wrappers are rendered."""
+    submitting: bool = False
+    """The CE call started: from then on, only the CE knows which pilots it holds."""
+    results: list[SubmitResult] | None = None
+    record_failure: str | None = None
+
+    def fail(self, error: str) -> None:
+        if self.outcome.error is None:
+            self.outcome.error = self.outcome.why = error
+
+    def record_error(self, error: str) -> None:
+        if self.record_failure is None:
+            self.record_failure = error
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _log_unexpected(exc: Exception, what: str) -> None:
+    if not isinstance(exc, (DirectorError, OSError)):
+        log.error("%s: unexpected error", what, exc_info=exc)
 
 
 def new_stamp() -> str:
@@ -350,7 +412,8 @@ class Director:
         output: Path | None = None,
         only: str | None = None,
     ) -> list[QueueOutcome]:
-        """One submission cycle over every queue (or the queue named `only`)."""
+        """One submission cycle over every queue (or the queue named `only`), in the phases
+        the module docstring describes; one outcome per queue, in configuration order."""
         started = self.clock()
         refs = [r for r in self.queues if only is None or only in (r.key, r.queue)]
         if only is not None and not refs:
@@ -366,13 +429,54 @@ class Director:
             await self.demand.refresh()
         except DirectorError as exc:  # unknown demand: the source's demand() decides (0)
             log.warning("demand source: %s", exc)
+        outcomes = [
+            QueueOutcome(queue=r.key, ce=r.ce, kind=str(getattr(r.entry.ce, "kind", "?")))
+            for r in refs
+        ]
+        todo = [
+            (r, o)
+            for r, o in zip(refs, outcomes, strict=True)
+            if self._may_submit(r, o, granted, lease_error, dry_run)
+        ]
+        unreferenced: dict[QueueId, list[dict[str, Any]]] = {}
+        if todo and not dry_run:
+            try:
+                unreferenced = await self.unreferenced_pilots([r for r, _ in todo])
+            except Exception as exc:  # the server is down: no queue can submit this cycle
+                _log_unexpected(exc, "reconciliation search")
+                for _, o in todo:
+                    o.error = o.why = f"{type(exc).__name__}: {exc}"
+                todo = []
         semaphore = asyncio.Semaphore(self.settings.director.concurrency)
 
-        async def one(ref: QueueRef) -> QueueOutcome:
-            async with semaphore:
-                return await self._queue_cycle(ref, granted, lease_error, dry_run, output)
+        async def plan_one(ref: QueueRef, outcome: QueueOutcome) -> _Batch | None:
+            pilots = unreferenced.get(queue_id(ref), [])
+            return await self._guarded(
+                semaphore, outcome, lambda: self._plan(ref, outcome, pilots, dry_run)
+            )
 
-        outcomes = list(await asyncio.gather(*(one(r) for r in refs)))
+        planned = await asyncio.gather(*(plan_one(r, o) for r, o in todo))
+        batches = [b for b in planned if b is not None]
+        if batches and self.stopping:
+            for b in batches:
+                b.outcome.why = "stopping"
+            batches = []
+        if not dry_run and batches:
+            await self._register(batches)
+        for b in batches:
+            b.outcome.stamps = b.stamps
+
+        async def submit_one(batch: _Batch) -> None:
+            await self._guarded(
+                semaphore, batch.outcome, lambda: self._submit(batch, dry_run, output)
+            )
+
+        await asyncio.gather(*(submit_one(b) for b in batches if b.outcome.error is None))
+        if not dry_run and batches:
+            await self._record(batches)
+        for o in outcomes:
+            self.metrics.backoff_seconds.labels(o.queue).set(self.backoff.remaining(o.queue))
+            self._log("submission", o)
         self.metrics.cycle_seconds.labels("submission").observe(self.clock() - started)
         if not dry_run:
             await self.report_queues(started, outcomes)
@@ -400,51 +504,60 @@ class Director:
         except Exception:
             log.exception("report queues=%d: unexpected error", len(self.queues))
 
-    async def _queue_cycle(
+    def _may_submit(
         self,
         ref: QueueRef,
+        outcome: QueueOutcome,
         granted: set[str],
         lease_error: str,
         dry_run: bool,
-        output: Path | None,
-    ) -> QueueOutcome:
-        kind = str(getattr(ref.entry.ce, "kind", "?"))
-        outcome = QueueOutcome(queue=ref.key, ce=ref.ce, kind=kind)
-        started = self.clock()
-        try:
-            if not ref.enabled:
-                outcome.why = "disabled"
-            elif self.stopping:
-                outcome.why = "stopping"
-            elif self.backoff.blocked(ref.key):
-                outcome.why = (
-                    f"backed off {self.backoff.remaining(ref.key):.0f}s: "
-                    f"{self.backoff.reason(ref.key)}"
-                )
-            elif not dry_run and lease_error:
-                outcome.why = lease_error
-                outcome.error = lease_error
-            elif not dry_run and ref.key not in granted:
-                outcome.why = "lease held by another director"
-            else:
-                async with asyncio.timeout(self.settings.director.queue_timeout_seconds):
-                    await self._submit(ref, outcome, dry_run, output)
-        except TimeoutError:
-            outcome.error = outcome.why = (
-                f"timed out after {self.settings.director.queue_timeout_seconds:g}s"
+    ) -> bool:
+        """Whether the queue takes part in this cycle; if not, `outcome.why` says why."""
+        if not ref.enabled:
+            outcome.why = "disabled"
+        elif self.stopping:
+            outcome.why = "stopping"
+        elif self.backoff.blocked(ref.key):
+            outcome.why = (
+                f"backed off {self.backoff.remaining(ref.key):.0f}s: {self.backoff.reason(ref.key)}"
             )
-            self.backoff.failure(ref.key, outcome.error)
-        except (ServerError, CEError, ConfigError, OSError) as exc:
-            outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, CEError):
-                self.backoff.failure(ref.key, exc.reason)
-        except Exception as exc:
-            log.exception("queue %s: unexpected error", ref.key)
-            outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
-        outcome.seconds = self.clock() - started
-        self.metrics.backoff_seconds.labels(ref.key).set(self.backoff.remaining(ref.key))
-        self._log("submission", outcome)
-        return outcome
+        elif not dry_run and lease_error:
+            outcome.why = lease_error
+            outcome.error = lease_error
+        elif not dry_run and ref.key not in granted:
+            outcome.why = "lease held by another director"
+        else:
+            return True
+        return False
+
+    async def _guarded(
+        self,
+        semaphore: asyncio.Semaphore,
+        outcome: QueueOutcome,
+        work: Callable[[], Awaitable[T]],
+    ) -> T | None:
+        """One queue's part of a phase, at most `director.concurrency` queues at once, bounded
+        by `director.queue_timeout_seconds`: an error or a timeout becomes that queue's outcome
+        (None here) and never holds up or fails the other queues."""
+        timeout = self.settings.director.queue_timeout_seconds
+        async with semaphore:
+            t0 = self.clock()
+            try:
+                async with asyncio.timeout(timeout):
+                    return await work()
+            except TimeoutError:
+                outcome.error = outcome.why = f"timed out after {timeout:g}s"
+                self.backoff.failure(outcome.queue, outcome.error)
+            except (ServerError, CEError, ConfigError, OSError) as exc:
+                outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, CEError):
+                    self.backoff.failure(outcome.queue, exc.reason)
+            except Exception as exc:
+                log.exception("queue %s: unexpected error", outcome.queue)
+                outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
+            finally:
+                outcome.seconds += self.clock() - t0
+        return None
 
     async def _counts(
         self, ref: QueueRef, ce: ComputingElement, dry_run: bool, outcome: QueueOutcome
@@ -466,14 +579,20 @@ class Director:
         outcome.counts_from = "server"
         return counts
 
-    async def _submit(
-        self, ref: QueueRef, outcome: QueueOutcome, dry_run: bool, output: Path | None
-    ) -> None:
+    async def _plan(
+        self,
+        ref: QueueRef,
+        outcome: QueueOutcome,
+        unreferenced: Sequence[dict[str, Any]],
+        dry_run: bool,
+    ) -> _Batch | None:
+        """Phase 1 for one queue: reconcile, count, plan; the batch to register and submit, or
+        None when the queue wants no pilot now."""
         ce = self.ce_for(ref)
         spec = self.spec_for(ref)
         prepared = self.prepared(ref)
         if not dry_run:
-            await self.reconcile(ref, ce, spec)
+            await self.reconcile(ref, ce, spec, unreferenced)
         waiting, running = await self._counts(ref, ce, dry_run, outcome)
         outcome.waiting, outcome.running = waiting, running
         demand = self.demand.demand(ref, waiting)
@@ -491,78 +610,148 @@ class Director:
             result.why,
         )
         if result.n == 0:
-            return
+            return None
         if self.stopping:
             outcome.why = "stopping"
-            return
+            return None
         stamps = [new_stamp() for _ in range(result.n)]
-        outcome.stamps = stamps
-        if dry_run:
-            self._write_dry_run(ref, ce, spec, prepared, stamps, output)
-            return
-        client = self._server()
-        constraints = self.settings.director.secret
-        registration = await client.register_bulk(
-            BulkRegistration(
-                vo=ref.vo,
-                pilots=[
-                    BulkPilot(
-                        pilot_stamp=s,
-                        grid_type=GRID_TYPES.get(outcome.kind, outcome.kind),
-                        grid_site=ref.site,
-                        destination_site=ref.ce,
-                        queue=ref.ce_queue,
-                    )
-                    for s in stamps
-                ],
-                mint_secrets=True,
-                secret_constraints=SecretConstraints(
-                    expiration_minutes=constraints.expiration_minutes,
-                    pilot_secret_use_count_max=constraints.use_count_max,
-                ),
-            )
-        )
-        secret_of = {m.pilot_stamp: m.pilot_secret for m in registration.secrets}
-        submissions = []
-        for stamp in stamps:
-            if stamp not in secret_of:
-                raise ServerError(f"the server minted no secret for pilot {stamp}")
-            submissions.append(PilotSubmission(stamp, prepared.render(stamp, secret_of[stamp])))
-        del secret_of
-        try:
-            results = await ce.submit(spec, submissions)
-        except CEError as exc:
-            results = [SubmitResult(s, error=exc.reason, temporary=exc.temporary) for s in stamps]
-        del submissions
-        await self._record_submission(ref, results, outcome)
+        return _Batch(ref, outcome, ce, spec, prepared, stamps)
 
-    async def _record_submission(
-        self, ref: QueueRef, results: Sequence[SubmitResult], outcome: QueueOutcome
-    ) -> None:
+    async def _register(self, batches: Sequence[_Batch]) -> None:
+        """Phase 2: register every planned pilot and mint its secret, one call per VO (per
+        `BULK_MAX` pilots). A failed call fails the queues it carried; the others go on."""
+        client = self._server()
+        cfg = self.settings.director.secret
+        constraints = SecretConstraints(
+            expiration_minutes=cfg.expiration_minutes,
+            pilot_secret_use_count_max=cfg.use_count_max,
+        )
+        by_vo: dict[str, list[tuple[_Batch, str]]] = {}
+        for b in batches:
+            by_vo.setdefault(b.ref.vo, []).extend((b, s) for s in b.stamps)
+        for vo, pilots in by_vo.items():
+            for chunk in _chunks(pilots, BULK_MAX):  # the models of one chunk at a time
+                try:
+                    registration = await client.register_bulk(
+                        BulkRegistration(
+                            vo=vo,
+                            pilots=[
+                                BulkPilot(
+                                    pilot_stamp=s,
+                                    grid_type=GRID_TYPES.get(b.outcome.kind, b.outcome.kind),
+                                    grid_site=b.ref.site,
+                                    destination_site=b.ref.ce,
+                                    queue=b.ref.ce_queue,
+                                )
+                                for b, s in chunk
+                            ],
+                            mint_secrets=True,
+                            secret_constraints=constraints,
+                        )
+                    )
+                except Exception as exc:
+                    _log_unexpected(exc, "registration")
+                    for b, _ in chunk:
+                        b.fail(f"{type(exc).__name__}: {exc}")
+                    continue
+                secret_of = {m.pilot_stamp: m.pilot_secret for m in registration.secrets}
+                for b, s in chunk:
+                    b.registered.append(s)
+                    secret = secret_of.get(s)
+                    if secret is None:
+                        b.fail(f"ServerError: the server minted no secret for pilot {s}")
+                    else:
+                        b.secrets[s] = secret
+                del secret_of
+
+    async def _submit(self, batch: _Batch, dry_run: bool, output: Path | None) -> None:
+        """Phase 3 for one queue: render its wrappers and submit them in one CE call (or write
+        them out, in the dry run)."""
+        if dry_run:
+            self._write_dry_run(
+                batch.ref, batch.ce, batch.spec, batch.prepared, batch.stamps, output
+            )
+            return
+        submissions = [
+            PilotSubmission(s, batch.prepared.render(s, batch.secrets[s])) for s in batch.stamps
+        ]
+        batch.secrets.clear()
+        batch.submitting = True
+        try:
+            batch.results = await batch.ce.submit(batch.spec, submissions)
+        except CEError as exc:
+            batch.results = [
+                SubmitResult(s, error=exc.reason, temporary=exc.temporary) for s in batch.stamps
+            ]
+        del submissions
+
+    async def _record(self, batches: Sequence[_Batch]) -> None:
+        """Phase 4: references patched on, failed pilots Aborted with their reason, their
+        secrets revoked, all queues at once (per `BULK_MAX` pilots).
+
+        Pilots registered for a queue that failed before its CE call are Aborted too; a queue
+        that failed during its CE call (a timeout) is left to the next reconciliation, which
+        finds out from the CE what it holds. Secrets are revoked before the Aborted status is
+        patched on, so a pilot the server shows as Aborted never keeps a usable secret."""
         client = self._server()
         updates: dict[str, PilotMetadata] = {}
-        failed: list[str] = []
-        reasons: list[str] = []
-        for r in results:
-            if r.ok:
-                updates[r.stamp] = PilotMetadata(pilot_job_reference=r.reference)
-            else:
-                reason = (r.error or "submission failed")[:255]
-                updates[r.stamp] = PilotMetadata(status=PilotStatus.ABORTED, status_reason=reason)
-                failed.append(r.stamp)
-                reasons.append(reason)
-        await client.patch_metadata(updates)
-        if failed:
-            await client.revoke_secrets(failed)
-        outcome.submitted = len(results) - len(failed)
+        revoke: list[str] = []
+        owner: dict[str, _Batch] = {}
+        for b in batches:
+            if b.results is not None:
+                for r in b.results:
+                    owner[r.stamp] = b
+                    if r.ok:
+                        updates[r.stamp] = PilotMetadata(pilot_job_reference=r.reference)
+                    else:
+                        reason = (r.error or "submission failed")[:255]
+                        updates[r.stamp] = PilotMetadata(
+                            status=PilotStatus.ABORTED, status_reason=reason
+                        )
+                        revoke.append(r.stamp)
+            elif not b.submitting:
+                reason = f"not submitted: {b.outcome.error or 'unknown'}"[:255]
+                for stamp in b.registered:
+                    owner[stamp] = b
+                    updates[stamp] = PilotMetadata(status=PilotStatus.ABORTED, status_reason=reason)
+                    revoke.append(stamp)
+        for chunk in _chunks(revoke, BULK_MAX):
+            try:
+                await client.revoke_secrets(chunk)
+            except Exception as exc:
+                _log_unexpected(exc, "revoking secrets")
+                for stamp in chunk:  # left live: the reconciliation Aborts them after the grace
+                    del updates[stamp]
+                    owner[stamp].record_error(f"{type(exc).__name__}: {exc}")
+        for items in _chunks(list(updates.items()), BULK_MAX):
+            try:
+                await client.patch_metadata(dict(items))
+            except Exception as exc:
+                _log_unexpected(exc, "patching references")
+                for stamp, _ in items:
+                    owner[stamp].record_error(f"{type(exc).__name__}: {exc}")
+        for b in batches:
+            if b.results is not None:
+                self._count_submission(b)
+
+    def _count_submission(self, batch: _Batch) -> None:
+        """Counts, metrics and back-off of a queue whose CE call answered; a failed PATCH or
+        revocation is the queue's error (the reconciliation finishes the job next cycle)."""
+        assert batch.results is not None
+        outcome, key = batch.outcome, batch.ref.key
+        failed = [r for r in batch.results if not r.ok]
+        outcome.submitted = len(batch.results) - len(failed)
         outcome.failed = len(failed)
-        self.metrics.submitted.labels(ref.key).inc(outcome.submitted)
-        self.metrics.failed.labels(ref.key).inc(outcome.failed)
+        self.metrics.submitted.labels(key).inc(outcome.submitted)
+        self.metrics.failed.labels(key).inc(outcome.failed)
         if failed:
-            rest = self.backoff.failure(ref.key, reasons[0])
-            outcome.why = f"{len(failed)} failed ({reasons[0]}); backing off {rest:.0f}s"
+            reason = (failed[0].error or "submission failed")[:255]
+            rest = self.backoff.failure(key, reason)
+            outcome.why = f"{len(failed)} failed ({reason}); backing off {rest:.0f}s"
         else:
-            self.backoff.success(ref.key)
+            self.backoff.success(key)
+        if batch.record_failure is not None:
+            outcome.error = outcome.why = batch.record_failure
 
     def _write_dry_run(
         self,
@@ -589,21 +778,71 @@ class Director:
 
     # --- reconciliation -----------------------------------------------------------------------
 
-    async def reconcile(self, ref: QueueRef, ce: ComputingElement, spec: QueueSpec) -> None:
+    async def unreferenced_pilots(
+        self, refs: Sequence[QueueRef]
+    ) -> dict[QueueId, list[dict[str, Any]]]:
+        """The live pilots without a CE reference of these queues, by `queue_id`: one search
+        per `SEARCH_QUEUES` queues instead of one per queue. Only those pilots matter to the
+        reconciliation, so the others are dropped page by page (a busy site has many)."""
+        wanted = {queue_id(r) for r in refs}
+        found: dict[QueueId, list[dict[str, Any]]] = {}
+        for chunk in _chunks(sorted(wanted), SEARCH_QUEUES):
+            params = SearchParams(
+                parameters=[
+                    "PilotStamp",
+                    "PilotJobReference",
+                    "Status",
+                    "SubmissionTime",
+                    "GridSite",
+                    "DestinationSite",
+                    "Queue",
+                ],
+                search=[
+                    VectorSearch(
+                        parameter=name, operator="in", values=sorted({q[i] for q in chunk})
+                    )
+                    for i, name in enumerate(("GridSite", "DestinationSite", "Queue"))
+                ]
+                + [VectorSearch(parameter="Status", operator="in", values=list(LIVE))],
+            )
+            async for rows in self._server().search_pages(params, SEARCH_PAGE):
+                for row in rows:
+                    key = (
+                        str(row.get("GridSite")),
+                        str(row.get("DestinationSite")),
+                        str(row.get("Queue")),
+                    )
+                    if key in wanted and ce_reference(row) is None:
+                        found.setdefault(key, []).append(row)
+        return found
+
+    async def reconcile(
+        self,
+        ref: QueueRef,
+        ce: ComputingElement,
+        spec: QueueSpec,
+        unreferenced: Sequence[dict[str, Any]],
+    ) -> None:
         """CE jobs vs server records, by stamp: patch missing references on, Abort pilots that
-        were registered but never reached the CE (after the grace period)."""
+        were registered but never reached the CE (after the grace period).
+
+        `unreferenced` are the queue's live pilots without a reference, from
+        `unreferenced_pilots` at the start of the cycle. No other director works this queue
+        (the lease) and this one has not submitted to it yet this cycle, so they are still
+        current."""
+        if not unreferenced:
+            return
         try:
             jobs = await ce.list_jobs(spec)
         except CEError as exc:
             log.info("queue %s: cannot list CE jobs for reconciliation: %s", ref.key, exc)
             return
-        pilots = await self.live_pilots(ref)
         on_ce = {job.stamp: job for job in jobs}
         now = self.clock()
         grace = self.settings.director.submit_grace_seconds
         updates: dict[str, PilotMetadata] = {}
         never: list[str] = []
-        for pilot in pilots:
+        for pilot in unreferenced:
             stamp = str(pilot.get("PilotStamp"))
             if ce_reference(pilot) is not None:
                 continue
@@ -618,6 +857,8 @@ class Director:
                     status=PilotStatus.ABORTED,
                     status_reason="registered but never submitted to the CE",
                 )
+        if never:  # first: a pilot the server shows as Aborted never keeps a usable secret
+            await self._server().revoke_secrets(never)
         if updates:
             await self._server().patch_metadata(updates)
             log.info(
@@ -627,7 +868,6 @@ class Director:
                 len(never),
             )
         if never:
-            await self._server().revoke_secrets(never)
             self.metrics.aborted.labels(ref.key).inc(len(never))
 
     # --- monitoring ---------------------------------------------------------------------------
@@ -786,16 +1026,18 @@ class Director:
     # --- logging ------------------------------------------------------------------------------
 
     def _log(self, cycle: str, outcome: QueueOutcome | MonitorOutcome) -> None:
-        fields = {k: v for k, v in asdict(outcome).items() if k != "stamps"}
-        fields = {"cycle": cycle, **fields, "seconds": round(outcome.seconds, 3)}
         level = logging.WARNING if outcome.error else logging.INFO
+        if not log.isEnabledFor(level):
+            return  # a line per queue and cycle: 1,000 queues are worth not formatting them
+        values = {f.name: getattr(outcome, f.name) for f in fields(outcome) if f.name != "stamps"}
+        values = {"cycle": cycle, **values, "seconds": round(outcome.seconds, 3)}
         if self.settings.director.log_format == "json":
-            log.log(level, "%s", json.dumps(fields, default=str))
+            log.log(level, "%s", json.dumps(values, default=str))
         else:
             log.log(
                 level,
                 "%s",
-                " ".join(f"{k}={_kv(v)}" for k, v in fields.items() if v not in (None, "")),
+                " ".join(f"{k}={_kv(v)}" for k, v in values.items() if v not in (None, "")),
             )
 
 
