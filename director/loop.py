@@ -694,42 +694,45 @@ class Director:
         finds out from the CE what it holds. Secrets are revoked before the Aborted status is
         patched on, so a pilot the server shows as Aborted never keeps a usable secret."""
         client = self._server()
-        updates: dict[str, PilotMetadata] = {}
-        revoke: list[str] = []
-        owner: dict[str, _Batch] = {}
+        # (batch, stamp, reference, reason for Aborting): the models are made one chunk at a
+        # time, 100,000 of them at once would be the director's largest allocation
+        rows: list[tuple[_Batch, str, str | None, str | None]] = []
         for b in batches:
             if b.results is not None:
                 for r in b.results:
-                    owner[r.stamp] = b
                     if r.ok:
-                        updates[r.stamp] = PilotMetadata(pilot_job_reference=r.reference)
+                        rows.append((b, r.stamp, r.reference, None))
                     else:
-                        reason = (r.error or "submission failed")[:255]
-                        updates[r.stamp] = PilotMetadata(
-                            status=PilotStatus.ABORTED, status_reason=reason
-                        )
-                        revoke.append(r.stamp)
+                        rows.append((b, r.stamp, None, (r.error or "submission failed")[:255]))
             elif not b.submitting:
                 reason = f"not submitted: {b.outcome.error or 'unknown'}"[:255]
-                for stamp in b.registered:
-                    owner[stamp] = b
-                    updates[stamp] = PilotMetadata(status=PilotStatus.ABORTED, status_reason=reason)
-                    revoke.append(stamp)
-        for chunk in _chunks(revoke, BULK_MAX):
+                rows.extend((b, stamp, None, reason) for stamp in b.registered)
+        failed = [row for row in rows if row[3] is not None]
+        unrevoked: set[str] = set()
+        for chunk in _chunks(failed, BULK_MAX):
             try:
-                await client.revoke_secrets(chunk)
+                await client.revoke_secrets([stamp for _, stamp, _, _ in chunk])
             except Exception as exc:
                 _log_unexpected(exc, "revoking secrets")
-                for stamp in chunk:  # left live: the reconciliation Aborts them after the grace
-                    del updates[stamp]
-                    owner[stamp].record_error(f"{type(exc).__name__}: {exc}")
-        for items in _chunks(list(updates.items()), BULK_MAX):
+                for b, stamp, _, _ in chunk:  # left live: the reconciliation Aborts them later
+                    unrevoked.add(stamp)
+                    b.record_error(f"{type(exc).__name__}: {exc}")
+        if unrevoked:
+            rows = [row for row in rows if row[1] not in unrevoked]
+        for chunk in _chunks(rows, BULK_MAX):
+            updates = {
+                stamp: PilotMetadata(pilot_job_reference=reference)
+                if reason is None
+                else PilotMetadata(status=PilotStatus.ABORTED, status_reason=reason)
+                for _, stamp, reference, reason in chunk
+            }
             try:
-                await client.patch_metadata(dict(items))
+                await client.patch_metadata(updates)
             except Exception as exc:
                 _log_unexpected(exc, "patching references")
-                for stamp, _ in items:
-                    owner[stamp].record_error(f"{type(exc).__name__}: {exc}")
+                for b, _, _, _ in chunk:
+                    b.record_error(f"{type(exc).__name__}: {exc}")
+            del updates
         for b in batches:
             if b.results is not None:
                 self._count_submission(b)
