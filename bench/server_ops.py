@@ -10,8 +10,9 @@ One uvicorn worker on SQLite (WAL), driven by `wrk` (one thread) with Lua script
     exchange  POST /api/auth/secret-exchange with the secrets minted above, each stamp once,
               32 connections; refresh tokens are stored; goal >= 500 exchanges/s
     logs      POST /api/pilots/internal/message, batches of 250 lines (~110 bytes each) from
-              100 pilots (their tokens from real exchanges), 16 connections;
-              goal >= 50,000 lines/s
+              100 pilots (their tokens from real exchanges), 16 connections, each batch
+              stamped with the time it is sent (`--log-timestamps fixed`: the same 250
+              timestamps in every batch, a worst case for the index); goal >= 50,000 lines/s
 
 Figures: throughput as wrk saw it, p50/p95 per request, and the server's CPU time per
 request and per item (pilot, exchange, log line) from /proc/<pid>/stat.
@@ -26,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,19 +74,41 @@ function make_request(i)
 end
 """
 
+# Two timelines for the lines' timestamps. `advancing` (the default): batch i is stamped
+# `start + i/4` seconds, its lines a millisecond apart, as pilots sending their recent lines
+# would be. `fixed`: every batch carries the same 250 timestamps (the first version of this
+# script); new rows then land beside every earlier batch's in the (VO, TimeStamp) index, a
+# worst case that dirties ~250 index pages per batch instead of a few.
 LOGS = r"""
 local tokens = { $tokens }
-local lines = {}
+local fixed = $fixed
+local start = $start
+local texts = {}
 for k = 1, 250 do
-  lines[k] = '{"timestamp":"2026-11-28T03:00:00.' .. string.format("%06d", k) ..
-    'Z","severity":"INFO","scope":"Pilot","message":"Line ' .. k ..
+  texts[k] = '","severity":"INFO","scope":"Pilot","message":"Line ' .. k ..
     ' of the pilot log: checking the CVMFS repository and the local disk space"}'
 end
-local body = '{"lines":[' .. table.concat(lines, ",") .. ']}'
+local function batch(i)
+  local lines = {}
+  for k = 1, 250 do
+    local stamp
+    if fixed then
+      stamp = "2026-11-28T03:00:00." .. string.format("%06d", k)
+    else
+      local us = (i - 1) * 250000 + (k - 1) * 1000
+      stamp = os.date("!%Y-%m-%dT%H:%M:%S", start + math.floor(us / 1000000)) ..
+        "." .. string.format("%06d", us % 1000000)
+    end
+    lines[k] = '{"timestamp":"' .. stamp .. 'Z' .. texts[k]
+  end
+  return '{"lines":[' .. table.concat(lines, ",") .. ']}'
+end
+local fixed_body = batch(1)
 function make_request(i)
   local t = tokens[((i - 1) % #tokens) + 1]
   return wrk.format("POST", "/api/pilots/internal/message",
-    {["Authorization"] = "Bearer " .. t, ["Content-Type"] = "application/json"}, body)
+    {["Authorization"] = "Bearer " .. t, ["Content-Type"] = "application/json"},
+    fixed and fixed_body or batch(i))
 end
 """
 
@@ -170,9 +194,13 @@ def pilot_tokens(server: ServerProcess, creds: list[tuple[str, str]]) -> list[st
     return tokens
 
 
-def logs_phase(server: ServerProcess, tokens: list[str], batches: int) -> WrkResult:
+def logs_phase(
+    server: ServerProcess, tokens: list[str], batches: int, timestamps: str = "advancing"
+) -> WrkResult:
     lua = lua_script(
-        LOGS.replace("$tokens", lua_list([f'"{t}"' for t in tokens])),
+        LOGS.replace("$tokens", lua_list([f'"{t}"' for t in tokens]))
+        .replace("$fixed", "true" if timestamps == "fixed" else "false")
+        .replace("$start", str(int(time.time()))),
         limit=batches,
         prefix="",
         token="unused",
@@ -184,6 +212,7 @@ def logs_phase(server: ServerProcess, tokens: list[str], batches: int) -> WrkRes
         "items": lines,
         "items_per_s": round(lines / result.seconds, 1),
         "cpu_us_per_item": round(1e6 * result.cpu_s / (250 * result.issued), 2),
+        "timestamps": timestamps,
     }
     return result
 
@@ -196,6 +225,13 @@ def main() -> None:
     parser.add_argument("--exchanges", type=int, default=3000)
     parser.add_argument("--exchange-connections", type=int, default=32)
     parser.add_argument("--log-batches", type=int, default=2000)
+    parser.add_argument(
+        "--log-timestamps",
+        choices=("advancing", "fixed"),
+        default="advancing",
+        help="advancing: each batch stamped with its send time; fixed: the same 250 in every "
+        "batch (a worst case for the (VO, TimeStamp) index)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
@@ -213,7 +249,7 @@ def main() -> None:
         # warm up every route once
         _, warm = bulk_phase(server, director, 2, 200)
         exchange_phase(server, warm[:200], 100, args.exchange_connections)
-        logs_phase(server, pilot_tokens(server, warm[200:210]), 20)
+        logs_phase(server, pilot_tokens(server, warm[200:210]), 20, args.log_timestamps)
         for rep in range(args.repeat):
             with profiled(server, args.profile, f"bulk-{rep + 1}"):
                 bulk, creds = bulk_phase(server, director, args.bulk_requests, args.batch)
@@ -223,7 +259,7 @@ def main() -> None:
                     server, creds[100:], args.exchanges, args.exchange_connections
                 )
             with profiled(server, args.profile, f"logs-{rep + 1}"):
-                logs = logs_phase(server, tokens, args.log_batches)
+                logs = logs_phase(server, tokens, args.log_batches, args.log_timestamps)
             for r in (bulk, exchange, logs):
                 runs[r.op].append(r)
                 console.print(
@@ -263,6 +299,7 @@ def summarise(
         "repeat": args.repeat,
         "database": "SQLite (WAL), one uvicorn worker",
         "client": "wrk -t1 (Lua scripts)",
+        "log_timestamps": args.log_timestamps,
         "server_peak_rss_mb": round(peak, 1),
         "machine": machine_state(),
         "ops": ops,
