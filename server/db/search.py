@@ -32,7 +32,6 @@ from sqlalchemy.sql.schema import Column
 from server.errors import InvalidRequest
 from server.models import (
     ScalarOperator,
-    ScalarSearch,
     SearchSpec,
     SortSpec,
     VectorOperator,
@@ -160,36 +159,53 @@ def column_for(columns: Mapping[str, Column[Any]], parameter: str) -> Column[Any
         raise InvalidRequest(f"Unknown parameter {parameter!r}") from None
 
 
+_TEXT_OPERATORS = (ScalarOperator.LIKE, ScalarOperator.NOT_LIKE, ScalarOperator.REGEX)
+
+
+def _value(column: Column[Any], spec: SearchSpec) -> Any:
+    """A condition's value, checked and converted for its column: the one place both the
+    one-off clauses (`condition`) and the cached shapes (`bound_values`) check values."""
+    if isinstance(spec, VectorSearch):
+        return [_convert(column, v, spec.parameter) for v in spec.values]
+    op = spec.operator
+    if op in _TEXT_OPERATORS:
+        if not _is_text(column):
+            raise InvalidRequest(
+                f"Operator {op.value!r} needs a text parameter, not {spec.parameter!r}"
+            )
+        pattern = str(spec.value)
+        if op is ScalarOperator.REGEX:
+            _check_regex(pattern, spec.parameter)
+        return pattern
+    if op in (ScalarOperator.GT, ScalarOperator.LT) and isinstance(column.type, Boolean):
+        raise InvalidRequest(f"Operator {op.value!r} cannot compare {spec.parameter!r}")
+    return _convert(column, spec.value, spec.parameter)
+
+
+def _clause(column: Column[Any], operator: str, vector: bool, value: Any) -> ColumnElement[bool]:
+    """One condition on `column`; `value` is a checked value or a bound parameter."""
+    if vector:
+        return column.in_(value) if operator == VectorOperator.IN.value else column.not_in(value)
+    op = ScalarOperator(operator)
+    if op is ScalarOperator.LIKE:
+        return column.like(value)
+    if op is ScalarOperator.NOT_LIKE:
+        return not_(column.like(value))
+    if op is ScalarOperator.REGEX:
+        return column.regexp_match(value)
+    if op is ScalarOperator.EQ:
+        return column.__eq__(value)
+    if op is ScalarOperator.NEQ:
+        return column.__ne__(value)
+    if op is ScalarOperator.GT:
+        return column.__gt__(value)
+    return column.__lt__(value)
+
+
 def condition(columns: Mapping[str, Column[Any]], spec: SearchSpec) -> ColumnElement[bool]:
     column = column_for(columns, spec.parameter)
-    if isinstance(spec, ScalarSearch):
-        op = spec.operator
-        if op in (ScalarOperator.LIKE, ScalarOperator.NOT_LIKE, ScalarOperator.REGEX):
-            if not _is_text(column):
-                raise InvalidRequest(
-                    f"Operator {op.value!r} needs a text parameter, not {spec.parameter!r}"
-                )
-            pattern = str(spec.value)
-            if op is ScalarOperator.LIKE:
-                return column.like(pattern)
-            if op is ScalarOperator.NOT_LIKE:
-                return not_(column.like(pattern))
-            _check_regex(pattern, spec.parameter)
-            return column.regexp_match(pattern)
-        if op in (ScalarOperator.GT, ScalarOperator.LT) and isinstance(column.type, Boolean):
-            raise InvalidRequest(f"Operator {op.value!r} cannot compare {spec.parameter!r}")
-        value = _convert(column, spec.value, spec.parameter)
-        if op is ScalarOperator.EQ:
-            return column.__eq__(value)
-        if op is ScalarOperator.NEQ:
-            return column.__ne__(value)
-        if op is ScalarOperator.GT:
-            return column.__gt__(value)
-        return column.__lt__(value)
-    values = [_convert(column, v, spec.parameter) for v in spec.values]
-    if spec.operator is VectorOperator.IN:
-        return column.in_(values)
-    return column.not_in(values)
+    vector = isinstance(spec, VectorSearch)
+    return _clause(column, spec.operator.value, vector, _value(column, spec))
 
 
 def where_clause(
@@ -218,27 +234,9 @@ def shape(specs: Sequence[SearchSpec]) -> tuple[SpecShape, ...]:
 def bound_values(columns: Mapping[str, Column[Any]], specs: Sequence[SearchSpec]) -> dict[str, Any]:
     """The values for `bound_where(columns, shape(specs))`, checked as `condition` checks
     them (same errors, same order)."""
-    params: dict[str, Any] = {}
-    for i, spec in enumerate(specs):
-        column = column_for(columns, spec.parameter)
-        if isinstance(spec, VectorSearch):
-            params[f"w{i}"] = [_convert(column, v, spec.parameter) for v in spec.values]
-            continue
-        op = spec.operator
-        if op in (ScalarOperator.LIKE, ScalarOperator.NOT_LIKE, ScalarOperator.REGEX):
-            if not _is_text(column):
-                raise InvalidRequest(
-                    f"Operator {op.value!r} needs a text parameter, not {spec.parameter!r}"
-                )
-            pattern = str(spec.value)
-            if op is ScalarOperator.REGEX:
-                _check_regex(pattern, spec.parameter)
-            params[f"w{i}"] = pattern
-            continue
-        if op in (ScalarOperator.GT, ScalarOperator.LT) and isinstance(column.type, Boolean):
-            raise InvalidRequest(f"Operator {op.value!r} cannot compare {spec.parameter!r}")
-        params[f"w{i}"] = _convert(column, spec.value, spec.parameter)
-    return params
+    return {
+        f"w{i}": _value(column_for(columns, spec.parameter), spec) for i, spec in enumerate(specs)
+    }
 
 
 def bound_where(
@@ -251,27 +249,12 @@ def bound_where(
         column = columns[parameter]
         name = f"w{i}"
         if vector:
-            values = bindparam(name, type_=column.type, expanding=True)
-            is_in = operator == VectorOperator.IN.value
-            conditions.append(column.in_(values) if is_in else column.not_in(values))
-            continue
-        op = ScalarOperator(operator)
-        if op is ScalarOperator.LIKE:
-            conditions.append(column.like(bindparam(name)))
-        elif op is ScalarOperator.NOT_LIKE:
-            conditions.append(not_(column.like(bindparam(name))))
-        elif op is ScalarOperator.REGEX:
-            conditions.append(column.regexp_match(bindparam(name)))
+            value = bindparam(name, type_=column.type, expanding=True)
+        elif ScalarOperator(operator) in _TEXT_OPERATORS:
+            value = bindparam(name)
         else:
             value = bindparam(name, type_=column.type)
-            if op is ScalarOperator.EQ:
-                conditions.append(column == value)
-            elif op is ScalarOperator.NEQ:
-                conditions.append(column != value)
-            elif op is ScalarOperator.GT:
-                conditions.append(column > value)
-            else:
-                conditions.append(column < value)
+        conditions.append(_clause(column, operator, vector, value))
     return and_(*conditions) if conditions else None
 
 
