@@ -91,18 +91,16 @@ def _html(name: str, status: int = HTTPStatus.OK, **context: Any) -> HTMLRespons
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 
-def _page_context(ctx: Any, identity: Identity | None) -> dict[str, Any]:
+def _page_context(identity: Identity | None) -> dict[str, Any]:
     if identity is None:
         return {"identity": None, "vos_label": ""}
     vos_label = "all VOs" if identity.is_admin else ", ".join(sorted(identity.vos))
     return {"identity": identity, "vos_label": vos_label}
 
 
-def _message(
-    ctx: Any, identity: Identity | None, status: int, heading: str, message: str
-) -> HTMLResponse:
+def _message(identity: Identity | None, status: int, heading: str, message: str) -> HTMLResponse:
     return _html(
-        "message.html", status, heading=heading, message=message, **_page_context(ctx, identity)
+        "message.html", status, heading=heading, message=message, **_page_context(identity)
     )
 
 
@@ -127,8 +125,8 @@ async def login_required(request: Request, exc: Exception) -> Response:
 
 
 @router.get("/login")
-async def login_form(ctx: Context) -> HTMLResponse:
-    return _html("login.html", error=None, **_page_context(ctx, None))
+async def login_form() -> HTMLResponse:
+    return _html("login.html", error=None, **_page_context(None))
 
 
 @router.post("/login")
@@ -140,7 +138,7 @@ async def login(ctx: Context, request: Request) -> Response:
             "login.html",
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             error="That is not a token: too long.",
-            **_page_context(ctx, None),
+            **_page_context(None),
         )
     try:
         fields = parse_qs(body.decode("utf-8"), max_num_fields=4)
@@ -154,14 +152,14 @@ async def login(ctx: Context, request: Request) -> Response:
             "login.html",
             HTTPStatus.UNAUTHORIZED,
             error="This token is not valid (expired, or not from this server).",
-            **_page_context(ctx, None),
+            **_page_context(None),
         )
     except Forbidden:
         return _html(
             "login.html",
             HTTPStatus.FORBIDDEN,
             error="This token may not read pilots: pilot tokens cannot log in here.",
-            **_page_context(ctx, None),
+            **_page_context(None),
         )
     response = RedirectResponse("/monitor", HTTPStatus.SEE_OTHER, headers=SECURITY_HEADERS)
     response.set_cookie(
@@ -219,7 +217,7 @@ async def overview_page(
     try:
         filters = logic.parse_filters(request.query_params)
     except InvalidRequest as exc:
-        return _message(ctx, identity, HTTPStatus.BAD_REQUEST, "Bad filter", str(exc.detail))
+        return _message(identity, HTTPStatus.BAD_REQUEST, "Bad filter", str(exc.detail))
     overview = await logic.overview(ctx, identity, filters)
     return _html(
         "overview.html",
@@ -228,7 +226,7 @@ async def overview_page(
         since_choices=SINCE_CHOICES,
         refresh=_refresh(refresh),
         **_overview_context(overview),
-        **_page_context(ctx, identity),
+        **_page_context(identity),
     )
 
 
@@ -264,7 +262,6 @@ async def pilot_page(
         view = await logic.pilot_view(ctx, identity, stamp, q, page)
     except NotFound:
         return _message(
-            ctx,
             identity,
             HTTPStatus.NOT_FOUND,
             "Pilot not found",
@@ -276,7 +273,7 @@ async def pilot_page(
         fields=[f for f in METADATA_FIELDS if f in view.pilot],
         log_query=_log_query(view.logs.query),
         refresh=_refresh(refresh),
-        **_page_context(ctx, identity),
+        **_page_context(identity),
     )
 
 
