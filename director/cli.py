@@ -7,7 +7,6 @@ on stderr.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,15 +19,11 @@ from director.errors import ConfigError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="site-director", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    from director import commands
     from server import cli as server_cli
 
     server_cli.add_parsers(sub)
-    try:
-        commands = importlib.import_module("director.commands")
-    except ImportError:
-        commands = None  # the director's commands are not installed in this checkout yet
-    if commands is not None and hasattr(commands, "add_parsers"):
-        commands.add_parsers(sub)
+    commands.add_parsers(sub)
     return parser
 
 

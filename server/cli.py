@@ -71,7 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.add_argument("--data-dir", required=True)
     k.set_defaults(func=keys_command)
 
-    from server import maintenance  # [2/7]: purge dead secrets/tokens, log retention
+    from server import maintenance  # purge dead secrets and tokens, log retention
 
     maintenance.add_parsers(sub)
 

@@ -11,8 +11,9 @@ talks to the server and never sleeps to retry.
 
 Adding a CE kind: one module here with a `<Kind>CEConfig` Pydantic model (`kind:
 Literal["<kind>"]`) and a class implementing `ComputingElement`, one entry in
-`director/ce/__init__.py`'s registry, its templates, a fixture in the CE contract suite, and an
-example block in `config.example.yaml`.
+`director/ce/__init__.py`'s registry, its templates, its tests in `tests/director/ce/` (each
+backend has its own; no suite runs unchanged against every kind), and an example block in
+`config.example.yaml`.
 """
 
 from __future__ import annotations
