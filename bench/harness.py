@@ -1,7 +1,7 @@
 """Shared parts of the benchmark scripts: server processes, their CPU and memory, and wrk.
 
 Why this shape: the machines are small and shared, so a Python load generator measures
-itself, not the server (see the README's Performance section). Throughput is driven by `wrk`
+itself, not the server (see docs/performance.md). Throughput is driven by `wrk`
 with a Lua script per operation, and the primary figure is the server's own CPU time per
 request, read from /proc/<pid>/stat before and after each phase: it is fair to both sides of a
 comparison whatever the client costs.

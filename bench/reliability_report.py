@@ -1,5 +1,5 @@
-"""The figures of the README's Reliability table: director crash trials, server restarts
-under log load, and the 500-pilot load run on PostgreSQL.
+"""The figures of the Reliability table (docs/reliability.md): director crash trials, server
+restarts under log load, and the 500-pilot load run on PostgreSQL.
 
 Run: `.venv/bin/python bench/reliability_report.py [--trials 100] [--load-seconds 120]
       [--pilots 500] [--only crash,restart,load] [--json out.json]`

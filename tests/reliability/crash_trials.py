@@ -2,7 +2,7 @@
 this process, let it run one reconciliation cycle, then check the invariants.
 
 Shared by `tests/reliability/test_director_crash.py` (the CI variant) and
-`bench/reliability_report.py` (more trials, figures for the README).
+`bench/reliability_report.py` (more trials, figures for docs/reliability.md).
 
 Invariants, checked after every trial (each broken one is a violation):
 
