@@ -29,6 +29,7 @@ from server.db.engine import Database
 from server.db.migrate import upgrade
 from server.errors import RateLimited, ServerDomainError, status_of
 from server.keys import KeyStore
+from server.monitor.origin import CrossSiteRequest
 from server.policies import LoginRequired
 from server.routers import (
     auth,
@@ -266,6 +267,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.add_exception_handler(ServerDomainError, _domain_error)
     app.add_exception_handler(LoginRequired, monitor.login_required)
+    app.add_exception_handler(CrossSiteRequest, monitor.cross_site_refused)
     for db_error in (OperationalError, PoolTimeout, DBAPIError, ConnectionError, OSError):
         app.add_exception_handler(db_error, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -138,7 +138,7 @@ class _MonitorSession(Policy):
 
         ctx: ServerContext = request.app.state.ctx
         try:
-            return session_identity(ctx.keys, request.cookies.get(COOKIE))
+            return await session_identity(ctx, request.cookies.get(COOKIE))
         except Unauthorized as exc:
             raise LoginRequired(exc.detail) from exc
 

@@ -1,9 +1,11 @@
 """`/monitor`: the pilot monitor's pages, fragments, login and static files.
 
 HTML, not API: these routes stay out of the OpenAPI schema. Every page but the login form
-depends on the `MonitorViewer` policy (a session cookie, then the Reader rule); a missing or
-expired session sends a page to the login form and gives a fragment a 401, which the script
-turns into the same redirect.
+depends on the `MonitorViewer` policy (a session cookie, then the Reader rule); a missing,
+expired or logged-out session sends a page to the login form and gives a fragment a 401, which
+the script turns into the same redirect. Every route of this router also depends on
+`same_origin`, which refuses a cross-site request with any method but GET, HEAD and OPTIONS
+(see `server.monitor.origin`): a state-changing route added here is covered by construction.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
@@ -23,10 +25,11 @@ from server.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from server.identity import Identity
 from server.logic import monitor as logic
 from server.monitor import chart
-from server.monitor.session import COOKIE, COOKIE_PATH, open_session
+from server.monitor.origin import CrossSiteRequest, same_origin
+from server.monitor.session import COOKIE, COOKIE_PATH, close_session, open_session
 from server.policies import LoginRequired, MonitorViewer
 
-router = APIRouter(prefix="/monitor", include_in_schema=False)
+router = APIRouter(prefix="/monitor", include_in_schema=False, dependencies=[Depends(same_origin)])
 
 LOGIN_BODY_LIMIT = 64 * 1024
 DEFAULT_REFRESH = 15
@@ -124,6 +127,13 @@ async def login_required(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def cross_site_refused(request: Request, exc: Exception) -> Response:
+    """A cross-site state-changing request: 403 with the reason, as a page (it is a browser
+    that sent it, most likely through a form on another site)."""
+    assert isinstance(exc, CrossSiteRequest)
+    return _message(None, HTTPStatus.FORBIDDEN, "Request refused", str(exc.detail))
+
+
 @router.get("/login")
 async def login_form() -> HTMLResponse:
     return _html("login.html", error=None, **_page_context(None))
@@ -146,7 +156,7 @@ async def login(ctx: Context, request: Request) -> Response:
         fields = {}
     pasted = (fields.get("token") or [""])[0]
     try:
-        session, lifetime = open_session(ctx.keys, pasted)
+        session, lifetime = await open_session(ctx, pasted)
     except Unauthorized:
         return _html(
             "login.html",
@@ -175,7 +185,10 @@ async def login(ctx: Context, request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(ctx: Context, request: Request) -> Response:
+    """End the session on the server (a copy of the cookie is refused from now on), then
+    drop the cookie."""
+    await close_session(ctx, request.cookies.get(COOKIE))
     response = RedirectResponse("/monitor/login", HTTPStatus.SEE_OTHER, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path=COOKIE_PATH)
     return response

@@ -18,8 +18,11 @@ LOGS = "/api/pilots/internal/message"
 
 
 async def operator_without_login(api: Roles) -> httpx.AsyncClient:
+    """A browser-like client: like every current browser, it sends `Origin` with a POST."""
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=api.sut.app), base_url="http://testserver"
+        transport=httpx.ASGITransport(app=api.sut.app),
+        base_url="http://testserver",
+        headers={"Origin": "http://testserver"},
     )
     api._extra.append(client)
     return client
@@ -359,6 +362,35 @@ def test_every_monitor_page_needs_a_session() -> None:
         policies = [d.call for d in route.dependant.dependencies if isinstance(d.call, Policy)]
         expected = [] if (method, path) in open_routes else [MONITOR]
         assert policies == expected, (method, path, policies)
+
+
+#: Requests a browser sends when another site's page posts to the monitor.
+CROSS_SITE = [
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+    {"Origin": "https://evil.example"},
+    {"Sec-Fetch-Site": "same-site"},
+]
+
+
+async def test_every_state_changing_monitor_route_refuses_a_cross_site_request(
+    api: Roles,
+) -> None:
+    """Walks the route table, so a POST (PUT, PATCH, DELETE) added to the monitor later is
+    checked too: a logged-in operator's browser, made to send it by another site, gets a 403
+    with the reason, and nothing happens (the session survives the forged logout)."""
+    unsafe = [(m, p) for m, p, _ in monitor_routes() if m not in ("GET", "HEAD", "OPTIONS")]
+    assert {("POST", "/monitor/login"), ("POST", "/monitor/logout")} <= set(unsafe), unsafe
+    token = api.sut.token("alice", "lhcb", [NORMAL_USER])
+    browser = await operator(api, token)
+    for method, path in unsafe:
+        url = path.replace("{", "").replace("}", "")  # any value for a path parameter
+        for headers in CROSS_SITE:
+            r = await browser.request(method, url, headers=headers, data={"token": token})
+            assert r.status_code == HTTPStatus.FORBIDDEN, (method, path, headers, r.status_code)
+            assert "refused" in r.text, r.text
+            assert "set-cookie" not in r.headers, (method, path)
+    r = await browser.get("/monitor")
+    assert r.status_code == HTTPStatus.OK
 
 
 async def test_reported_queues_show_limits_backoff_and_last_cycle(api: Roles) -> None:
