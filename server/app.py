@@ -35,6 +35,7 @@ from server.routers import (
     auth,
     cetokens,
     director,
+    home,
     leases,
     logs,
     monitor,
@@ -283,6 +284,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         cetokens.router,
         wellknown.router,
         monitor.router,
+        home.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit)

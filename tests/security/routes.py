@@ -71,7 +71,8 @@ Factory = Callable[[Target], Req]
 
 #: (method, path template) -> a plausible request aimed at `Target`.
 REQUESTS: dict[tuple[str, str], Factory] = {
-    # discovery (public)
+    # the home page and discovery (public)
+    ("GET", "/"): lambda t: Req("/"),
     ("GET", "/.well-known/openid-configuration"): lambda t: Req(
         "/.well-known/openid-configuration"
     ),

@@ -15,6 +15,7 @@ from tests.security import routes as security_routes
 
 #: Routes anyone may call; anything else must authenticate.
 PUBLIC_ROUTES = {
+    ("GET", "/"),
     ("GET", "/.well-known/openid-configuration"),
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/api/health"),
