@@ -40,6 +40,7 @@ from server.routers import (
     logs,
     monitor,
     pilots,
+    responses,
     secrets,
     wellknown,
 )
@@ -286,7 +287,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         monitor.router,
         home.router,
     ):
-        app.include_router(router)
+        app.include_router(responses.document(router))
     app.add_middleware(BodyLimit)
     app.add_middleware(AuthBeforeBody)
     app.add_middleware(AccessLog)

@@ -27,30 +27,32 @@ class ServerDomainError(Exception):
 
 
 class InvalidRequest(ServerDomainError):
-    pass
+    """A bad search, an unknown VO, contradictory fields, or a value the database cannot store."""
 
 
 class Unauthorized(ServerDomainError):
-    pass
+    """No, bad, expired or revoked credentials (token or pilot secret)."""
 
 
 class Forbidden(ServerDomainError):
-    pass
+    """Authenticated, but not allowed to do this (role, VO or pilot)."""
 
 
 class NotFound(ServerDomainError):
-    pass
+    """Unknown pilot stamps or secret."""
 
 
 class AlreadyExists(ServerDomainError):
-    pass
+    """Pilot stamps already registered, or a clashing concurrent write."""
 
 
 class TooLarge(ServerDomainError):
-    pass
+    """Over a size or count limit: nothing was stored."""
 
 
 class RateLimited(ServerDomainError):
+    """Over a rate limit: nothing was stored; `Retry-After` says when to try again."""
+
     def __init__(self, detail: Any, retry_after: int = 60) -> None:
         super().__init__(detail)
         self.retry_after = retry_after

@@ -388,3 +388,19 @@ class QueuesReport(_Strict):
                 raise ValueError(f"queue {q.queue_key!r} of VO {q.vo!r} is reported twice")
             seen.add((q.vo, q.queue_key))
         return self
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class StampsDetail(BaseModel):
+    """The detail of an error naming pilot stamps (unknown, duplicated, already registered)."""
+
+    message: str
+    pilot_stamps: list[str]
+
+
+class HTTPError(BaseModel):
+    """The body of every error answer but a 422: DiracX's `{"detail": ...}`."""
+
+    detail: str | StampsDetail

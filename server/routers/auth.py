@@ -9,18 +9,19 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request, Response
 
 from server.context import Context
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, Unauthorized
 from server.logic import auth as logic
 from server.models import PilotTokenRefresh, SecretExchange, TokenResponse
 from server.policies import Public
+from server.routers.responses import DATABASE, raises
 
-router = APIRouter(prefix="/api/auth", tags=["auth"])
+router = APIRouter(prefix="/api/auth", tags=["auth"], responses=DATABASE)
 
 _MAX_FORM_BYTES = 16 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 section 5.1
 
 
-@router.post("/secret-exchange")
+@router.post("/secret-exchange", responses=raises(Unauthorized))
 async def secret_exchange(
     ctx: Context, _: Public, body: SecretExchange, response: Response
 ) -> TokenResponse:
@@ -29,7 +30,7 @@ async def secret_exchange(
     return await logic.exchange(ctx, body)
 
 
-@router.post("/pilot-token")
+@router.post("/pilot-token", responses=raises(Unauthorized))
 async def pilot_token(
     ctx: Context, _: Public, body: PilotTokenRefresh, response: Response
 ) -> TokenResponse:
@@ -38,7 +39,7 @@ async def pilot_token(
     return await logic.refresh(ctx, body.refresh_token, body.pilot_stamp)
 
 
-@router.post("/revoke", status_code=HTTPStatus.OK)
+@router.post("/revoke", status_code=HTTPStatus.OK, responses=raises(InvalidRequest))
 async def revoke(ctx: Context, _: Public, request: Request) -> None:
     """RFC 7009 (form fields `token`, `token_type_hint`), or the older DiracX form
     `?refresh_token=...&client_id=...` with an empty body. 200 for any well-formed request,

@@ -10,8 +10,9 @@ from server.context import Context
 from server.logic import leases as logic
 from server.models import LeaseGrant, LeaseRelease, LeaseRequest
 from server.policies import Director
+from server.routers.responses import DATABASE
 
-router = APIRouter(prefix="/api/director", tags=["director"])
+router = APIRouter(prefix="/api/director", tags=["director"], responses=DATABASE)
 
 
 @router.post("/leases")

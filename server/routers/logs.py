@@ -9,15 +9,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 
 from server.context import Context
+from server.errors import InvalidRequest, NotFound, RateLimited, TooLarge
 from server.logic import logs as logic
 from server.models import LegacyLogBatch, LogBatch, SearchParams
 from server.policies import LegacyPilot, PilotOnly, Reader
 from server.routers.pilots import paged
+from server.routers.responses import DATABASE, raises
+from server.routers.responses import paged as paged_responses
 
-router = APIRouter(prefix="/api/pilots", tags=["logs"])
+router = APIRouter(prefix="/api/pilots", tags=["logs"], responses=DATABASE)
+
+#: A pilot deleted since its token was issued is unknown; a batch over a limit is refused whole.
+_INGEST = raises(InvalidRequest, NotFound, TooLarge, RateLimited)
 
 
-@router.post("/internal/message", status_code=HTTPStatus.NO_CONTENT)
+@router.post("/internal/message", status_code=HTTPStatus.NO_CONTENT, responses=_INGEST)
 async def send_message(ctx: Context, identity: PilotOnly, body: LogBatch) -> None:
     """Log lines of the calling pilot; its stamp and VO come from the token, never the body."""
     assert identity.pilot_stamp is not None  # PilotOnly guarantees it
@@ -30,13 +36,13 @@ async def send_message(ctx: Context, identity: PilotOnly, body: LogBatch) -> Non
     )
 
 
-@router.post("/legacy/message", status_code=HTTPStatus.NO_CONTENT)
+@router.post("/legacy/message", status_code=HTTPStatus.NO_CONTENT, responses=_INGEST)
 async def send_legacy_message(ctx: Context, identity: LegacyPilot, body: LegacyLogBatch) -> None:
     """Log lines of a legacy pilot (GenericPilot token): the stamp must be of the token's VO."""
     await logic.ingest(ctx, stamp=body.pilot_stamp, vos=identity.vos, lines=body.lines)
 
 
-@router.post("/search/logs")
+@router.post("/search/logs", responses={**raises(InvalidRequest), **paged_responses("logs")})
 async def search_logs(
     ctx: Context,
     identity: Reader,

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Body, Query, Response
 
 from server.context import Context
+from server.errors import AlreadyExists, InvalidRequest, NotFound
 from server.logic import pilots as logic
 from server.models import (
     BulkRegistration,
@@ -25,8 +26,10 @@ from server.models import (
     SummaryParams,
 )
 from server.policies import PilotManager, PilotSelf, Reader
+from server.routers.responses import DATABASE, raises
+from server.routers.responses import paged as paged_responses
 
-router = APIRouter(prefix="/api/pilots", tags=["pilots"])
+router = APIRouter(prefix="/api/pilots", tags=["pilots"], responses=DATABASE)
 
 
 def _iso(value: Any) -> str:
@@ -71,7 +74,7 @@ def paged(kind: str, total: int, rows: list[dict[str, Any]], page: int, per_page
     return json_response(rows)
 
 
-@router.post("/", status_code=HTTPStatus.CREATED)
+@router.post("/", status_code=HTTPStatus.CREATED, responses=raises(InvalidRequest, AlreadyExists))
 async def register_pilot(
     ctx: Context, identity: PilotManager, registration: PilotRegistration
 ) -> None:
@@ -79,7 +82,9 @@ async def register_pilot(
     await logic.register_pilot(ctx, identity, registration)
 
 
-@router.post("/bulk", status_code=HTTPStatus.CREATED)
+@router.post(
+    "/bulk", status_code=HTTPStatus.CREATED, responses=raises(InvalidRequest, AlreadyExists)
+)
 async def register_pilots(
     ctx: Context, identity: PilotManager, body: BulkRegistration
 ) -> BulkRegistrationResult:
@@ -90,7 +95,7 @@ async def register_pilots(
     return await logic.register_bulk(ctx, identity, body)
 
 
-@router.patch("/metadata", status_code=HTTPStatus.NO_CONTENT)
+@router.patch("/metadata", status_code=HTTPStatus.NO_CONTENT, responses=raises(NotFound))
 async def update_pilot_metadata(
     ctx: Context, identity: PilotSelf, updates: Annotated[dict[str, PilotMetadata], Body()]
 ) -> None:
@@ -98,7 +103,7 @@ async def update_pilot_metadata(
     await logic.update_metadata(ctx, identity, updates)
 
 
-@router.post("/search")
+@router.post("/search", responses={**raises(InvalidRequest), **paged_responses("pilots")})
 async def search(
     ctx: Context,
     identity: Reader,
@@ -111,13 +116,13 @@ async def search(
     return paged("pilots", total, rows, page, per_page)  # type: ignore[return-value]
 
 
-@router.post("/summary")
+@router.post("/summary", responses=raises(InvalidRequest))
 async def summary(ctx: Context, identity: Reader, body: SummaryParams) -> list[dict[str, Any]]:
     """Counts grouped by the given columns."""
     return json_response(await logic.summary(ctx, identity, body))  # type: ignore[return-value]
 
 
-@router.delete("/")
+@router.delete("/", responses=raises(InvalidRequest))
 async def delete_pilots(
     ctx: Context, identity: PilotManager, body: PilotDeletion
 ) -> DeletionResult:
@@ -125,13 +130,13 @@ async def delete_pilots(
     return DeletionResult(deleted=await logic.delete_pilots(ctx, identity, body))
 
 
-@router.patch("/jobs", status_code=HTTPStatus.NO_CONTENT)
+@router.patch("/jobs", status_code=HTTPStatus.NO_CONTENT, responses=raises(NotFound))
 async def associate_jobs(ctx: Context, identity: PilotSelf, body: JobAssociation) -> None:
     """Record jobs a pilot ran (JobToPilotMapping)."""
     await logic.add_jobs(ctx, identity, body.pilot_stamp, body.job_ids)
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=raises(NotFound))
 async def pilot_jobs(
     ctx: Context, identity: Reader, pilot_stamp: Annotated[str, Query(min_length=1, max_length=32)]
 ) -> PilotJobs:

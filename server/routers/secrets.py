@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from server.context import Context
+from server.errors import InvalidRequest, NotFound
 from server.logic import secrets as logic
 from server.models import (
     MintedSecret,
@@ -18,15 +19,16 @@ from server.models import (
     SecretUpdate,
 )
 from server.policies import AdminOnly, PilotManager
+from server.routers.responses import DATABASE, raises
 
-router = APIRouter(prefix="/api/pilots/secrets", tags=["secrets"])
+router = APIRouter(prefix="/api/pilots/secrets", tags=["secrets"], responses=DATABASE)
 
 
 class RevocationResult(BaseModel):
     revoked: int
 
 
-@router.post("", status_code=HTTPStatus.CREATED)
+@router.post("", status_code=HTTPStatus.CREATED, responses=raises(InvalidRequest))
 async def mint_secrets(
     ctx: Context, identity: PilotManager, body: SecretMintRequest
 ) -> list[MintedSecret]:
@@ -46,7 +48,7 @@ async def list_secrets(
     return await logic.list_secrets(ctx, pilot_stamp, page, per_page)
 
 
-@router.patch("/{secret_id}")
+@router.patch("/{secret_id}", responses=raises(NotFound))
 async def update_secret(
     ctx: Context,
     identity: AdminOnly,
@@ -57,7 +59,7 @@ async def update_secret(
     return await logic.update_secret(ctx, secret_id, body)
 
 
-@router.post("/revoke")
+@router.post("/revoke", responses=raises(InvalidRequest))
 async def revoke_secrets(
     ctx: Context, identity: PilotManager, body: SecretRevocation
 ) -> RevocationResult:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from server.context import Context
 from server.policies import Public
 
 router = APIRouter(tags=["well-known"])
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
 
 
 @router.get("/.well-known/openid-configuration")
@@ -38,7 +43,16 @@ async def jwks(ctx: Context, _: Public) -> dict[str, Any]:
     return ctx.keys.public_jwks()
 
 
-@router.get("/api/health")
+@router.get(
+    "/api/health",
+    responses={
+        HTTPStatus.OK: {"model": Health},
+        HTTPStatus.SERVICE_UNAVAILABLE: {
+            "model": Health,
+            "description": "The database does not answer",
+        },
+    },
+)
 async def health(ctx: Context, _: Public) -> Response:
     """200 when the database answers, 503 otherwise (for load balancers)."""
     try:
