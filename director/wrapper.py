@@ -7,7 +7,9 @@ secret, so a render is one pass of the compiled Jinja template over mostly stati
 
 The variables the template receives are listed in the header of
 `templates/pilot-wrapper.sh.j2`; an operator's own template (found first in the folders given to
-`TemplateRenderer`) receives the same ones.
+`TemplateRenderer`) receives the same ones. The Python program the wrapper runs is the module
+`director/wrapper_program.py`: its source is read once per process (`wrapper_program()`) and
+embedded in every wrapper as the `wrapper_program` variable.
 
 A rendered wrapper holds the pilot's secret: never log it (`PilotSubmission` hides it).
 """
@@ -15,7 +17,9 @@ A rendered wrapper holds the pilot's secret: never log it (`PilotSubmission` hid
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import importlib.resources
 import json
 import re
 import zlib
@@ -30,6 +34,8 @@ from director.errors import ConfigError
 from director.render import TemplateRenderer
 
 WRAPPER_TEMPLATE = "pilot-wrapper.sh.j2"
+#: The line that ends the wrapper's here-document; the program must not contain it.
+HEREDOC_END = "SITE_DIRECTOR_PILOT_PY"
 
 #: Stamps and secrets go into the wrapper unescaped, so their alphabet is checked instead.
 _STAMP = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -223,12 +229,26 @@ def wrapper_config(options: PilotOptions) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def wrapper_program() -> str:
+    """The source of `director/wrapper_program.py`, read once per process.
+
+    It goes into the wrapper's quoted here-document verbatim, so it must be ASCII (the worker
+    node's locale is unknown) and hold no line that would end the here-document.
+    """
+    source = importlib.resources.files("director").joinpath("wrapper_program.py").read_text()
+    if not source.isascii() or HEREDOC_END in source.splitlines():
+        raise RuntimeError("director/wrapper_program.py cannot be embedded in the wrapper")
+    return source
+
+
 class PreparedWrapper:
     """A queue's compiled template and serialised settings: renders one wrapper per pilot."""
 
     def __init__(self, template: jinja2.Template, config: dict[str, Any], python: str) -> None:
         self._template = template
         self._static = {
+            "wrapper_program": wrapper_program(),
             "config": config,
             "config_json": _python_literal_json(config),
             "python_commands": python,
