@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -32,17 +32,25 @@ from server.routers.responses import paged as paged_responses
 router = APIRouter(prefix="/api/pilots", tags=["pilots"], responses=DATABASE)
 
 
+#: Every datetime column holds naive UTC; the answer carries the offset as DiracX writes it
+#: (`2026-12-06T14:05:35.845465Z`), so no client reads a naive time as local.
+_ORJSON_UTC = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+
 def _iso(value: Any) -> str:
+    """The json fallback's datetimes, written as orjson writes them with `_ORJSON_UTC`."""
     if isinstance(value, datetime):
-        return value.isoformat()
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat() + "Z"
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def _encode(payload: Any) -> bytes:
-    """orjson: rows of a page are most of a search's cost (datetimes as naive ISO 8601, as
+    """orjson: rows of a page are most of a search's cost (datetimes in UTC with `Z`, as
     DiracX writes them). A string orjson refuses (a lone surrogate) falls back to json."""
     try:
-        return orjson.dumps(payload)
+        return orjson.dumps(payload, option=_ORJSON_UTC)
     except TypeError:
         return json.dumps(payload, separators=(",", ":"), default=_iso).encode()
 

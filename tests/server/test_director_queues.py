@@ -74,9 +74,10 @@ async def test_report_and_read_back(api: Roles) -> None:
     assert (busy["MaxTotalPilots"], busy["MaxWaitingPilots"], busy["PilotsPerCycle"]) == (10, 5, 3)
     assert busy["Enabled"] is True
     assert busy["Failures"] == 2
-    # naive UTC on the wire, as every other time the server returns
-    assert datetime.fromisoformat(busy["BackoffUntil"]) == until.replace(tzinfo=None)
-    assert datetime.fromisoformat(busy["LastCycleAt"]) == cycle.replace(tzinfo=None)
+    # UTC with `Z` on the wire, as DiracX writes it and every other time the server returns
+    assert busy["LastCycleAt"] == "2026-12-01T10:30:00Z"
+    assert datetime.fromisoformat(busy["BackoffUntil"]) == until
+    assert busy["ReportedAt"].endswith("Z")
     assert busy["LastError"] == "CE refused: queue full"
     assert (busy["LastSubmitted"], busy["LastWaiting"], busy["LastRunning"]) == (0, 4, 7)
     assert busy["ReportedAt"]
@@ -91,7 +92,7 @@ async def test_times_with_an_offset_are_stored_as_utc(api: Roles) -> None:
     r = await put(api.director, queue(last_cycle_at="2026-12-01T11:30:00+01:00"))
     assert r.status_code == HTTPStatus.NO_CONTENT, r.text
     [row] = await states(api.admin)
-    assert row["LastCycleAt"] == "2026-12-01T10:30:00"
+    assert row["LastCycleAt"] == "2026-12-01T10:30:00Z"
 
 
 async def test_a_second_report_replaces_the_first(api: Roles) -> None:

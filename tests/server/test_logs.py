@@ -82,7 +82,7 @@ async def test_ingest_and_search_with_diracx_keys(api: Roles) -> None:
         "DEBUG",
         "JobAgent",
     )
-    assert first["TimeStamp"] == "2026-01-02T03:04:06.123456"
+    assert first["TimeStamp"] == "2026-01-02T03:04:06.123456Z"
 
 
 async def test_empty_large_and_duplicate_batches(api: Roles) -> None:

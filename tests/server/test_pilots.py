@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
 import httpx
 
+from server.routers.pilots import _encode
 from tests.conftest import Roles
 
 
@@ -48,7 +50,9 @@ async def test_register_then_find_with_diracx_fields(api: Roles) -> None:
     assert pilot["DestinationSite"] == "ce.cern.ch"
     assert pilot["Status"] == "Submitted"
     assert pilot["GridType"] == "DIRAC"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?", pilot["SubmissionTime"])
+    # UTC with `Z`, as DiracX writes it: a client never reads a naive time as local
+    for time in (pilot["SubmissionTime"], pilot["LastUpdateTime"]):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", time)
     assert set(pilot) >= {
         "PilotID",
         "InitialJobID",
@@ -410,6 +414,35 @@ async def test_search_by_time_and_id(api: Roles) -> None:
         api.user, {"search": [{"parameter": "PilotID", "operator": "eq", "value": str(first)}]}
     )
     assert [p["PilotID"] for p in r.json()] == [first]
+
+
+async def test_times_are_utc_with_z_and_search_back(api: Roles) -> None:
+    """As DiracX writes them (`2026-12-06T14:05:35.845465Z`), on every backend, in rows and
+    in summary groups; a time read back finds its pilot again."""
+    s = await register(api.admin)
+    r = await api.admin.patch("/api/pilots/metadata", json={s: {"Status": "Running"}})
+    assert r.status_code == HTTPStatus.NO_CONTENT, r.text
+    by_stamp = {"parameter": "PilotStamp", "operator": "eq", "value": s}
+    [pilot] = (await search(api.admin, {"search": [by_stamp]})).json()
+    for name in ("SubmissionTime", "LastUpdateTime"):
+        when = datetime.fromisoformat(pilot[name])
+        assert pilot[name].endswith("Z"), pilot[name]
+        assert abs(datetime.now(UTC) - when) < timedelta(minutes=5)  # aware, and UTC
+    exact = {"parameter": "SubmissionTime", "operator": "eq", "value": pilot["SubmissionTime"]}
+    assert [p["PilotStamp"] for p in (await search(api.admin, {"search": [exact]})).json()] == [s]
+    r = await api.admin.post(
+        "/api/pilots/summary", json={"grouping": ["SubmissionTime"], "search": [by_stamp]}
+    )
+    assert r.json() == [{"SubmissionTime": pilot["SubmissionTime"], "count": 1}]
+
+
+def test_the_fallback_encoder_writes_times_as_orjson_does() -> None:
+    """A lone surrogate makes orjson refuse a page; the json fallback writes the same times."""
+    naive = datetime(2026, 12, 6, 14, 5, 35, 845465)
+    assert _encode([naive]) == b'["2026-12-06T14:05:35.845465Z"]'
+    assert _encode(["\ud800", naive, naive.replace(microsecond=0)]) == (
+        b'["\\ud800","2026-12-06T14:05:35.845465Z","2026-12-06T14:05:35Z"]'
+    )
 
 
 async def test_vo_isolation_in_search_and_summary(api: Roles) -> None:
