@@ -40,9 +40,8 @@ _ORJSON_UTC = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 def _iso(value: Any) -> str:
     """The json fallback's datetimes, written as orjson writes them with `_ORJSON_UTC`."""
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.isoformat() + "Z"
+        utc: datetime = value if value.tzinfo is None else value.astimezone(UTC)
+        return utc.replace(tzinfo=None).isoformat() + "Z"
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
