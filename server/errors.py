@@ -7,6 +7,7 @@
     ├── NotFound             404  e.g. unknown pilot stamps
     ├── AlreadyExists        409  e.g. stamps already registered
     ├── TooLarge             413  over a size or count limit: nothing was stored
+    ├── SearchTimeout        422  a search ran past the server's time budget and was stopped
     └── RateLimited          429  over a rate limit: nothing was stored
 
 Logic never imports FastAPI; the app installs one exception handler that reads STATUS_OF.
@@ -50,6 +51,11 @@ class TooLarge(ServerDomainError):
     """Over a size or count limit: nothing was stored."""
 
 
+class SearchTimeout(ServerDomainError):
+    """A search statement ran past `search_timeout` and was stopped: the same request would
+    be stopped again, so a 4xx (never a 5xx that clients retry)."""
+
+
 class RateLimited(ServerDomainError):
     """Over a rate limit: nothing was stored; `Retry-After` says when to try again."""
 
@@ -65,6 +71,7 @@ STATUS_OF: dict[type[ServerDomainError], HTTPStatus] = {
     NotFound: HTTPStatus.NOT_FOUND,
     AlreadyExists: HTTPStatus.CONFLICT,
     TooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    SearchTimeout: HTTPStatus.UNPROCESSABLE_ENTITY,
     RateLimited: HTTPStatus.TOO_MANY_REQUESTS,
 }
 

@@ -34,6 +34,13 @@ class ServerSettings(BaseSettings):
     log_max_line_bytes: int = Field(16 * 1024, ge=64)
     log_max_bytes_per_pilot: int = Field(64 * 1024 * 1024, ge=1024)
     log_rate_lines_per_minute: int = Field(60_000, ge=1, description="Per pilot.")
+    search_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds each statement of a search (pilots, summary, logs) may run; past"
+        " it the search is stopped and answered 422.",
+    )
 
     @field_validator("vos")
     @classmethod

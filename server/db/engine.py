@@ -5,20 +5,32 @@ a short busy timeout) and runs its statements inline on the event loop (`sqlite_
 Writes on SQLite go through one lock in this process: SQLite allows one writer, so queueing
 here is cheaper than spinning on SQLITE_BUSY. Another process holding the write lock longer
 than the busy timeout gives "database is locked", which the app answers with 503 (retry).
+
+Searches run on `bounded_read` connections: each statement has a time budget on every backend
+(SQLite: a progress handler, in a worker thread; MariaDB: `max_statement_time`; PostgreSQL:
+`statement_timeout`), and one that runs past it is a `SearchTimeout`, not an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from server.db.sqlite_inline import inline_creator
+from server.db.regex import sqlite_regexp
+from server.db.sqlite_inline import InlineConnection, inline_creator
+from server.errors import SearchTimeout
+
+#: MariaDB's ER_STATEMENT_TIMEOUT, MySQL's ER_QUERY_TIMEOUT; PostgreSQL's query_canceled.
+_MYSQL_TIMEOUTS = (1969, 3024)
+_PG_TIMEOUT = "57014"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -28,6 +40,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # after SQLAlchemy's own `regexp` (Python's backtracking `re`), which this replaces
+    dbapi_conn.create_function("regexp", 2, sqlite_regexp, deterministic=True)
+
+
+#: dialect -> the extra of this distribution that installs its async driver
+_DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be used at all: its driver is not installed, or it does not
+    answer. The message is one line naming the database (without its password)."""
 
 
 class Database:
@@ -49,7 +72,15 @@ class Database:
                 kwargs["async_creator"] = inline_creator(parsed.database)
         if self.dialect in ("mysql", "mariadb"):
             kwargs["isolation_level"] = "READ COMMITTED"
-        self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
+        self.name = parsed.render_as_string(hide_password=True)
+        try:
+            self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
+        except ImportError as exc:
+            extra = _DRIVER_EXTRAS.get(self.dialect)
+            hint = f": pip install 'site-director[{extra}]'" if extra else ""
+            raise DatabaseUnusable(
+                f"{self.name}: its driver {parsed.get_driver_name()} is not installed{hint}"
+            ) from exc
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
@@ -73,9 +104,93 @@ class Database:
         async with self._write_lock, self.engine.begin() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def bounded_read(self, seconds: float) -> AsyncIterator[AsyncConnection]:
+        """A read connection on which each statement may run `seconds` at most: past that it
+        is stopped and the block raises SearchTimeout. On SQLite its statements also leave
+        the event loop for a worker thread, so one search never holds up other requests."""
+        async with self.engine.connect() as conn:
+            inline = await self._limit_time(conn, seconds)
+            try:
+                yield conn
+            except DBAPIError as exc:
+                if self._timed_out(exc, inline):
+                    raise SearchTimeout(
+                        f"The search ran past this server's time budget of {seconds:g} s per "
+                        "statement and was stopped: narrow the conditions or simplify the "
+                        "regular expression"
+                    ) from exc
+                raise
+            finally:
+                await self._unlimit_time(conn, inline)
+
+    async def _limit_time(self, conn: AsyncConnection, seconds: float) -> InlineConnection | None:
+        if self.dialect == "sqlite":
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            if isinstance(raw, InlineConnection):
+                raw.limit_time(seconds)
+                return raw
+            # an in-memory database on aiosqlite proper: already off the loop; one deadline
+            deadline = time.monotonic() + seconds
+            await raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+        elif self.is_mysql:
+            if conn.dialect.is_mariadb:  # type: ignore[attr-defined]
+                await conn.exec_driver_sql(f"SET SESSION max_statement_time={seconds:.6f}")
+            else:
+                await conn.exec_driver_sql(f"SET SESSION max_execution_time={_ms(seconds)}")
+        else:  # PostgreSQL: for this transaction only, which ends with the connection
+            await conn.exec_driver_sql(f"SET LOCAL statement_timeout={_ms(seconds)}")
+        return None
+
+    async def _unlimit_time(self, conn: AsyncConnection, inline: InlineConnection | None) -> None:
+        if inline is not None:
+            inline.limit_time(None)
+        elif self.dialect == "sqlite":
+            aiosqlite_conn: Any = (await conn.get_raw_connection()).driver_connection
+            await aiosqlite_conn.set_progress_handler(None, 0)
+        elif self.is_mysql:
+            variable = (
+                "max_statement_time"
+                if conn.dialect.is_mariadb  # type: ignore[attr-defined]
+                else "max_execution_time"
+            )
+            try:
+                await conn.exec_driver_sql(f"SET SESSION {variable}=DEFAULT")
+            except DBAPIError:
+                # a connection that cannot be reset must not go back to the pool limited
+                await conn.invalidate()
+
+    def _timed_out(self, exc: DBAPIError, inline: InlineConnection | None) -> bool:
+        orig = exc.orig
+        if self.dialect == "sqlite":
+            return inline.timed_out if inline is not None else "interrupted" in str(orig)
+        if self.is_mysql:
+            args: tuple[Any, ...] = getattr(orig, "args", ())
+            return bool(args) and args[0] in _MYSQL_TIMEOUTS
+        return getattr(orig, "sqlstate", None) == _PG_TIMEOUT
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def check_database(url: str) -> None:
+    """Connect once and close, before the server starts: a database that is down is then one
+    line (DatabaseUnusable) rather than the traceback of a failed application start-up."""
+    db = Database(url)
+    try:
+        await db.ping()
+    except (DBAPIError, OSError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        raise DatabaseUnusable(f"{db.name}: cannot connect: {reason}") from exc
+    finally:
+        await db.close()
+
+
+def _ms(seconds: float) -> int:
+    """Milliseconds, at least 1 (0 would mean no limit at all)."""
+    return max(1, round(seconds * 1000))

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.db.schema import LOG_QUOTA as Q
 from server.db.schema import LOGS, PILOTS
-from server.db.search import order_by, rows_as_dicts, where_clause
+from server.db.search import check_bound_values, order_by, rows_as_dicts, where_clause
 from server.db.secrets import insert_ignoring_conflicts
 from server.errors import InvalidRequest
 from server.models import SearchSpec, SortSpec
@@ -108,6 +108,7 @@ async def search(
         if name not in COLUMNS:
             raise InvalidRequest(f"Unknown parameter {name!r}")
     where = where_clause(COLUMNS, specs)
+    check_bound_values(conn.dialect.name, specs)
     count = select(func.count()).select_from(LOGS)
     base = select(*(COLUMNS[n] for n in names))
     if where is not None:

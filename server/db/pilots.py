@@ -33,6 +33,7 @@ from server.db.search import (
     SpecShape,
     bound_values,
     bound_where,
+    check_bound_values,
     column_for,
     rows_as_dicts,
     shape,
@@ -198,6 +199,7 @@ async def search(
         for p in parameters:
             column_for(COLUMNS, p)
     params = bound_values(COLUMNS, specs)
+    check_bound_values(conn.dialect.name, specs)
     for s in sort:
         column_for(COLUMNS, s.parameter)
     count, page_stmt = _search_statements(
@@ -258,6 +260,7 @@ async def summary(
     for g in grouping:
         column_for(COLUMNS, g)
     params = bound_values(COLUMNS, specs)
+    check_bound_values(conn.dialect.name, specs)
     rows = await conn.execute(_summary_statement(tuple(grouping), shape(specs)), params)
     return rows_as_dicts(rows)
 

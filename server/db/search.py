@@ -8,11 +8,12 @@ is a 400 naming the parameter, never a database error.
 
 from __future__ import annotations
 
-import importlib
 import math
-import re
+import sqlite3
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -29,7 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.schema import Column
 
-from server.errors import InvalidRequest
+from server.db import regex
+from server.errors import InvalidRequest, TooLarge
 from server.models import (
     ScalarOperator,
     SearchSpec,
@@ -40,11 +42,6 @@ from server.models import (
 
 #: The range of the integer columns (BIGINT); beyond it the drivers fail instead of comparing.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
-#: POSIX RE_DUP_MAX, PostgreSQL's limit too: larger `{n}` counts are a database error there.
-_MAX_REPEAT = 255
-_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
-#: `.*a.*b.*c` is fine; each further open-ended repetition multiplies the work by the length.
-_MAX_WIDE_REPEATS = 3
 
 
 def parse_datetime(value: str) -> datetime:
@@ -89,67 +86,50 @@ def _is_text(column: Column[Any]) -> bool:
 
 
 def _check_regex(pattern: str, parameter: str) -> None:
-    """Refuse what no database would compile, as a 400 rather than a database error."""
+    """Refuse what is outside the one dialect every backend reads the same way (see
+    `server.db.regex`), as a 400 naming the reason, before any database sees it."""
     try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise InvalidRequest(f"Invalid regular expression for parameter {parameter!r}") from exc
-    for match in _REPEAT.finditer(pattern):
-        if any(int(n) > _MAX_REPEAT for n in match.groups() if n):
-            raise InvalidRequest(f"Repetition counts above {_MAX_REPEAT} are not supported")
-    problem = _backtracking_risk(pattern)
-    if problem:
-        raise InvalidRequest(f"Regular expression for parameter {parameter!r} refused: {problem}")
+        regex.check(pattern)
+    except regex.RegexRefused as exc:
+        raise InvalidRequest(
+            f"Regular expression for parameter {parameter!r} refused: {exc}"
+        ) from None
 
 
-def _backtracking_risk(pattern: str) -> str | None:
-    """Shapes that make a backtracking engine (SQLite runs Python's `re` for REGEXP, holding
-    the GIL) take exponential or high-polynomial time: `(a|aa)*c` on 40 characters takes
-    minutes and freezes the whole server. Refused on every backend, so the DSL is the same."""
-    # the parse tree of the standard library's own compiler (not in the typeshed stubs)
-    c: Any = importlib.import_module("re._constants")
-    parser: Any = importlib.import_module("re._parser")
+#: Bound values one statement may carry, where the backend has a fixed limit (asyncpg's
+#: protocol field is 16 bits wide; MariaDB's prepared statements); SQLite's is read at run time.
+_BOUND_VALUE_LIMITS = {"postgresql": 32767, "mysql": 65535, "mariadb": 65535}
+#: Bound values a search statement adds to its conditions' (page size and offset).
+_STATEMENT_VALUES = 2
 
-    repeats = (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT)
-    wide = 0
 
-    def has_choice(items: Any) -> bool:
-        for op, av in items:
-            if op in repeats or op is c.BRANCH:
-                return True
-            if op is c.SUBPATTERN and has_choice(av[3]):
-                return True
-            if op in (c.ASSERT, c.ASSERT_NOT) and has_choice(av[1]):
-                return True
-        return False
+@lru_cache(maxsize=1)
+def _sqlite_variable_limit() -> int:
+    """SQLITE_MAX_VARIABLE_NUMBER of the SQLite library this process runs (32766 since 3.32,
+    999 before; a build may set its own)."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
-    def walk(items: Any) -> str | None:
-        nonlocal wide
-        for op, av in items:
-            found = None
-            if op in repeats:
-                _low, high, sub = av
-                if high > 1 and has_choice(sub):
-                    return "a repeated group that itself repeats or alternates"
-                if high == c.MAXREPEAT or high > 16:
-                    wide += 1
-                found = walk(sub)
-            elif op is c.SUBPATTERN:
-                found = walk(av[3])
-            elif op is c.BRANCH:
-                found = next((f for alt in av[1] if (f := walk(alt))), None)
-            elif op in (c.ASSERT, c.ASSERT_NOT):
-                found = walk(av[1])
-            elif op in (c.GROUPREF, c.GROUPREF_EXISTS):
-                return "back-references"
-            if found:
-                return found
-        return None
 
-    problem = walk(parser.parse(pattern))
-    if problem is None and wide > _MAX_WIDE_REPEATS:
-        problem = f"more than {_MAX_WIDE_REPEATS} open-ended repetitions"
-    return problem
+def bound_value_limit(dialect: str) -> int:
+    if dialect == "sqlite":
+        return _sqlite_variable_limit()
+    return _BOUND_VALUE_LIMITS.get(dialect, 32767)
+
+
+def check_bound_values(dialect: str, specs: Sequence[SearchSpec]) -> None:
+    """A search whose conditions need more bound values than the database takes in one
+    statement is the request's size, not an outage: TooLarge (413) naming the limit, before
+    the driver fails with an error the app would answer as "database unavailable" (503)."""
+    count = _STATEMENT_VALUES + sum(
+        len(s.values) if isinstance(s, VectorSearch) else 1 for s in specs
+    )
+    limit = bound_value_limit(dialect)
+    if count > limit:
+        raise TooLarge(
+            f"The search needs {count} values (its conditions' values, the caller's VO scope "
+            f"and the page); this server's database takes at most {limit} in one statement"
+        )
 
 
 def column_for(columns: Mapping[str, Column[Any]], parameter: str) -> Column[Any]:

@@ -11,23 +11,33 @@ The price is that a statement blocks the loop while SQLite works. That is the ri
 the embedded, one-process default: writes are already serialised by `Database`'s lock, readers
 never wait in WAL mode, and pages are bounded. Several workers or hosts belong on MariaDB or
 PostgreSQL, where nothing here applies.
+
+Searches are the exception: their cost depends on what a client asks (a regular expression over
+every log line), so `limit_time` moves a connection's statements to a worker thread (SQLite
+releases the GIL while it works; the RE2 `regexp` function too) and interrupts any statement
+that runs past its budget. The event loop keeps answering other requests meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 
 class _InlineCursor:
-    """aiosqlite's Cursor interface over a sqlite3 cursor, completing at once."""
+    """aiosqlite's Cursor interface over a sqlite3 cursor, completing at once (or, while the
+    connection's time is limited, in a worker thread)."""
 
-    __slots__ = ("_cursor",)
+    __slots__ = ("_cursor", "_owner")
 
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
+    def __init__(self, cursor: sqlite3.Cursor, owner: InlineConnection) -> None:
         self._cursor = cursor
+        self._owner = owner
 
     async def __aenter__(self) -> _InlineCursor:
         return self
@@ -36,7 +46,11 @@ class _InlineCursor:
         self._cursor.close()
 
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> _InlineCursor:
-        self._cursor.execute(sql, parameters)
+        if self._owner.budget is None:
+            self._cursor.execute(sql, parameters)
+        else:
+            self._owner.start_statement()
+            await self._owner.off_loop(self._cursor.execute, sql, parameters)
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> _InlineCursor:
@@ -44,13 +58,21 @@ class _InlineCursor:
         return self
 
     async def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall()
+        # fetching steps the statement further: the same thread and deadline as execute
+        if self._owner.budget is None:
+            return self._cursor.fetchall()
+        return await self._owner.off_loop(self._cursor.fetchall)
 
     async def fetchone(self) -> Any:
-        return self._cursor.fetchone()
+        if self._owner.budget is None:
+            return self._cursor.fetchone()
+        return await self._owner.off_loop(self._cursor.fetchone)
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
-        return self._cursor.fetchmany(size if size is not None else self._cursor.arraysize)
+        n = size if size is not None else self._cursor.arraysize
+        if self._owner.budget is None:
+            return self._cursor.fetchmany(n)
+        return await self._owner.off_loop(self._cursor.fetchmany, n)
 
     async def close(self) -> None:
         self._cursor.close()
@@ -95,12 +117,52 @@ class InlineConnection:
         self._conn = connection
         self._connection: sqlite3.Connection | None = connection
         self._tx = _ImmediateQueue()
+        #: Seconds each statement may run (see `limit_time`); None: inline, unbounded.
+        self.budget: float | None = None
+        #: Whether the last statement was interrupted for running past its budget.
+        self.timed_out = False
+        self._deadline = 0.0
 
     def cursor(self) -> _InlineCursor:
-        return _InlineCursor(self._conn.cursor())
+        return _InlineCursor(self._conn.cursor(), self)
 
-    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> _InlineCursor:
-        return await self.cursor().execute(sql, parameters)
+    def limit_time(self, seconds: float | None) -> None:
+        """From now on, run each statement in a worker thread and interrupt it once it has run
+        `seconds` (sqlite3.OperationalError "interrupted", with `timed_out` set); None goes
+        back to inline, unbounded statements (before the pool hands the connection on).
+
+        The interrupt comes from a timer on the event loop (sqlite3_interrupt may be called
+        from any thread), which costs nothing per row, where a progress handler would take
+        the GIL every few hundred instructions and still miss a scan whose rows are few but
+        slow."""
+        self.budget = seconds
+        self.timed_out = False
+
+    def start_statement(self) -> None:
+        assert self.budget is not None
+        self._deadline = time.monotonic() + self.budget
+
+    def _interrupt(self) -> None:
+        self.timed_out = True
+        self._conn.interrupt()
+
+    async def off_loop(self, function: Callable[..., R], *args: Any) -> R:
+        """`function(*args)` in a worker thread, interrupted at the statement's deadline. If
+        the caller is cancelled (a client went away), the statement is interrupted and waited
+        for, so the connection is never used by two threads at once."""
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(
+            loop.time() + max(0.0, self._deadline - time.monotonic()), self._interrupt
+        )
+        future = loop.run_in_executor(None, function, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._conn.interrupt()
+            await asyncio.wait([future])
+            raise
+        finally:
+            timer.cancel()
 
     async def commit(self) -> None:
         self._conn.commit()

@@ -192,7 +192,7 @@ async def search(
     scope = vo_scope(identity)
     if scope is not None:
         specs.append(VectorSearch(parameter="VO", operator=VectorOperator.IN, values=sorted(scope)))
-    async with ctx.db.read() as conn:
+    async with ctx.db.bounded_read(ctx.settings.search_timeout) as conn:
         return await db.search(
             conn,
             parameters=body.parameters,

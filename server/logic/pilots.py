@@ -240,7 +240,7 @@ async def search(
     ctx: ServerContext, identity: Identity, body: SearchParams | None, page: int, per_page: int
 ) -> tuple[int, list[dict[str, Any]]]:
     body = body or SearchParams()
-    async with ctx.db.read() as conn:
+    async with ctx.db.bounded_read(ctx.settings.search_timeout) as conn:
         specs = await _resolve_job_ids(conn, list(body.search))
         if specs is None:
             return 0, []
@@ -258,7 +258,7 @@ async def search(
 async def summary(
     ctx: ServerContext, identity: Identity, body: SummaryParams
 ) -> list[dict[str, Any]]:
-    async with ctx.db.read() as conn:
+    async with ctx.db.bounded_read(ctx.settings.search_timeout) as conn:
         specs = await _resolve_job_ids(conn, list(body.search))
         if specs is None:
             return []
