@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 
 from server.context import Context
-from server.errors import InvalidRequest, NotFound, RateLimited, TooLarge
+from server.errors import InvalidRequest, NotFound, RateLimited, SearchTimeout, TooLarge
 from server.logic import logs as logic
 from server.models import LegacyLogBatch, LogBatch, SearchParams
 from server.policies import LegacyPilot, PilotOnly, Reader
@@ -42,7 +42,10 @@ async def send_legacy_message(ctx: Context, identity: LegacyPilot, body: LegacyL
     await logic.ingest(ctx, stamp=body.pilot_stamp, vos=identity.vos, lines=body.lines)
 
 
-@router.post("/search/logs", responses={**raises(InvalidRequest), **paged_responses("logs")})
+@router.post(
+    "/search/logs",
+    responses={**raises(InvalidRequest, TooLarge, SearchTimeout), **paged_responses("logs")},
+)
 async def search_logs(
     ctx: Context,
     identity: Reader,
