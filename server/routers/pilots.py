@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Body, Query, Response
 
 from server.context import Context
-from server.errors import AlreadyExists, InvalidRequest, NotFound
+from server.errors import AlreadyExists, InvalidRequest, NotFound, SearchTimeout, TooLarge
 from server.logic import pilots as logic
 from server.models import (
     BulkRegistration,
@@ -110,7 +110,10 @@ async def update_pilot_metadata(
     await logic.update_metadata(ctx, identity, updates)
 
 
-@router.post("/search", responses={**raises(InvalidRequest), **paged_responses("pilots")})
+@router.post(
+    "/search",
+    responses={**raises(InvalidRequest, TooLarge, SearchTimeout), **paged_responses("pilots")},
+)
 async def search(
     ctx: Context,
     identity: Reader,
@@ -123,7 +126,7 @@ async def search(
     return paged("pilots", total, rows, page, per_page)  # type: ignore[return-value]
 
 
-@router.post("/summary", responses=raises(InvalidRequest))
+@router.post("/summary", responses=raises(InvalidRequest, TooLarge, SearchTimeout))
 async def summary(ctx: Context, identity: Reader, body: SummaryParams) -> list[dict[str, Any]]:
     """Counts grouped by the given columns."""
     return json_response(await logic.summary(ctx, identity, body))  # type: ignore[return-value]
