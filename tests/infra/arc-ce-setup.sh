@@ -15,23 +15,35 @@
 #   tests/infra/arc-ce-setup.sh purge     stop, then delete the work directory
 #
 # Environment:
-#   ARC_INFRA_DIR  work directory (default: <repo>/.test-infra/arc)
-#   ARC_PORT       A-REX HTTPS port on 127.0.0.1 (default: 8443)
-#   ARC_ISSUER     the token issuer A-REX trusts (default: https://localhost:8444)
-#   ARC_SPARE_ISSUERS  more trusted issuers, space-separated (default: the same on ports
-#                  8445-8447), so that test sessions running side by side each get one
-#   ARC_CA_ID      test CA id (default: sitedirector; never the package's own default id)
+#   ARC_INFRA_DIR  work directory (default: /var/tmp/site-director-test-<hash>/arc, outside the
+#                  checkout: the jobs' user, nobody, must reach its session directory; see lib.sh)
+#   ARC_PORT       A-REX HTTPS port on 127.0.0.1 (default: the previous start's if free, else
+#                  8443 if free, else a free one). A port asked for and taken is an error
+#                  naming the port and its holder.
+#   ARC_ISSUER     the token issuer A-REX trusts (default: https://localhost:<port>, the port
+#                  chosen at the first start as ARC_PORT's and kept until `purge`: 8444 if free)
+#   ARC_SPARE_ISSUERS  more trusted issuers, space-separated (default: three more, chosen the
+#                  same way, 8445-8447 if free), so that test sessions side by side each get one
+#   ARC_CA_ID      test CA id (default: sitedirector-<hash>, one per checkout, since all of them
+#                  go to /etc/grid-security/certificates; never the package's own default id)
+#
+# The ports in use are in <dir>/ports.env and <dir>/arc.env.
 #
 # Result: <dir>/arc.env, KEY=VALUE lines the tests read (ARC_URL, ARC_CA_FILE, ARC_USER_CERT,
 # ARC_USER_KEY, ARC_ISSUER, ARC_ISSUER_PORT, ARC_SERVER_CERT, ARC_SERVER_KEY, ...).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-DIR=${ARC_INFRA_DIR:-$REPO/.test-infra/arc}
-PORT=${ARC_PORT:-8443}
-ISSUER=${ARC_ISSUER:-https://localhost:8444}
-SPARE_ISSUERS=${ARC_SPARE_ISSUERS-https://localhost:8445 https://localhost:8446 https://localhost:8447}
-CAID=${ARC_CA_ID:-sitedirector}
+say() { printf '[arc-ce-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+# shellcheck source=tests/infra/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DIR=${ARC_INFRA_DIR:-$INFRA_BASE/arc}
+PORT=${ARC_PORT:-}
+ISSUER=${ARC_ISSUER:-}
+SPARE_ISSUERS=${ARC_SPARE_ISSUERS-unset}
+CAID=${ARC_CA_ID:-sitedirector-$INFRA_HASH}
+PORTSFILE=$DIR/ports.env
 PKI=$DIR/pki
 CADIR=$DIR/certificates
 ENVFILE=$DIR/arc.env
@@ -40,8 +52,6 @@ GRID_CERTS=/etc/grid-security/certificates
 PACKAGES=(nordugrid-arc-arex nordugrid-arc-plugins-arcrest nordugrid-arc-arcctl
   nordugrid-arc-arcctl-service)
 
-say() { printf '[arc-ce-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
 need_root() { [[ $(id -u) == 0 ]] || die "must run as root (packages, /etc/grid-security)"; }
 arched_alive() { [[ -s $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
@@ -67,6 +77,42 @@ stop_arex() {
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$PIDFILE"
+}
+
+# The ports: asked for (must be free), else kept from the previous start, else chosen free.
+# The issuers are kept as they are even when a test session holds their port right now: it is
+# that session's issuer, which A-REX must go on trusting.
+choose_ports() {
+  local saved_port="" saved_issuer="" saved_spares=""
+  if [[ -s $PORTSFILE ]]; then
+    saved_port=$(sed -n 's/^ARC_PORT=//p' "$PORTSFILE")
+    saved_issuer=$(sed -n 's/^ARC_ISSUER=//p' "$PORTSFILE")
+    saved_spares=$(sed -n 's/^ARC_SPARE_ISSUERS=//p' "$PORTSFILE" | tr -d '"')
+  fi
+  if [[ -n $PORT ]]; then
+    require_free_port "$PORT" ARC_PORT
+    PICKED+="$PORT "
+  else
+    pick_port "$saved_port" 8443
+    PORT=$REPLY
+  fi
+  local i
+  for i in $saved_issuer $saved_spares; do PICKED+="${i##*:} "; done
+  if [[ -z $ISSUER ]]; then
+    ISSUER=$saved_issuer
+    [[ -n $ISSUER ]] || { pick_port 8444; ISSUER=https://localhost:$REPLY; }
+  fi
+  if [[ $SPARE_ISSUERS == unset ]]; then
+    SPARE_ISSUERS=$saved_spares
+    if [[ -z $SPARE_ISSUERS ]]; then
+      for i in 8445 8446 8447; do
+        pick_port "$i"
+        SPARE_ISSUERS+="${SPARE_ISSUERS:+ }https://localhost:$REPLY"
+      done
+    fi
+  fi
+  printf 'ARC_PORT=%s\nARC_ISSUER=%s\nARC_SPARE_ISSUERS="%s"\n' "$PORT" "$ISSUER" "$SPARE_ISSUERS" \
+    >"$PORTSFILE"
 }
 
 # Test CA, host certificate for A-REX, user certificate for X.509 submission, and a `localhost`
@@ -238,19 +284,27 @@ start_arex() {
   need_root
   ensure_packages
   stop_arex
+  make_work_dir "$DIR"
   mkdir -p "$DIR"/{control,session,log,run,tmp}
+  chmod 755 "$DIR/session"
   chmod 1777 "$DIR/tmp"
+  choose_ports
   make_pki
   write_arc_conf
   write_arched_xml
-  say "starting arched on 127.0.0.1:$PORT (issuer $ISSUER)"
+  say "starting arched on 127.0.0.1:$PORT (issuers $ISSUER $SPARE_ISSUERS)"
+  [[ -f $DIR/log/arched.log ]] && mv "$DIR/log/arched.log" "$DIR/log/arched.log.1"
   (cd "$DIR/run" && X509_USER_CERT=$DIR/hostcert.pem X509_USER_KEY=$DIR/hostkey.pem \
     X509_CERT_DIR=$CADIR HOSTNAME=localhost TMPDIR=$DIR/tmp \
     setsid bash -c 'echo $$ >"$1"; exec /usr/sbin/arched -f -c "$2"' arched "$PIDFILE" "$DIR/arex.xml" \
     >"$DIR/log/arched.stderr" 2>&1 </dev/null &) >/dev/null 2>&1 </dev/null
   local url=https://localhost:$PORT/arex
   for _ in $(seq 1 150); do
-    [[ -s $PIDFILE ]] && ! arched_alive && break # it died (port taken, bad config)
+    if [[ -s $PIDFILE ]] && ! arched_alive; then # it died (port taken, bad config)
+      grep -qi "bind\|address already in use" "$DIR/log/arched.log" 2>/dev/null &&
+        die "A-REX could not listen on 127.0.0.1:$PORT: in use by $(port_holder "$PORT") (see $DIR/log/arched.log)"
+      break
+    fi
     if curl -sf -o /dev/null --cacert "$DIR/ca.pem" \
       --cert "$DIR/usercert.pem" --key "$DIR/userkey.pem" "$url/rest/1.0/info"; then
       write_env "$url"
@@ -260,6 +314,8 @@ start_arex() {
     sleep 0.1
   done
   tail -20 "$DIR/log/arched.log" >&2 || true
+  port_free "$PORT" || arched_alive ||
+    die "A-REX did not answer on $url within 15 s; port $PORT is in use by $(port_holder "$PORT")"
   die "A-REX did not answer on $url within 15 s"
 }
 

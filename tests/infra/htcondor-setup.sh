@@ -13,17 +13,26 @@
 #   tests/infra/htcondor-setup.sh purge     stop, then delete everything under the directory
 #
 # Environment:
-#   HTCONDOR_INFRA_DIR  where everything lives (default: <repo>/.test-infra/htcondor)
+#   HTCONDOR_INFRA_DIR  where everything lives (default: /var/tmp/site-director-test-<hash>/
+#                       htcondor, outside the checkout, which may lie under a 0700 directory;
+#                       see lib.sh)
 #   DEBIAN_MIRROR       apt mirror for debootstrap (default: http://deb.debian.org/debian)
 #   PILOT_USER / PILOT_UID   the job owner the token names (default: pilot / 1000)
-#   HTCONDOR_PORT       the shared port on 127.0.0.1 (default: 9619, HTCondor-CE's)
+#   HTCONDOR_PORT       the shared port on 127.0.0.1 (default: the previous start's if free,
+#                       else 9619, HTCondor-CE's, if free, else a free one). A port asked for
+#                       and taken is an error naming the port and its holder.
 #
 # Result: <dir>/htcondor.env, shell KEY=VALUE lines the tests read (CONDOR_CONFIG,
 # HTCONDOR_TOKEN_DIR, HTCONDOR_COLLECTOR, HTCONDOR_SCHEDD_NAME, HTCONDOR_ROOT, ...).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-DIR=${HTCONDOR_INFRA_DIR:-$REPO/.test-infra/htcondor}
+say() { printf '[htcondor-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+# shellcheck source=tests/infra/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DIR=${HTCONDOR_INFRA_DIR:-$INFRA_BASE/htcondor}
+PORTFILE=$DIR/port
 ROOT=$DIR/root
 CLIENT=$DIR/client
 TOKENS=$CLIENT/tokens.d
@@ -33,12 +42,10 @@ ENVFILE=$DIR/htcondor.env
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PILOT_USER=${PILOT_USER:-pilot}
 PILOT_UID=${PILOT_UID:-1000}
-PORT=${HTCONDOR_PORT:-9619}
+PORT=${HTCONDOR_PORT:-}
 # a clean environment inside the chroot: nothing of the caller's CONDOR_* leaks in
 CHROOT_ENV=(/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
 
-say() { printf '[htcondor-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
 in_root() { chroot "$ROOT" "${CHROOT_ENV[@]}" "$@"; }
 master_alive() { [[ -s $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
@@ -124,6 +131,28 @@ MOUNT_UNDER_SCRATCH = /var/tmp
 EOF
 }
 
+# The shared port: asked for (must be free unless our running master holds it), else the
+# previous start's, else chosen free. A running master on another port is restarted.
+choose_port() {
+  local saved=""
+  [[ -s $PORTFILE ]] && saved=$(cat "$PORTFILE")
+  if master_alive; then
+    if [[ -z $PORT || $PORT == "$saved" ]]; then
+      PORT=$saved
+      return
+    fi
+    say "port changes from $saved to $PORT: restarting the pool"
+    do_stop
+  fi
+  if [[ -n $PORT ]]; then
+    require_free_port "$PORT" HTCONDOR_PORT
+  else
+    pick_port "$saved" 9619
+    PORT=$REPLY
+  fi
+  echo "$PORT" >"$PORTFILE"
+}
+
 start_master() {
   mount_all
   if master_alive; then
@@ -146,6 +175,8 @@ start_master() {
     master_alive || die "condor_master exited, see $LOGS/master.out and $ROOT/var/log/condor/"
     sleep 0.25
   done
+  grep -qs "Address already in use" "$ROOT"/var/log/condor/SharedPortLog &&
+    die "the pool could not listen on 127.0.0.1:$PORT: in use by $(port_holder "$PORT")"
   die "schedd not advertised after 60 s, see $ROOT/var/log/condor/"
 }
 
@@ -187,10 +218,12 @@ EOF
 
 do_start() {
   need_root
-  mkdir -p "$DIR" "$LOGS"
+  make_work_dir "$DIR"
+  mkdir -p "$LOGS"
   # a stale env file must never point a test at a pool that is not up
   rm -f "$ENVFILE"
   build_root
+  choose_port
   write_pool_config
   start_master
   write_client_side

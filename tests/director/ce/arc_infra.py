@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, missing, start_live_server
-from tests.director.ce.env_file import read_env_file
+from tests.director.ce.env_file import infra_dir, read_env_file
 
 REPO = Path(__file__).resolve().parents[3]
 SETUP = REPO / "tests" / "infra" / "arc-ce-setup.sh"
@@ -49,7 +49,7 @@ class ARCInfra:
 
 
 def arc_env_file() -> Path:
-    base = os.environ.get("ARC_INFRA_DIR") or str(REPO / ".test-infra" / "arc")
+    base = os.environ.get("ARC_INFRA_DIR") or infra_dir("arc")
     return Path(base) / "arc.env"
 
 

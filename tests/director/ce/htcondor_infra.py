@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
-from tests.director.ce.env_file import read_env_file
+from tests.director.ce.env_file import infra_dir, read_env_file
 
 REPO = Path(__file__).resolve().parents[3]
 SETUP = "tests/infra/htcondor-setup.sh"
@@ -35,7 +35,7 @@ class HTCondorPool:
 
 
 def pool_env_file() -> Path:
-    base = os.environ.get("HTCONDOR_INFRA_DIR") or str(REPO / ".test-infra" / "htcondor")
+    base = os.environ.get("HTCONDOR_INFRA_DIR") or infra_dir("htcondor")
     return Path(base) / "htcondor.env"
 
 
