@@ -173,6 +173,9 @@ class PilotOptions(_Model):
     diracx_url_option: str | None = None
     stamp_option: str | None = None
     token_file_option: str | None = None
+    secret_option: str | None = Field(
+        None, description="e.g. --pilotSecret: the pilot gets the secret (docs/wrapper.md)"
+    )
     ca_file: Path | None = Field(None, description="CA PEM embedded; default server.ca_bundle")
     ca_path: str | None = Field(None, description="CA file/dir on the worker node instead")
     python_commands: list[str] | None = None

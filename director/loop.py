@@ -289,6 +289,7 @@ class Director:
             "diracx_url_option",
             "stamp_option",
             "token_file_option",
+            "secret_option",
             "pilot_script",
             "work_dir_base",
         ):
@@ -622,14 +623,15 @@ class Director:
         `BULK_MAX` pilots). A failed call fails the queues it carried; the others go on."""
         client = self._server()
         cfg = self.settings.director.secret
-        constraints = SecretConstraints(
-            expiration_minutes=cfg.expiration_minutes,
-            pilot_secret_use_count_max=cfg.use_count_max,
-        )
-        by_vo: dict[str, list[tuple[_Batch, str]]] = {}
+        # one call per VO and use count (a queue that hands the secret to the pilot needs more)
+        by_vo: dict[tuple[str, int | None], list[tuple[_Batch, str]]] = {}
         for b in batches:
-            by_vo.setdefault(b.ref.vo, []).extend((b, s) for s in b.stamps)
-        for vo, pilots in by_vo.items():
+            uses = b.prepared.secret_uses(cfg.use_count_max)
+            by_vo.setdefault((b.ref.vo, uses), []).extend((b, s) for s in b.stamps)
+        for (vo, uses), pilots in by_vo.items():
+            constraints = SecretConstraints(
+                expiration_minutes=cfg.expiration_minutes, pilot_secret_use_count_max=uses
+            )
             for chunk in _chunks(pilots, BULK_MAX):  # the models of one chunk at a time
                 try:
                     registration = await client.register_bulk(

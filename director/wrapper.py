@@ -103,6 +103,9 @@ class PilotOptions:
     stamp_option: str = "--pilotUUID"
     token_file_option: str = ""
     """Option that passes the token file's path to the pilot; empty = environment only."""
+    secret_option: str = ""
+    """Option that hands the secret to the pilot (the stock DIRAC pilot's `--pilotSecret`), which
+    then exchanges it itself; empty = the secret never leaves the wrapper. See docs/wrapper.md."""
     ca_pem: str = ""
     ca_path: str = ""
     python_commands: tuple[str, ...] = ("python3",)
@@ -134,6 +137,27 @@ def pilot_arguments(options: PilotOptions) -> list[str]:
     if options.diracx_url_option:
         args.append(f"{options.diracx_url_option}={options.server_url.rstrip('/')}")
     return args
+
+
+#: Secret-exchange requests the stock DIRAC pilot may make with the secret it is handed: up to 10
+#: on a 5xx (its `MAX_REQUEST_RETRIES`), then, after a 401, up to 10 more with the vacuum fields.
+#: Any of them may spend a use even when the pilot sees no answer (an answer lost on the way).
+PILOT_EXCHANGE_REQUESTS = 20
+
+
+def secret_uses(options: PilotOptions, configured: int | None) -> int | None:
+    """The use count to mint each of this queue's secrets with (None = unlimited).
+
+    The wrapper alone: `configured` (the director's `secret.use_count_max`) as it is. With
+    `secret_option`, the secret also sits on the pilot's command line, so its uses are bounded
+    by what the wrapper and the pilot may need between them: the wrapper's `exchange_attempts`
+    (each may spend a use, the answer lost) plus `PILOT_EXCHANGE_REQUESTS`; a smaller
+    `configured` value wins (fewer retries, less exposure).
+    """
+    if not options.secret_option:
+        return configured
+    needed = options.tuning.exchange_attempts + PILOT_EXCHANGE_REQUESTS
+    return needed if configured is None else min(configured, needed)
 
 
 def _python_literal_json(value: Any) -> str:
@@ -183,7 +207,12 @@ def _check(options: PilotOptions) -> None:
         _COMMAND.fullmatch(c) for c in options.python_commands
     ):
         raise ConfigError("python_commands: names or paths of [A-Za-z0-9_./+-] characters")
-    for option in (options.diracx_url_option, options.stamp_option, options.token_file_option):
+    for option in (
+        options.diracx_url_option,
+        options.stamp_option,
+        options.token_file_option,
+        options.secret_option,
+    ):
         if not _OPTION.fullmatch(option):
             raise ConfigError(f"option name {option!r}: '-x' or '--name' expected")
     for name in options.environment:
@@ -209,6 +238,7 @@ def wrapper_config(options: PilotOptions) -> dict[str, Any]:
         "pilot_arguments": pilot_arguments(options),
         "stamp_option": options.stamp_option,
         "token_file_option": options.token_file_option,
+        "secret_option": options.secret_option,
         "extra_options": list(options.extra_options),
         "pilot_files": [_file_entry(f) for f in options.pilot_files],
         "pilot_locations": list(options.pilot_locations),
@@ -245,14 +275,25 @@ def wrapper_program() -> str:
 class PreparedWrapper:
     """A queue's compiled template and serialised settings: renders one wrapper per pilot."""
 
-    def __init__(self, template: jinja2.Template, config: dict[str, Any], python: str) -> None:
+    def __init__(
+        self,
+        template: jinja2.Template,
+        config: dict[str, Any],
+        python: str,
+        options: PilotOptions | None = None,
+    ) -> None:
         self._template = template
+        self._options = options
         self._static = {
             "wrapper_program": wrapper_program(),
             "config": config,
             "config_json": _python_literal_json(config),
             "python_commands": python,
         }
+
+    def secret_uses(self, configured: int | None) -> int | None:
+        """The use count for this queue's secrets: see `secret_uses()`."""
+        return configured if self._options is None else secret_uses(self._options, configured)
 
     def render(self, stamp: str, secret: str) -> str:
         """The wrapper for one pilot. The result holds the secret: write it 0600, never log it."""
@@ -276,7 +317,7 @@ class WrapperRenderer:
             template = self._renderer.template(options.template)
         except jinja2.TemplateError as exc:
             raise ConfigError(f"pilot wrapper template {options.template!r}: {exc}") from exc
-        return PreparedWrapper(template, config, " ".join(options.python_commands))
+        return PreparedWrapper(template, config, " ".join(options.python_commands), options)
 
 
 def embedded_program(rendered: str) -> str:

@@ -100,6 +100,7 @@ class Settings(object):
         self.pilot_arguments = [str(a) for a in config["pilot_arguments"]]
         self.stamp_option = str(config.get("stamp_option") or "")
         self.token_file_option = str(config.get("token_file_option") or "")
+        self.secret_option = str(config.get("secret_option") or "")
         self.extra_options = [str(a) for a in config["extra_options"]]
         self.pilot_files = [
             {"name": str(f["name"]), "sha512": str(f["sha512"]), "data": str(f.get("data") or "")}
@@ -799,6 +800,8 @@ def pilot_command(settings: Settings, script: str, credentials: str) -> List[str
     argv = [sys.executable, script, *settings.pilot_arguments]
     if settings.stamp_option:
         argv.append("%s=%s" % (settings.stamp_option, settings.stamp))
+    if settings.secret_option:  # the stock DIRAC pilot exchanges it itself (docs/wrapper.md)
+        argv.append("%s=%s" % (settings.secret_option, settings.secret))
     if settings.token_file_option:
         argv.append("%s=%s" % (settings.token_file_option, credentials))
     return argv + list(settings.extra_options)

@@ -237,6 +237,12 @@ def test_the_pilot_command_line_carries_the_per_pilot_options_before_the_extra_o
     assert SECRET not in " ".join(argv)
 
 
+def test_the_secret_goes_on_the_pilot_command_line_only_with_a_secret_option() -> None:
+    got = settings(secret_option="--pilotSecret")
+    argv = wp.pilot_command(got, "/w/dirac-pilot.py", "/w/creds.json")
+    assert argv[-2:] == [f"--pilotUUID={STAMP}", f"--pilotSecret={SECRET}"]
+
+
 def test_the_pilot_environment_names_the_credentials_and_the_queue_variables() -> None:
     env = wp.pilot_environment(settings(environment={"A": "1"}), "/w", "/w/c.json", None)
     assert env["A"] == "1"

@@ -22,11 +22,13 @@ from hypothesis import strategies as st
 from director.errors import ConfigError
 from director.render import TemplateRenderer
 from director.wrapper import (
+    PILOT_EXCHANGE_REQUESTS,
     PilotFile,
     PilotOptions,
     WrapperRenderer,
     embedded_program,
     pilot_arguments,
+    secret_uses,
     wrapper_config,
 )
 
@@ -249,3 +251,31 @@ def test_ten_thousand_renders_are_distinct(renderer: WrapperRenderer) -> None:
     stamps = [f"{i:032x}" for i in range(10_000)]
     digests = {hashlib.sha256(prepared.render(s, SECRET).encode()).digest() for s in stamps}
     assert len(digests) == 10_000  # digests, not 10,000 copies of 30 kB in memory
+
+
+@pytest.mark.parametrize(
+    ("secret_option", "configured", "expected"),
+    [
+        ("", None, None),  # the wrapper alone: the director's setting as it is
+        ("", 3, 3),
+        ("--pilotSecret", None, 8 + PILOT_EXCHANGE_REQUESTS),  # bounded: it is in argv
+        ("--pilotSecret", 5, 5),  # a smaller setting wins
+        ("--pilotSecret", 1000, 8 + PILOT_EXCHANGE_REQUESTS),
+    ],
+)
+def test_secrets_handed_to_the_pilot_have_the_uses_of_both(
+    renderer: WrapperRenderer, secret_option: str, configured: int | None, expected: int | None
+) -> None:
+    opts = options(secret_option=secret_option)
+    assert opts.tuning.exchange_attempts == 8
+    assert secret_uses(opts, configured) == expected
+    assert renderer.prepare(opts).secret_uses(configured) == expected
+
+
+def test_a_secret_option_is_passed_to_the_program_and_checked(renderer: WrapperRenderer) -> None:
+    assert wrapper_config(options(secret_option="--pilotSecret"))["secret_option"] == (
+        "--pilotSecret"
+    )
+    assert wrapper_config(options())["secret_option"] == ""
+    with pytest.raises(ConfigError, match="option name"):
+        renderer.prepare(options(secret_option="--pilot Secret"))
