@@ -28,7 +28,7 @@ from server.context import ServerContext
 from server.db.engine import Database
 from server.db.migrate import upgrade
 from server.errors import RateLimited, ServerDomainError, status_of
-from server.keys import KeyStore
+from server.installation import open_server_keys, record_vos
 from server.monitor.origin import CrossSiteRequest
 from server.policies import LoginRequired
 from server.routers import (
@@ -253,9 +253,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         db = Database(settings.database_url)
         if settings.auto_migrate:
             await upgrade(db)
-        app.state.ctx = ServerContext(
-            settings=settings, db=db, keys=KeyStore(settings.keyset_path, settings.issuer)
-        )
+        keys = open_server_keys(settings)
+        record_vos(settings.data_dir, settings.vos)
+        app.state.ctx = ServerContext(settings=settings, db=db, keys=keys)
         try:
             yield
         finally:

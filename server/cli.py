@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.identity import ADMIN, NORMAL_USER, TRUSTED_HOST, mint_user_token
-from server.keys import KeyStore, rotate_keyset
+from server.identity import ADMIN, KNOWN_PROPERTIES, NORMAL_USER, TRUSTED_HOST, mint_user_token
+from server.installation import default_issuer, recorded_vos
+from server.keys import KeySetError, KeyStore, rotate_keyset, settle_issuer
 from server.settings import ServerSettings
 
 
@@ -37,7 +38,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--db", help="database URL (default: SQLite under --data-dir)")
     p.add_argument("--data-dir", help="keys and the SQLite database (default: ./data)")
     p.add_argument("--vo", action="append", help="a VO to serve (repeat); default from settings")
-    p.add_argument("--issuer", help="public base URL, the tokens' iss (default: from host/port)")
+    p.add_argument(
+        "--issuer",
+        help="public base URL, the tokens' iss: recorded in the key set on the first start "
+        "(default then: this host's URL); later it must match the record",
+    )
+    p.add_argument(
+        "--change-issuer",
+        action="store_true",
+        help="record --issuer in place of the key set's issuer (every token issued so far dies)",
+    )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
@@ -57,7 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     t.add_argument("--extra-vo", action="append", default=[], help="further VOs a service acts for")
     t.add_argument("--group")
     t.add_argument("--lifetime", type=int, default=3600, help="seconds")
-    t.add_argument("--issuer")
+    t.add_argument("--issuer", help="check that the data directory records this issuer")
     t.set_defaults(func=print_token)
 
     d = sub.add_parser("db", help="database maintenance")
@@ -79,19 +89,33 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def run_server(args: argparse.Namespace) -> int:
     import uvicorn
 
-    scheme = "https" if args.tls_cert else "http"
-    issuer = (
-        args.issuer
-        or os.environ.get("SITE_DIRECTOR_ISSUER")
-        or f"{scheme}://{args.host}:{args.port}"
-    )
-    settings = _settings_from(args, issuer=issuer)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = _settings_from(args)
     ssl: dict[str, Any] = {}
     if args.tls_cert:
         if not args.tls_key:
             raise SystemExit2("--tls-cert needs --tls-key")
         ssl = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    if args.change_issuer and not settings.issuer:
+        raise SystemExit2("--change-issuer needs --issuer (or SITE_DIRECTOR_ISSUER)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The issuer is the installation's, recorded with the key set: a token printed from this
+    # data directory is accepted whatever host, port or TLS the server runs with.
+    try:
+        issuer = settle_issuer(
+            settings.keyset_path,
+            settings.issuer,
+            default=default_issuer(args.host, args.port, bool(args.tls_cert)),
+            change=args.change_issuer,
+        )
+    except KeySetError as exc:
+        raise SystemExit2(str(exc)) from exc
+    if issuer != settings.issuer:
+        logging.getLogger("server").info(
+            "issuer %s (recorded in %s; --issuer sets it on a first start)",
+            issuer,
+            settings.keyset_path,
+        )
+    settings = settings.model_copy(update={"issuer": issuer})
     common: dict[str, Any] = dict(
         host=args.host, port=args.port, log_level=args.log_level, access_log=False, **ssl
     )
@@ -126,9 +150,33 @@ def app_from_env() -> Any:
 
 
 def print_token(args: argparse.Namespace) -> int:
+    """A token for the server serving this data directory: its key set and recorded issuer,
+    one of its VOs, known properties. Anything else is refused here, not by the server later."""
     settings = _settings_from(args)
-    issuer = args.issuer or settings.issuer
-    keys = KeyStore(settings.keyset_path, issuer)
+    if not settings.keyset_path.exists():
+        raise SystemExit2(
+            f"no key set in {settings.data_dir} (is --data-dir the server's? "
+            "the server makes its key set on its first start)"
+        )
+    try:
+        keys = KeyStore.existing(settings.keyset_path)
+    except KeySetError as exc:
+        raise SystemExit2(str(exc)) from exc
+    if settings.issuer and settings.issuer != keys.issuer:
+        raise SystemExit2(
+            f"{settings.data_dir} records the issuer {keys.issuer!r}, not {settings.issuer!r}"
+        )
+    served = recorded_vos(settings.data_dir) or settings.vos
+    for vo in [args.vo, *args.extra_vo]:
+        if vo not in served:
+            raise SystemExit2(f"unknown VO {vo!r}: the server serves {', '.join(served)}")
+    unknown = sorted(set(args.property) - KNOWN_PROPERTIES)
+    if unknown:
+        raise SystemExit2(
+            f"unknown property {unknown[0]!r}: known are {', '.join(sorted(KNOWN_PROPERTIES))}"
+        )
+    if args.lifetime < 1:
+        raise SystemExit2("--lifetime must be at least 1 second")
     print(
         mint_user_token(
             keys,

@@ -8,6 +8,7 @@ Pilot tokens carry `pilot_stamp` and no properties; user and service tokens carr
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,12 +18,16 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
 from server.errors import Unauthorized
-from server.keys import InvalidToken, KeyStore
+from server.keys import REASON_EXPIRED, InvalidToken, KeyStore
+
+log = logging.getLogger("server.auth")
 
 ADMIN = "ServiceAdministrator"
 TRUSTED_HOST = "TrustedHost"
 NORMAL_USER = "NormalUser"
 GENERIC_PILOT = "GenericPilot"
+#: The properties this server gives meaning to; `site-director token` refuses any other.
+KNOWN_PROPERTIES = frozenset({ADMIN, TRUSTED_HOST, NORMAL_USER, GENERIC_PILOT})
 
 ACCESS_TYP = "at+jwt"
 REFRESH_TYP = "rt+jwt"
@@ -54,6 +59,17 @@ class Identity:
         return frozenset({self.vo}) | self.extra_vos
 
 
+def refused(reason: InvalidToken | str, detail: str = "Invalid token") -> Unauthorized:
+    """The uniform 401 for a refused token, after one log line saying which check failed
+    (never the token): the client learns nothing, the operator learns why."""
+    if isinstance(reason, InvalidToken):
+        level = logging.INFO if reason.reason == REASON_EXPIRED else logging.WARNING
+        log.log(level, "token refused: %s", reason)
+    else:
+        log.warning("token refused: %s", reason)
+    return Unauthorized(detail)
+
+
 def token_typ(token: str) -> str | None:
     try:
         header = extract_compact(token.encode()).protected
@@ -75,7 +91,7 @@ def identity_from_token(keys: KeyStore, token: str, typ: str = ACCESS_TYP) -> Id
     try:
         claims = keys.verify(token, typ=typ)
     except InvalidToken as exc:
-        raise Unauthorized("Invalid token") from exc
+        raise refused(exc) from exc
     vo = claims.get("vo")
     if not isinstance(vo, str) or not vo:
         raise Unauthorized("Invalid token")
@@ -175,7 +191,7 @@ def refresh_claims(keys: KeyStore, token: str) -> dict[str, Any]:
     try:
         claims = keys.verify(token, typ=REFRESH_TYP)
     except InvalidToken as exc:
-        raise Unauthorized("Invalid refresh token") from exc
+        raise refused(exc, "Invalid refresh token") from exc
     if not isinstance(claims.get("pilot_stamp"), str) or not isinstance(claims.get("fam"), str):
         raise Unauthorized("Invalid refresh token")
     return claims

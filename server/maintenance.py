@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from server.context import ServerContext
 from server.db.engine import Database
-from server.keys import KeyStore
+from server.installation import open_server_keys
 from server.logic import auth as auth_logic
 from server.logic import logs as logs_logic
 from server.logic import secrets as secrets_logic
@@ -71,9 +71,7 @@ def maintenance_command(args: argparse.Namespace) -> int:
     async def _run() -> MaintenanceReport:
         db = Database(settings.database_url)
         try:
-            ctx = ServerContext(
-                settings=settings, db=db, keys=KeyStore(settings.keyset_path, settings.issuer)
-            )
+            ctx = ServerContext(settings=settings, db=db, keys=open_server_keys(settings))
             return await run_maintenance(ctx, args.log_retention_days)
         finally:
             await db.close()

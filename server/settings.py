@@ -20,8 +20,10 @@ class ServerSettings(BaseSettings):
     db_url: str | None = Field(
         None, description="SQLAlchemy async URL; SQLite under data_dir if unset."
     )
-    issuer: str = Field(
-        "http://127.0.0.1:8000", description="`iss` of every token; the public base URL."
+    issuer: str | None = Field(
+        None,
+        description="`iss` of every token, the public base URL: recorded in the key set when"
+        " it is made; a different one later is refused unless the server is told to change it.",
     )
     vos: list[str] = Field(default_factory=lambda: ["lhcb", "dteam"])
     auto_migrate: bool = Field(True, description="Run the Alembic migrations at start-up.")

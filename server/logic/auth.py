@@ -28,9 +28,10 @@ from server.identity import (
     Identity,
     mint_pilot_access_token,
     mint_refresh_token,
+    refused,
     token_typ,
 )
-from server.keys import InvalidToken
+from server.keys import REASON_REVOKED, InvalidToken
 from server.logic.secrets_minting import hash_secret
 from server.models import PilotStatus, SecretExchange, TokenResponse
 
@@ -264,7 +265,7 @@ async def ensure_live(ctx: ServerContext, identity: Identity) -> None:
         return
     async with ctx.db.read() as conn:
         if await db_tokens.family_revoked(conn, identity.family_id):
-            raise Unauthorized("Invalid token")
+            raise refused(REASON_REVOKED)
 
 
 async def purge(ctx: ServerContext, now: datetime | None = None) -> tuple[int, int]:

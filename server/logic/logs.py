@@ -27,9 +27,9 @@ from server.errors import (
     NotFound,
     RateLimited,
     TooLarge,
-    Unauthorized,
 )
-from server.identity import Identity
+from server.identity import Identity, refused
+from server.keys import REASON_REVOKED
 from server.models import LogLine, SearchParams, VectorOperator, VectorSearch
 from server.policies import vo_scope
 
@@ -163,11 +163,11 @@ async def ingest(
         if family_id is not None:
             async with ctx.db.read() as conn:
                 if await db_tokens.family_revoked(conn, family_id):
-                    raise Unauthorized("Invalid token")
+                    raise refused(REASON_REVOKED)
         return
     async with ctx.db.transaction() as conn:
         if family_id is not None and await db_tokens.family_revoked(conn, family_id):
-            raise Unauthorized("Invalid token")
+            raise refused(REASON_REVOKED)
         found = await db_pilots.pilots_by_stamp(conn, [stamp], ("PilotStamp", "PilotID", "VO"))
         pilot = found.get(stamp)
         if pilot is None:

@@ -15,8 +15,9 @@ from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilots as db
 from server.db import tokens as db_tokens
-from server.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
-from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity
+from server.errors import Forbidden, InvalidRequest, NotFound
+from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity, refused
+from server.keys import REASON_REVOKED
 from server.logic import secrets_minting
 from server.models import (
     BulkRegistration,
@@ -195,7 +196,7 @@ async def update_metadata(
 async def _pilot_token_alive(conn: AsyncConnection, identity: Identity) -> None:
     """A pilot token dies with its family (logout, refresh reuse: RFC 7009 section 2.1)."""
     if identity.family_id is not None and await db_tokens.family_revoked(conn, identity.family_id):
-        raise Unauthorized("Invalid token")
+        raise refused(REASON_REVOKED)
 
 
 def scoped(specs: list[SearchSpec], identity: Identity) -> list[SearchSpec]:

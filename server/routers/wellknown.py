@@ -23,7 +23,7 @@ class Health(BaseModel):
 @router.get("/.well-known/openid-configuration")
 async def openid_configuration(ctx: Context, _: Public) -> dict[str, Any]:
     """What the DiracX client reads before its first call, and what a CE reads to find our keys."""
-    issuer = ctx.settings.issuer.rstrip("/")
+    issuer = ctx.keys.issuer.rstrip("/")
     return {
         "issuer": issuer,
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
