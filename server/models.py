@@ -31,7 +31,11 @@ FINAL_STATUSES: frozenset[PilotStatus] = frozenset(
     {PilotStatus.DONE, PilotStatus.FAILED, PilotStatus.ABORTED, PilotStatus.DELETED}
 )
 
-Stamp = Annotated[str, Field(min_length=1, max_length=32)]
+#: A pilot stamp: 1-32 of these characters, the alphabet the director makes its stamps from
+#: (32 hex) and DIRAC's (8 hex, or a GUID's hex and dashes). No NUL, space, slash or dot: a
+#: stamp ends up in paths, log scopes and the pilot's command line.
+STAMP_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+Stamp = Annotated[str, Field(min_length=1, max_length=32, pattern=STAMP_PATTERN)]
 VOName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -71,7 +75,7 @@ class PilotMetadata(_Strict):
     grid_site: str | None = Field(None, alias="GridSite", max_length=128)
     grid_type: str | None = Field(None, alias="GridType", max_length=32)
     accounting_sent: bool | None = Field(None, alias="AccountingSent")
-    current_job_id: int | None = Field(None, alias="CurrentJobID", ge=0, le=2**63 - 1)
+    current_job_id: int | None = Field(None, alias="CurrentJobID", ge=0, le=2**63 - 1, strict=True)
     pilot_job_reference: str | None = Field(None, alias="PilotJobReference", max_length=255)
 
 
@@ -202,7 +206,7 @@ class JobAssociation(_Strict):
     """Body of `PATCH /api/pilots/jobs`: the jobs a pilot has run (DIRAC's JobToPilotMapping)."""
 
     pilot_stamp: Stamp
-    job_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+    job_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1, strict=True)]] = Field(
         min_length=1, max_length=10_000
     )
 

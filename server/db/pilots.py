@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.db.batch import chunks
 from server.db.schema import JOBS, PILOTS
+from server.db.schema import SECRET_REGISTRATIONS as REGISTRATIONS
 from server.db.search import (
     SpecShape,
     bound_values,
@@ -39,7 +40,7 @@ from server.db.search import (
     shape,
 )
 from server.errors import AlreadyExists
-from server.models import SearchSpec, SortSpec
+from server.models import FINAL_STATUSES, SearchSpec, SortSpec
 
 T = PILOTS
 COLUMNS: dict[str, Column[Any]] = {c.name: c for c in T.columns}
@@ -117,9 +118,14 @@ async def pilots_by_stamp(
     return found
 
 
+#: The final statuses' values, sorted (one cached statement for them).
+_FINAL = sorted(s.value for s in FINAL_STATUSES)
+
+
 @lru_cache(maxsize=STATEMENT_CACHE)
-def _update_statement(columns: tuple[str, ...], scoped: bool = False) -> Update:
-    """UPDATE of `columns` (and LastUpdateTime) by stamp, optionally only within VOs `b_vos`."""
+def _update_statement(columns: tuple[str, ...], scoped: bool = False, live: bool = False) -> Update:
+    """UPDATE of `columns` (and LastUpdateTime) by stamp, optionally only within VOs `b_vos`,
+    optionally (`live`) only while the pilot is not in a final status."""
     stmt = (
         update(T)
         .where(T.c.PilotStamp == bindparam("b_stamp"))
@@ -127,6 +133,8 @@ def _update_statement(columns: tuple[str, ...], scoped: bool = False) -> Update:
     )
     if scoped:
         stmt = stmt.where(T.c.VO.in_(bindparam("b_vos", expanding=True)))
+    if live:
+        stmt = stmt.where(T.c.Status.not_in(_FINAL))
     return stmt
 
 
@@ -161,15 +169,18 @@ async def update_pilot(
     now: datetime,
     *,
     vos: Iterable[str] | None = None,
+    live_only: bool = False,
 ) -> bool:
-    """Update one pilot, only if its VO is in `vos` (None: any); True if the row was found.
+    """Update one pilot, only if its VO is in `vos` (None: any) and, with `live_only`, only
+    while it is not in a final status (in the same statement, so a concurrent Aborted is never
+    overwritten); True if the row was found.
 
     One statement instead of a look-up and an update: the common PATCH (a pilot or the
     director reporting one status) needs no more. False leaves telling an unknown stamp from
     another VO's to the caller. The MySQL dialects count matched rows (FOUND_ROWS), not changed
     ones, so an update that changes nothing still says True.
     """
-    stmt = _update_statement(tuple(sorted(values)), vos is not None)
+    stmt = _update_statement(tuple(sorted(values)), vos is not None, live_only)
     params = _update_row(stamp, values, now)
     if vos is not None:
         params["b_vos"] = sorted(vos)
@@ -286,7 +297,8 @@ async def delete_pilots(
     statuses: Sequence[str] | None = None,
     vos: Iterable[str] | None = None,
 ) -> int:
-    """Delete pilots (and their job mappings); returns how many pilots went."""
+    """Delete pilots (their job mappings, and which secret registered them); returns how
+    many pilots went. A stamp registered again later starts with no secret's claim on it."""
     conditions: list[ColumnElement[bool]] = []
     if stamps is not None:
         conditions.append(T.c.PilotStamp.in_(stamps))
@@ -296,10 +308,13 @@ async def delete_pilots(
         conditions.append(T.c.Status.in_(statuses))
     if vos is not None:
         conditions.append(T.c.VO.in_(list(vos)))
-    ids = [r[0] for r in await conn.execute(select(T.c.PilotID).where(*conditions))]
+    found = list(await conn.execute(select(T.c.PilotID, T.c.PilotStamp).where(*conditions)))
+    ids = [r[0] for r in found]
     for chunk in chunks(ids):
         await conn.execute(delete(JOBS).where(JOBS.c.PilotID.in_(chunk)))
         await conn.execute(delete(T).where(T.c.PilotID.in_(chunk)))
+    for stamps in chunks([r[1] for r in found]):
+        await conn.execute(delete(REGISTRATIONS).where(REGISTRATIONS.c.PilotStamp.in_(stamps)))
     return len(ids)
 
 

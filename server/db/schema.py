@@ -120,6 +120,21 @@ class PilotSecretStamps(Base):
     __table_args__ = (Index("idx_secret_stamp", "PilotStamp"),)
 
 
+class PilotSecretRegistrations(Base):
+    """Pilots that an unbound secret registered itself (the vacuum case). An unbound secret
+    opens again only a stamp it registered, so a multi-use secret baked into VM images cannot
+    take over a pilot that a director (or another secret) registered."""
+
+    __tablename__ = "PilotSecretRegistrations"
+
+    pilot_stamp: Mapped[str] = mapped_column("PilotStamp", String(32), primary_key=True)
+    secret_id: Mapped[int] = mapped_column(
+        "SecretID", BigID, ForeignKey("PilotSecrets.SecretID", ondelete="CASCADE")
+    )
+
+    __table_args__ = (Index("idx_registration_secret", "SecretID"),)
+
+
 class RefreshTokens(Base):
     """One row per refresh token issued; a used or revoked one never works again."""
 
@@ -130,6 +145,8 @@ class RefreshTokens(Base):
     sub: Mapped[str] = mapped_column("Sub", String(255))
     vo: Mapped[str] = mapped_column("VO", String(128))
     pilot_stamp: Mapped[str | None] = mapped_column("PilotStamp", String(32))
+    # the secret the family was exchanged for: revoking the secret revokes its families
+    secret_id: Mapped[int | None] = mapped_column("SecretID", BigInteger)
     issued_at: Mapped[datetime] = mapped_column("IssuedAt", UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column("ExpiresAt", UTCDateTime)
     used: Mapped[bool] = mapped_column("Used", Boolean, default=False)
@@ -138,6 +155,7 @@ class RefreshTokens(Base):
     __table_args__ = (
         Index("idx_refresh_family", "FamilyID"),
         Index("idx_refresh_expiry", "ExpiresAt"),
+        Index("idx_refresh_secret", "SecretID"),
     )
 
 
@@ -237,6 +255,7 @@ PILOTS = _table(PilotAgents)
 JOBS = _table(JobToPilotMapping)
 SECRETS = _table(PilotSecrets)
 SECRET_STAMPS = _table(PilotSecretStamps)
+SECRET_REGISTRATIONS = _table(PilotSecretRegistrations)
 REFRESH_TOKENS = _table(RefreshTokens)
 REVOKED_FAMILIES = _table(RevokedFamilies)
 LOGS = _table(PilotLogs)

@@ -14,6 +14,7 @@ from sqlalchemy.sql import Insert
 
 from server.db.batch import chunks
 from server.db.schema import PILOTS, SECRETS
+from server.db.schema import SECRET_REGISTRATIONS as REGISTRATIONS
 from server.db.schema import SECRET_STAMPS as STAMPS
 from server.models import SecretInfo
 
@@ -96,6 +97,12 @@ def _exchange_lookup() -> Select[Any]:
         .where(STAMPS.c.SecretID == SECRETS.c.SecretID, STAMPS.c.PilotStamp == stamp)
         .scalar_subquery()
     )
+    registered_here = (
+        select(func.count())
+        .select_from(REGISTRATIONS)
+        .where(REGISTRATIONS.c.PilotStamp == stamp, REGISTRATIONS.c.SecretID == SECRETS.c.SecretID)
+        .scalar_subquery()
+    )
     return (
         select(
             SECRETS.c.SecretID,
@@ -108,6 +115,7 @@ def _exchange_lookup() -> Select[Any]:
             SECRETS.c.Revoked,
             bound_count.label("bound_count"),
             bound_here.label("bound_here"),
+            registered_here.label("registered_here"),
             PILOTS.c.VO.label("PilotVO"),
             PILOTS.c.GridSite,
             PILOTS.c.DestinationSite,
@@ -141,11 +149,17 @@ async def secret_for_exchange(
     conn: AsyncConnection, secret_hash: str, stamp: str
 ) -> dict[str, Any] | None:
     """The secret with this hash in one statement: its constraints, how many stamps it is bound
-    to, whether `stamp` is one of them, and the pilot `stamp` if registered (`PilotVO` None if
-    not). The hot path of the secret exchange, so one round trip."""
+    to, whether `stamp` is one of them, whether this secret registered `stamp` itself (the
+    vacuum case), and the pilot `stamp` if registered (`PilotVO` None if not). The hot path of
+    the secret exchange, so one round trip."""
     result = await conn.execute(_EXCHANGE_LOOKUP, {"secret_hash": secret_hash, "stamp": stamp})
     row = result.mappings().first()
     return dict(row) if row is not None else None
+
+
+async def record_registration(conn: AsyncConnection, secret_id: int, stamp: str) -> None:
+    """`stamp` was registered by the unbound secret `secret_id`: it may open it again."""
+    await conn.execute(insert(REGISTRATIONS), {"PilotStamp": stamp, "SecretID": secret_id})
 
 
 async def consume_use(conn: AsyncConnection, secret_id: int, now: datetime) -> bool:
@@ -257,5 +271,6 @@ async def purge(conn: AsyncConnection, now: datetime, *, revoked: bool = True) -
     ids = [r[0] for r in await conn.execute(select(SECRETS.c.SecretID).where(dead))]
     for chunk in chunks(ids):
         await conn.execute(delete(STAMPS).where(STAMPS.c.SecretID.in_(chunk)))
+        await conn.execute(delete(REGISTRATIONS).where(REGISTRATIONS.c.SecretID.in_(chunk)))
         await conn.execute(delete(SECRETS).where(SECRETS.c.SecretID.in_(chunk)))
     return len(ids)

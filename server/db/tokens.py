@@ -3,7 +3,8 @@
 A refresh token is usable once: `mark_used` is a conditional UPDATE, so of two requests racing
 with the same token exactly one rotates it and the other is treated as reuse. Revoking a family
 marks every refresh token of it and records the family id, which the pilot endpoints consult so
-access tokens of the family die too (RFC 7009 section 2.1).
+access tokens of the family die too (RFC 7009 section 2.1). Each token records the secret its
+family was exchanged for, so revoking a secret revokes the families issued from it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.db.batch import chunks
 from server.db.schema import REFRESH_TOKENS as RT
 from server.db.schema import REVOKED_FAMILIES as RF
 from server.db.secrets import insert_ignoring_conflicts
@@ -32,6 +34,7 @@ async def insert_refresh_token(
     pilot_stamp: str | None,
     issued_at: datetime,
     expires_at: datetime,
+    secret_id: int | None = None,
 ) -> None:
     await conn.execute(
         _INSERT,
@@ -41,6 +44,7 @@ async def insert_refresh_token(
             "Sub": sub,
             "VO": vo,
             "PilotStamp": pilot_stamp,
+            "SecretID": secret_id,
             "IssuedAt": issued_at,
             "ExpiresAt": expires_at,
             "Used": False,
@@ -57,6 +61,21 @@ async def mark_used(conn: AsyncConnection, jti: str, now: datetime) -> bool:
         .values(Used=True)
     )
     return result.rowcount == 1
+
+
+async def secret_of(conn: AsyncConnection, jti: str) -> int | None:
+    """The secret the token's family was exchanged for (carried over on every rotation)."""
+    row = (await conn.execute(select(RT.c.SecretID).where(_jti == jti))).first()
+    return None if row is None else row[0]
+
+
+async def families_of_secrets(conn: AsyncConnection, secret_ids: Sequence[int]) -> list[str]:
+    """The token families issued from these secrets (those with a refresh token still kept)."""
+    families: set[str] = set()
+    for chunk in chunks(secret_ids):
+        rows = await conn.execute(select(RT.c.FamilyID).where(RT.c.SecretID.in_(chunk)).distinct())
+        families.update(r[0] for r in rows)
+    return sorted(families)
 
 
 async def known(conn: AsyncConnection, jti: str) -> bool:
@@ -79,7 +98,8 @@ async def revoke_families(
         insert_ignoring_conflicts(RF, dialect),
         [{"FamilyID": f, "RevokedAt": now} for f in family_ids],
     )
-    await conn.execute(update(RT).where(RT.c.FamilyID.in_(family_ids)).values(Revoked=True))
+    for chunk in chunks(family_ids):
+        await conn.execute(update(RT).where(RT.c.FamilyID.in_(chunk)).values(Revoked=True))
 
 
 async def purge(conn: AsyncConnection, now: datetime, family_horizon: datetime) -> tuple[int, int]:

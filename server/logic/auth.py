@@ -4,6 +4,11 @@ Every refusal of a credential is the same `Unauthorized(INVALID)`, so a caller c
 which secret exists, which constraint failed, or whether a stamp is registered. The use count is
 spent by one conditional UPDATE (see `db.secrets.consume_use`); all statements of an exchange
 share one transaction, and the tokens are signed after it commits, outside the SQLite write lock.
+
+A bound secret opens only its stamps. An unbound secret (a vacuum pilot's, often multi-use and
+baked into VM images) registers new pilots, and opens again only a stamp it registered itself
+(`PilotSecretRegistrations`). Every refresh token records the secret its family came from, so
+revoking the secret revokes the family (`logic.secrets.revoke`).
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class _Grant:
     family_id: str
     jti: str
     now: datetime
+    secret_id: int | None
 
 
 async def _store_refresh(ctx: ServerContext, conn: AsyncConnection, grant: _Grant) -> None:
@@ -138,6 +144,7 @@ async def _store_refresh(ctx: ServerContext, conn: AsyncConnection, grant: _Gran
         pilot_stamp=grant.stamp,
         issued_at=grant.now,
         expires_at=grant.now + timedelta(seconds=ctx.settings.refresh_token_lifetime),
+        secret_id=grant.secret_id,
     )
 
 
@@ -178,6 +185,10 @@ async def exchange(ctx: ServerContext, body: SecretExchange) -> TokenResponse:
             raise _refuse()
         new_row: dict[str, Any] | None = None
         if secret["PilotVO"] is not None:
+            # an unbound secret opens again only a stamp it registered itself (a vacuum pilot
+            # retrying after a lost answer), never one a director or another secret registered
+            if not bound and not secret["registered_here"]:
+                raise _refuse()
             place = PilotPlace(
                 secret["PilotVO"], secret["GridSite"], secret["DestinationSite"], secret["Queue"]
             )
@@ -199,7 +210,10 @@ async def exchange(ctx: ServerContext, body: SecretExchange) -> TokenResponse:
                 await db_pilots.insert_pilot(conn, new_row)
             except AlreadyExists as exc:  # a racing exchange registered it first
                 raise _refuse() from exc
-        grant = _Grant(place.vo, body.pilot_stamp, uuid.uuid4().hex, uuid.uuid4().hex, now)
+            await db_secrets.record_registration(conn, secret["SecretID"], body.pilot_stamp)
+        grant = _Grant(
+            place.vo, body.pilot_stamp, uuid.uuid4().hex, uuid.uuid4().hex, now, secret["SecretID"]
+        )
         await _store_refresh(ctx, conn, grant)
     return _tokens(ctx, grant)
 
@@ -217,7 +231,8 @@ async def refresh(ctx: ServerContext, refresh_token: str, stamp: str) -> TokenRe
         if await db_tokens.family_revoked(conn, family):
             raise _refuse()
         if await db_tokens.mark_used(conn, jti, now):
-            grant = _Grant(str(claims["vo"]), stamp, family, uuid.uuid4().hex, now)
+            secret_id = await db_tokens.secret_of(conn, jti)
+            grant = _Grant(str(claims["vo"]), stamp, family, uuid.uuid4().hex, now, secret_id)
             await _store_refresh(ctx, conn, grant)
         elif await db_tokens.known(conn, jti):
             reused = True

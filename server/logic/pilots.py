@@ -20,6 +20,7 @@ from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity, refuse
 from server.keys import REASON_REVOKED
 from server.logic import secrets_minting
 from server.models import (
+    FINAL_STATUSES,
     BulkRegistration,
     BulkRegistrationResult,
     PilotDeletion,
@@ -40,6 +41,7 @@ from server.policies import require_vo, vo_scope
 
 MAX_PER_PAGE = 10_000
 JOB_ID = "JobID"
+MAX_JOB_ID = 2**63 - 1  # BIGINT
 
 #: What a pilot may change about itself with its own token.
 PILOT_SELF_FIELDS = frozenset(
@@ -160,25 +162,20 @@ async def register_bulk(
 async def update_metadata(
     ctx: ServerContext, identity: Identity, updates: dict[str, PilotMetadata]
 ) -> None:
+    values = {stamp: m.model_dump(by_alias=True, exclude_none=True) for stamp, m in updates.items()}
+    if identity.is_pilot:
+        await _update_own(ctx, identity, values)
+        return
     if not updates:
         return
     stamps = list(updates)
-    values = {stamp: m.model_dump(by_alias=True, exclude_none=True) for stamp, m in updates.items()}
-    if identity.is_pilot:
-        if stamps != [identity.pilot_stamp]:
-            raise Forbidden("A pilot may only update its own record.")
-        forbidden = {k for v in values.values() for k in v} - PILOT_SELF_FIELDS
-        if forbidden:
-            raise Forbidden(f"A pilot may not change {sorted(forbidden)}.")
-    else:
-        _one_pilot_for_legacy(identity, stamps)
+    _one_pilot_for_legacy(identity, stamps)
     values = {s: v for s, v in values.items() if v}
     scope = vo_scope(identity)
     async with ctx.db.transaction() as conn:
-        await _pilot_token_alive(conn, identity)
-        # One stamp with something to set (a pilot's or the director's status report): the
-        # scoped update itself finds the pilot; only a miss needs the look-up below to tell
-        # an unknown stamp (404) from another VO's (403).
+        # One stamp with something to set (the director's status report): the scoped update
+        # itself finds the pilot; only a miss needs the look-up below to tell an unknown
+        # stamp (404) from another VO's (403).
         if len(stamps) == 1 and values:
             stamp = stamps[0]
             if await db.update_pilot(conn, stamp, values[stamp], utcnow(), vos=scope):
@@ -193,8 +190,39 @@ async def update_metadata(
             await db.update_pilots(conn, values, utcnow())
 
 
+async def _update_own(
+    ctx: ServerContext, identity: Identity, values: dict[str, dict[str, Any]]
+) -> None:
+    """A pilot token's PATCH: its own record only, some fields only, and never once the pilot
+    has ended. The token (and its family) is checked before anything of the body is looked at,
+    so a revoked token learns nothing, not even that an empty body would have been fine."""
+    async with ctx.db.transaction() as conn:
+        await _pilot_token_alive(conn, identity)
+        if not values:
+            return
+        stamp = identity.pilot_stamp
+        if list(values) != [stamp]:
+            raise Forbidden("A pilot may only update its own record.")
+        assert stamp is not None  # is_pilot
+        forbidden = set(values[stamp]) - PILOT_SELF_FIELDS
+        if forbidden:
+            raise Forbidden(f"A pilot may not change {sorted(forbidden)}.")
+        own = values[stamp]
+        scope = vo_scope(identity)
+        if own and await db.update_pilot(conn, stamp, own, utcnow(), vos=scope, live_only=True):
+            return
+        pilot = (await db.pilots_by_stamp(conn, [stamp])).get(stamp)
+        if pilot is None or (scope is not None and pilot["VO"] not in scope):
+            raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": [stamp]})
+        if own and PilotStatus(pilot["Status"]) in FINAL_STATUSES:
+            if own.get("Status") == pilot["Status"]:
+                return  # its own final report again (a retry after a lost answer): done
+            raise Forbidden(f"Pilot {stamp!r} has ended ({pilot['Status']}): it cannot change.")
+
+
 async def _pilot_token_alive(conn: AsyncConnection, identity: Identity) -> None:
-    """A pilot token dies with its family (logout, refresh reuse: RFC 7009 section 2.1)."""
+    """A pilot token dies with its family (logout, refresh reuse, its secret revoked: RFC 7009
+    section 2.1)."""
     if identity.family_id is not None and await db_tokens.family_revoked(conn, identity.family_id):
         raise refused(REASON_REVOKED)
 
@@ -204,6 +232,20 @@ def scoped(specs: list[SearchSpec], identity: Identity) -> list[SearchSpec]:
     if scope is None:
         return specs
     return [*specs, VectorSearch(parameter="VO", operator=VectorOperator.IN, values=sorted(scope))]
+
+
+def job_id(value: object) -> int:
+    """A JobID from a search value: an integer, or a string of decimal digits, within the
+    column's range. `1.5` is refused, not truncated to job 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        raise InvalidRequest("'JobID' pseudo-parameter values must be integers.")
+    if not 0 <= number <= MAX_JOB_ID:
+        raise InvalidRequest("'JobID' pseudo-parameter values must be integers.")
+    return number
 
 
 async def _resolve_job_ids(conn: Any, specs: list[SearchSpec]) -> list[SearchSpec] | None:
@@ -217,16 +259,13 @@ async def _resolve_job_ids(conn: Any, specs: list[SearchSpec]) -> list[SearchSpe
             "filter in the same request."
         )
     job_ids: list[int] = []
-    try:
-        for spec in job_specs:
-            if isinstance(spec, ScalarSearch) and spec.operator is ScalarOperator.EQ:
-                job_ids.append(int(spec.value))
-            elif isinstance(spec, VectorSearch) and spec.operator is VectorOperator.IN:
-                job_ids.extend(int(v) for v in spec.values)
-            else:
-                raise InvalidRequest("Only 'eq' and 'in' are supported on 'JobID'.")
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest("'JobID' pseudo-parameter values must be integers.") from exc
+    for spec in job_specs:
+        if isinstance(spec, ScalarSearch) and spec.operator is ScalarOperator.EQ:
+            job_ids.append(job_id(spec.value))
+        elif isinstance(spec, VectorSearch) and spec.operator is VectorOperator.IN:
+            job_ids.extend(job_id(v) for v in spec.values)
+        else:
+            raise InvalidRequest("Only 'eq' and 'in' are supported on 'JobID'.")
     pilot_ids = await db.pilot_ids_for_jobs(conn, job_ids)
     if not pilot_ids:
         return None

@@ -14,6 +14,7 @@ from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilots as db_pilots
 from server.db import secrets as db
+from server.db import tokens as db_tokens
 from server.errors import Forbidden, InvalidRequest, NotFound
 from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity
 from server.logic import secrets_minting
@@ -104,7 +105,10 @@ async def update_secret(ctx: ServerContext, secret_id: int, update: SecretUpdate
 
 
 async def revoke(ctx: ServerContext, identity: Identity, body: SecretRevocation) -> int:
-    """Revoke by ids and/or by bound stamps; returns how many secrets were newly revoked."""
+    """Revoke by ids and/or by bound stamps; returns how many secrets were newly revoked.
+
+    The token families exchanged for these secrets are revoked with them: a pilot the director
+    aborts loses its refresh and access tokens, not only the chance to exchange again."""
     _no_legacy(identity)
     if not body.secret_ids and not body.pilot_stamps:
         raise InvalidRequest("Give secret_ids or pilot_stamps.")
@@ -117,7 +121,10 @@ async def revoke(ctx: ServerContext, identity: Identity, body: SecretRevocation)
         vos = await db.vos_of(conn, ordered)
         if scope is not None and any(not set(v) <= scope for v in vos.values()):
             raise Forbidden("Some secrets are valid for VOs that are not yours.")
-        return await db.revoke(conn, ordered)
+        revoked = await db.revoke(conn, ordered)
+        families = await db_tokens.families_of_secrets(conn, ordered)
+        await db_tokens.revoke_families(conn, conn.dialect.name, families, utcnow())
+        return revoked
 
 
 async def purge(ctx: ServerContext, now: datetime | None = None) -> int:

@@ -14,6 +14,7 @@ from server.context import Context
 from server.errors import AlreadyExists, InvalidRequest, NotFound, SearchTimeout, TooLarge
 from server.logic import pilots as logic
 from server.models import (
+    STAMP_PATTERN,
     BulkRegistration,
     BulkRegistrationResult,
     DeletionResult,
@@ -23,6 +24,7 @@ from server.models import (
     PilotMetadata,
     PilotRegistration,
     SearchParams,
+    Stamp,
     SummaryParams,
 )
 from server.policies import PilotManager, PilotSelf, Reader
@@ -104,7 +106,7 @@ async def register_pilots(
 
 @router.patch("/metadata", status_code=HTTPStatus.NO_CONTENT, responses=raises(NotFound))
 async def update_pilot_metadata(
-    ctx: Context, identity: PilotSelf, updates: Annotated[dict[str, PilotMetadata], Body()]
+    ctx: Context, identity: PilotSelf, updates: Annotated[dict[Stamp, PilotMetadata], Body()]
 ) -> None:
     """Update pilots by stamp; a pilot token may update its own record only."""
     await logic.update_metadata(ctx, identity, updates)
@@ -148,7 +150,7 @@ async def associate_jobs(ctx: Context, identity: PilotSelf, body: JobAssociation
 
 @router.get("/jobs", responses=raises(NotFound))
 async def pilot_jobs(
-    ctx: Context, identity: Reader, pilot_stamp: Annotated[str, Query(min_length=1, max_length=32)]
+    ctx: Context, identity: Reader, pilot_stamp: Annotated[str, Query(pattern=STAMP_PATTERN)]
 ) -> PilotJobs:
     """The jobs a pilot ran."""
     return await logic.jobs_of(ctx, identity, pilot_stamp)

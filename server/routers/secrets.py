@@ -12,6 +12,7 @@ from server.context import Context
 from server.errors import InvalidRequest, NotFound
 from server.logic import secrets as logic
 from server.models import (
+    STAMP_PATTERN,
     MintedSecret,
     SecretInfo,
     SecretMintRequest,
@@ -40,7 +41,7 @@ async def mint_secrets(
 async def list_secrets(
     ctx: Context,
     identity: AdminOnly,
-    pilot_stamp: Annotated[str | None, Query(max_length=32)] = None,
+    pilot_stamp: Annotated[str | None, Query(pattern=STAMP_PATTERN)] = None,
     page: Annotated[int, Query(ge=1, le=10**9)] = 1,
     per_page: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[SecretInfo]:

@@ -145,11 +145,14 @@ async def test_secret_of_another_vo(api: Roles) -> None:
     s, _ = await register_bulk(api)
     secret = await mint(api, vo="dteam")
     await assert_refused(api, s, secret)
+    # bound to the stamp, but for another VO than the pilot's: refused all the same
+    r = await api.admin.post("/api/pilots/secrets", json={"vo": "dteam", "pilot_stamps": [s]})
+    assert r.status_code == HTTPStatus.FORBIDDEN  # minting checks the pilot's VO already
 
 
 async def test_registered_pilot_gets_its_own_vo(api: Roles) -> None:
     s, _ = await register_bulk(api, client=api.other_director, vo="dteam")
-    secret = await mint(api, vo="lhcb", vos=["dteam"])
+    secret = await mint(api, vo="lhcb", vos=["dteam"], pilot_stamps=[s])
     r = await exchange(api, s, secret, vo="lhcb")  # the body's VO does not count
     assert r.status_code == HTTPStatus.OK
     assert api.sut.keys.verify(r.json()["access_token"])["vo"] == "dteam"
@@ -164,9 +167,13 @@ async def test_site_ce_queue_constraints(api: Roles) -> None:
         {"queues": ["short"]},
         {"sites": ["LCG.CERN.cern"], "queues": ["short", "medium"]},
     ):
-        await assert_refused(api, s, await mint(api, **constraint))
+        await assert_refused(api, s, await mint(api, pilot_stamps=[s], **constraint))
     good = await mint(
-        api, sites=["LCG.CERN.cern", "LCG.RAL.uk"], ces=["ce1.cern.ch"], queues=["long"]
+        api,
+        pilot_stamps=[s],
+        sites=["LCG.CERN.cern", "LCG.RAL.uk"],
+        ces=["ce1.cern.ch"],
+        queues=["long"],
     )
     assert (await exchange(api, s, good)).status_code == HTTPStatus.OK
 
