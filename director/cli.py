@@ -36,9 +36,11 @@ def _one_line(error: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from director.commands.common import KEYVALUE_FORMAT
+
     logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        level=getattr(args, "director_log_level", None) or logging.INFO,  # director --log-level
+        format=KEYVALUE_FORMAT,  # director.log_format: json swaps it (commands/common.py)
         stream=sys.stderr,
     )
     from server.cli import SystemExit2

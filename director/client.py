@@ -2,16 +2,21 @@
 
 Errors, as `director.errors` draws them:
 
-    ServerError          the server refused (4xx); `.status` holds the HTTP status
-    └── ServerUnavailable  no answer, a timeout or a 5xx: nothing was done, retry later
+    ServerError            the server refused (4xx); `.status` holds the HTTP status
+    ├── ServerUnavailable  no answer, a timeout or a 5xx: nothing was done, retry later
+    ├── TokenRefused       401: the server does not accept the director's token
+    └── TokenUnavailable   the token file cannot be read: nothing was sent
 
-httpx errors are translated here and chained with `from`, so callers never import httpx.
+httpx errors are translated here and chained with `from`, so callers never import httpx. Every
+message names the URL it was about, so an operator sees which server is down or refusing.
 The token is read from its file on each request when the file changed (mtime or size), so an
-operator or a renewal job can replace it without restarting the daemon.
+operator or a renewal job can replace it without restarting the daemon; its `exp` claim is
+read (not verified: the server does that) for the expiry metric.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import ssl
@@ -21,9 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from joserfc import jws
+from joserfc.errors import JoseError
 from pydantic import SecretStr
 
-from director.errors import ConfigError, ServerError, ServerUnavailable
+from director.errors import (
+    ConfigError,
+    ServerError,
+    ServerUnavailable,
+    TokenRefused,
+    TokenUnavailable,
+)
 from server.models import (
     BulkRegistration,
     BulkRegistrationResult,
@@ -43,6 +56,17 @@ USER_AGENT = "site-director"
 PER_PAGE = 1000
 
 
+def token_expiry(token: str) -> float | None:
+    """The `exp` claim of a JWT as Unix time, read without verifying the signature (the server
+    verifies; the director only wants to warn before its token runs out), or None."""
+    try:
+        claims = json.loads(jws.extract_compact(token.encode()).payload)
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+    except (JoseError, ValueError, UnicodeDecodeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
 class TokenSource:
     """The director's bearer token: a file reread when it changes, or a fixed value."""
 
@@ -52,21 +76,30 @@ class TokenSource:
         self._path = path
         self._value = value.get_secret_value() if value is not None else ""
         self._seen: tuple[int, int] | None = None
+        self.expires_at: float | None = token_expiry(self._value) if self._value else None
+        """The `exp` of the token last read (Unix time), None when it has none or is no JWT."""
 
     def get(self) -> str:
+        """The token; raises TokenUnavailable (naming the file) when it cannot be read."""
         if self._path is None:
             return self._value
         try:
             stat = os.stat(self._path)
-        except OSError as exc:
-            raise ConfigError(f"server.token_file: cannot read {self._path}: {exc}") from exc
-        seen = (stat.st_mtime_ns, stat.st_size)
-        if seen != self._seen:
+            seen = (stat.st_mtime_ns, stat.st_size)
+            if seen == self._seen:
+                return self._value
             value = self._path.read_text().strip()
-            if not value:
-                raise ConfigError(f"server.token_file: {self._path} is empty")
-            self._value, self._seen = value, seen
-            log.info("token loaded from %s", self._path)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise TokenUnavailable(
+                f"server.token_file: cannot read {self._path}: {reason}"
+            ) from exc
+        if not value:
+            raise TokenUnavailable(f"server.token_file: {self._path} is empty")
+        # a replaced token is worth a line in the daemon's log; the first reading is not
+        log.log(logging.INFO if self._seen else logging.DEBUG, "token read from %s", self._path)
+        self._value, self._seen = value, seen
+        self.expires_at = token_expiry(value)
         return self._value
 
 
@@ -101,11 +134,17 @@ class ServerClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        verify: Any = (
-            ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle is not None else True
-        )
+        verify: Any = True
+        if ca_bundle is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_bundle))
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(f"server.ca_bundle: cannot use {ca_bundle}: {reason}") from exc
+        self.base_url = base_url.rstrip("/")
+        self.token = token
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
+            base_url=self.base_url,
             auth=_BearerAuth(token) if token is not None else None,
             verify=verify,
             timeout=timeout,
@@ -131,18 +170,42 @@ class ServerClient:
         params: Mapping[str, Any] | None = None,
         ok: Iterable[int] = (HTTPStatus.OK,),
     ) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, json=json, params=params)
-        except httpx.TimeoutException as exc:
-            raise ServerUnavailable(f"{method} {path}: timed out") from exc
-        except httpx.TransportError as exc:
-            raise ServerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        response = await self._send(method, path, json=json, params=params)
         if response.status_code in set(ok):
             return response
-        reason = f"{method} {path}: {response.status_code} {_detail(response)}"
-        if response.status_code >= HTTPStatus.INTERNAL_SERVER_ERROR:
-            raise ServerUnavailable(reason, response.status_code)
-        raise ServerError(reason, response.status_code)
+        raise self._refusal(method, path, response)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> httpx.Response:
+        """One request; no answer becomes ServerUnavailable naming the URL."""
+        url = f"{self.base_url}{path}"
+        try:
+            return await self._http.request(method, path, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise ServerUnavailable(f"{method} {url}: timed out") from exc
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(
+                f"{method} {url}: no answer: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _refusal(self, method: str, path: str, response: httpx.Response) -> ServerError:
+        url = f"{self.base_url}{path}"
+        status = response.status_code
+        if status == HTTPStatus.UNAUTHORIZED:
+            return TokenRefused(
+                f"{method} {url}: 401 the server refused the director's token: {_detail(response)}",
+                status,
+            )
+        reason = f"{method} {url}: {status} {_detail(response)}"
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            return ServerUnavailable(reason, status)
+        return ServerError(reason, status)
 
     # --- pilots -------------------------------------------------------------------------------
 
@@ -269,17 +332,10 @@ class ServerClient:
 
     async def release_leases(self, holder: str, queues: Sequence[str]) -> None:
         body = LeaseRelease(holder=holder, queues=list(queues))
-        try:
-            response = await self._http.request(
-                "DELETE", "/api/director/leases", json=body.model_dump(mode="json")
-            )
-        except httpx.TransportError as exc:
-            raise ServerUnavailable(f"DELETE /api/director/leases: {exc}") from exc
+        path = "/api/director/leases"
+        response = await self._send("DELETE", path, json=body.model_dump(mode="json"))
         if response.status_code >= HTTPStatus.BAD_REQUEST:
-            raise ServerError(
-                f"DELETE /api/director/leases: {response.status_code} {_detail(response)}",
-                response.status_code,
-            )
+            raise self._refusal("DELETE", path, response)
 
     # --- queue reports ------------------------------------------------------------------------
 

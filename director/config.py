@@ -21,6 +21,7 @@ Environment variables nest with `__`: `SITE_DIRECTOR_SERVER__URL`,
 from __future__ import annotations
 
 import contextvars
+import os
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from director import ce as ce_registry
@@ -342,11 +344,26 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "<root>"
 
 
+def _env_variable(path: str) -> str | None:
+    """The environment variable that set this key path (or one of its parents), if one did:
+    `director.concurrency` <- `SITE_DIRECTOR_DIRECTOR__CONCURRENCY` or `SITE_DIRECTOR_DIRECTOR`
+    (pydantic-settings matches names without regard to case)."""
+    names = {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        name = names.get((ENV_PREFIX + "__".join(parts[:end])).upper())
+        if name is not None:
+            return name
+    return None
+
+
 def _problem_lines(error: ValidationError) -> list[str]:
     lines = []
     for problem in error.errors(include_url=False):
         path = _key_path(problem["loc"])
-        lines.append(f"{path}: {problem['msg']}")
+        variable = _env_variable(path)
+        source = f" (environment variable {variable})" if variable else ""
+        lines.append(f"{path}{source}: {problem['msg']}")
     return lines
 
 
@@ -387,6 +404,11 @@ def load_config(
         settings = Settings(**dict(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_report(path, _problem_lines(exc))) from exc
+    except SettingsError as exc:  # a variable holding a section that is not valid JSON
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+        variable = _env_variable(field) if field else None
+        where = f"environment variable {variable}" if variable else "environment"
+        raise ConfigError(f"{where}: {exc.__cause__ or exc}") from exc
     finally:
         _yaml_path.reset(token)
     problems = _semantic_problems(settings)

@@ -159,8 +159,11 @@ class Daemon:
         try:
             await self._stop.wait()
         finally:
-            scheduler.shutdown(wait=False)
+            # pause, drain, then shut down: APScheduler's shutdown cancels the running jobs,
+            # which would cut the cycle's step short (and log a CancelledError traceback)
+            scheduler.pause()
             await self._drain()
+            scheduler.shutdown(wait=False)
             await self.director.release_leases()
             await self.director.close()
             if self.director.client is not None:

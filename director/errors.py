@@ -2,8 +2,10 @@
 
     DirectorError
     ├── ConfigError              bad configuration: the program stops (exit 2)
-    ├── ServerError              the pilot/auth server answered with a refusal
-    │   └── ServerUnavailable    no answer, or a 5xx: retry later, submit nothing meanwhile
+    ├── ServerError              the pilot/auth server cannot be used for this request
+    │   ├── ServerUnavailable    no answer, or a 5xx: retry later, submit nothing meanwhile
+    │   ├── TokenRefused         401: the server refused the director's token
+    │   └── TokenUnavailable     the token file is missing, unreadable or empty: nothing sent
     └── CEError                  a computing element failed; `category` says how
         ├── CETemporaryError     unreachable, timed out, CE-side error: back off the queue
         └── CEPermanentError     rejected, or auth refused: the pilots are Aborted with the reason
@@ -28,7 +30,8 @@ class ConfigError(DirectorError):
 
 
 class ServerError(DirectorError):
-    """The server refused a request (4xx); `status` is the HTTP status."""
+    """The server refused a request (4xx), or could not be asked; `status` is the HTTP status
+    (None when no answer came)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -37,6 +40,17 @@ class ServerError(DirectorError):
 
 class ServerUnavailable(ServerError):
     """The server did not answer, or answered 5xx: nothing was done, try again later."""
+
+
+class TokenRefused(ServerError):
+    """401: the server does not accept the director's token (expired, revoked, another
+    installation's): every call fails the same way until the operator replaces it."""
+
+
+class TokenUnavailable(ServerError):
+    """The director's token file cannot be read now (missing, unreadable, empty). A subclass of
+    ServerError so that a cycle treats it like a server it cannot use: it logs the reason and
+    tries again next cycle, when the file may be back."""
 
 
 class CEError(DirectorError):

@@ -402,7 +402,7 @@ class Director:
             try:
                 await self.client.release_leases(self.settings.director.name, keys)
             except ServerError as exc:
-                log.info("releasing leases failed: %s", exc)
+                log.warning("releasing leases failed: %s", exc)
 
     # --- submission ---------------------------------------------------------------------------
 
@@ -426,6 +426,7 @@ class Director:
                 granted = await self.leases([r for r in refs if r.enabled])
             except ServerError as exc:
                 lease_error = f"leases: {exc}"
+                log.error("submission cycle: no queue can submit: %s", lease_error)
         try:
             await self.demand.refresh()
         except DirectorError as exc:  # unknown demand: the source's demand() decides (0)
@@ -445,6 +446,7 @@ class Director:
                 unreferenced = await self.unreferenced_pilots([r for r, _ in todo])
             except Exception as exc:  # the server is down: no queue can submit this cycle
                 _log_unexpected(exc, "reconciliation search")
+                log.error("submission cycle: no queue can submit: %s", exc)
                 for _, o in todo:
                     o.error = o.why = f"{type(exc).__name__}: {exc}"
                 todo = []
@@ -481,7 +483,18 @@ class Director:
         self.metrics.cycle_seconds.labels("submission").observe(self.clock() - started)
         if not dry_run:
             await self.report_queues(started, outcomes)
+            self._cycle_done("submission", not any(o.error or o.failed for o in outcomes))
         return outcomes
+
+    def _cycle_done(self, cycle: str, ok: bool) -> None:
+        """The metrics an operator alerts on: the last cycle without a failed queue, and when
+        the director's token runs out (as of its last reading)."""
+        if ok:
+            self.metrics.last_success.labels(cycle).set(self.clock())
+        if self.client is not None and self.client.token is not None:
+            expires_at = self.client.token.expires_at
+            if expires_at is not None:
+                self.metrics.token_expiry.set(expires_at)
 
     async def report_queues(self, started: float, outcomes: Sequence[QueueOutcome]) -> None:
         """Tell the server every queue's limits, back-off and last cycle, for the monitor
@@ -884,7 +897,8 @@ class Director:
         try:
             granted = await self.leases(refs)
         except ServerError as exc:
-            log.warning("monitoring: leases: %s", exc)
+            log.error("monitoring cycle: no queue can be followed: leases: %s", exc)
+            self._cycle_done("monitoring", False)
             return [MonitorOutcome(r.key, r.ce, error=str(exc)) for r in refs]
         semaphore = asyncio.Semaphore(self.settings.director.concurrency)
 
@@ -912,6 +926,7 @@ class Director:
 
         outcomes = list(await asyncio.gather(*(one(r) for r in refs)))
         self.metrics.cycle_seconds.labels("monitoring").observe(self.clock() - started)
+        self._cycle_done("monitoring", not any(o.error for o in outcomes))
         return outcomes
 
     def _stuck(self, trackers: dict[str, float], stamp: str, now: float, limit: float) -> bool:
@@ -989,7 +1004,9 @@ class Director:
             await ce.kill(to_kill)
             self.metrics.aborted.labels(ref.key).inc(len(to_kill))
         if aborted_by_ce:
-            self.backoff.failure(ref.key, f"pilots aborted on the CE: {aborted_by_ce[0]}")
+            reason = f"pilots aborted on the CE: {aborted_by_ce[0]}"
+            rest = self.backoff.failure(ref.key, reason)
+            log.warning("queue %s: backing off %.0fs: %s", ref.key, rest, reason)
         for status in LIVE:
             self.metrics.live_pilots.labels(ref.key, status).set(live_counts.get(status, 0))
         if cfg.clean_finished:
@@ -1031,13 +1048,19 @@ class Director:
     # --- logging ------------------------------------------------------------------------------
 
     def _log(self, cycle: str, outcome: QueueOutcome | MonitorOutcome) -> None:
-        level = logging.WARNING if outcome.error else logging.INFO
+        """One line per queue and cycle; WARNING when the queue failed, had submissions fail
+        or rests in back-off (so `journalctl -p warning` shows them), INFO otherwise. With
+        `log_format: json` the values go to the JSON formatter as fields of their own."""
+        failed = isinstance(outcome, QueueOutcome) and (
+            outcome.failed > 0 or outcome.why.startswith("backed off")
+        )
+        level = logging.WARNING if outcome.error or failed else logging.INFO
         if not log.isEnabledFor(level):
             return  # a line per queue and cycle: 1,000 queues are worth not formatting them
         values = {f.name: getattr(outcome, f.name) for f in fields(outcome) if f.name != "stamps"}
         values = {"cycle": cycle, **values, "seconds": round(outcome.seconds, 3)}
         if self.settings.director.log_format == "json":
-            log.log(level, "%s", json.dumps(values, default=str))
+            log.log(level, "%s cycle of queue %s", cycle, outcome.queue, extra=values)
         else:
             log.log(
                 level,

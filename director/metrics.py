@@ -47,6 +47,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.token_expiry = Gauge(
+            "site_director_token_expiry_timestamp_seconds",
+            "expiry (Unix time, the token's exp claim) of the director's token last read",
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "site_director_last_successful_cycle_timestamp_seconds",
+            "end (Unix time) of the last cycle in which no queue failed",
+            ["cycle"],
+            registry=self.registry,
+        )
+
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Serve /metrics from a background thread (prometheus_client's own server)."""
         start_http_server(port, addr=host, registry=self.registry)

@@ -98,6 +98,9 @@ def run_server(args: argparse.Namespace) -> int:
     if args.change_issuer and not settings.issuer:
         raise SystemExit2("--change-issuer needs --issuer (or SITE_DIRECTOR_ISSUER)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from server.db.engine import check_database
+
+    asyncio.run(check_database(settings.database_url))  # down: one line, not a traceback
     # The issuer is the installation's, recorded with the key set: a token printed from this
     # data directory is accepted whatever host, port or TLS the server runs with.
     try:

@@ -263,7 +263,7 @@ class LocalCE(ComputingElement):
     # --- the CE contract ----------------------------------------------------------------------
 
     async def load(self, queue: QueueSpec) -> CELoad:
-        self._ensure_dirs()
+        # no folder is made here: the dry run counts too, and writes nothing outside --output
         jobs = self._refresh()
         key = _queue_key(queue)
         running = waiting = busy = 0

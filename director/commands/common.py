@@ -8,12 +8,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter
 from rich.console import Console
 from rich.table import Table
 
+from director.client import ServerClient
 from director.config import Settings, load_config, merge, nested_override
+from director.errors import ConfigError, TokenUnavailable
 
 DEFAULT_CONFIG = "/etc/site-director/config.yaml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+KEYVALUE_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 #: flag -> (dotted config key, type)
 _OVERRIDES: dict[str, tuple[str, Any]] = {
@@ -45,6 +50,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--concurrency", type=int, help="director.concurrency")
     group.add_argument("--name", help="director.name (lease holder)")
     group.add_argument("--log-format", choices=["keyvalue", "json"], help="director.log_format")
+    parser.add_argument(
+        "--log-level",
+        dest="director_log_level",  # `server --log-level` is uvicorn's, in its own words
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        help="least severe level logged (default INFO)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,7 +70,39 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def settings_from(args: argparse.Namespace, *, require_token: bool = True) -> Settings:
-    return load_config(args.config, overrides_from(args), require_token=require_token)
+    """The settings of a command (and of each reload of `run`), with the log format they ask
+    for put on the root logger's handlers."""
+    settings = load_config(args.config, overrides_from(args), require_token=require_token)
+    use_log_format(settings.director.log_format)
+    return settings
+
+
+def check_token(client: ServerClient) -> None:
+    """Read the director's token before the first call: a file that cannot be read is a
+    configuration problem (exit 2, naming the file), not a failed call."""
+    if client.token is not None:
+        try:
+            client.token.get()
+        except TokenUnavailable as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def use_log_format(log_format: str) -> None:
+    """`keyvalue`: one `key=value` line per record; `json`: one JSON object per line, the
+    record's extra fields (a queue's cycle values) as keys of their own (python-json-logger)."""
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    else:
+        formatter = logging.Formatter(KEYVALUE_FORMAT)
+    for handler in logging.getLogger().handlers:
+        current = handler.formatter
+        # only the handler `site-director` set up (in director/cli.py), never a test harness's
+        if isinstance(current, JsonFormatter) or getattr(current, "_fmt", "") == KEYVALUE_FORMAT:
+            handler.setFormatter(formatter)
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

@@ -289,7 +289,6 @@ async def _demo(args: argparse.Namespace, base: Path, server: DemoServer) -> int
     try:
         submitted = await _follow(director, args, out)
         await _summary(director, settings, server.admin_file, submitted, out)
-        _print_monitor(server, out)
     finally:
         await director.close()
         if director.client is not None:
@@ -423,7 +422,8 @@ def main(args: argparse.Namespace) -> int:
             serve = (
                 args.serve if args.serve is not None else sys.stdin.isatty() and sys.stdout.isatty()
             )
-            if code == 0 and serve:
+            if code == 0 and serve:  # the address and token file only while they exist
+                _print_monitor(server, console())
                 _serve_until_interrupted(server, console())
             return code
         finally:

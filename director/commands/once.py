@@ -4,6 +4,10 @@ The dry run mints nothing, registers nothing and submits nothing: it writes the 
 wrappers (with a placeholder in place of the secret) and the CE's submit descriptions under
 --output, and prints the plan per queue. It needs no server: counts come from the CE, or from
 the server when the CE cannot tell and a server answers.
+
+Exit code 1, with one line on stderr naming them, when a queue failed: a queue-level error, or
+any of its submissions failed (a cycle in which every pilot failed is no success). The leases
+the cycle took are released at the end, so a daemon started next takes the queues at once.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from director.commands.common import (
     add_config_arguments,
+    check_token,
     console,
     quiet_http_logs,
     settings_from,
@@ -90,13 +96,19 @@ async def _once(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError("\n".join(problems))
     monitored: list[MonitorOutcome] = []
+    took_leases = False
     try:
+        if client is not None and not dry:
+            check_token(client)
+        took_leases = not dry
         outcomes = await director.run_cycle(
             dry_run=dry, output=args.output if dry else None, only=args.queue
         )
         if not dry and not args.no_monitor:
             monitored = await director.monitor_cycle(only=args.queue)
     finally:
+        if took_leases:
+            await director.release_leases()
         await director.close()
         if client is not None:
             await client.aclose()
@@ -114,8 +126,20 @@ async def _once(args: argparse.Namespace) -> int:
                 ],
             )
         )
-    errors = [o for o in outcomes if o.error] + [m for m in monitored if m.error]
-    return 1 if errors else 0
+    return _failures(outcomes, monitored)
+
+
+def _failures(outcomes: list[QueueOutcome], monitored: list[MonitorOutcome]) -> int:
+    """1 and one line on stderr naming the queues that failed, or 0."""
+    failed = {o.queue: o.error or o.why for o in outcomes if o.error or o.failed}
+    for m in monitored:
+        if m.error:
+            failed.setdefault(m.queue, f"monitoring: {m.error}")
+    if not failed:
+        return 0
+    named = "; ".join(f"{queue} ({' '.join(why.split())})" for queue, why in failed.items())
+    print(f"site-director: {len(failed)} queue(s) failed: {named}", file=sys.stderr)
+    return 1
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,4 +1,7 @@
-"""`site-director status`: the configured queues and their pilots by status, from the server."""
+"""`site-director status`: the configured queues and their pilots by status, from the server.
+
+A server that cannot be asked, or refuses the director's token, is exit code 1 with one line on
+stderr naming the URL and the reason (`director/cli.py` prints it)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from director.commands.common import (
     add_config_arguments,
+    check_token,
     console,
     quiet_http_logs,
     settings_from,
@@ -29,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 async def status_rows(settings: Settings) -> list[list[Any]]:
     """One row per configured queue: its state and pilot counts by status."""
     async with client_for(settings) as client:
+        check_token(client)
         rows = await client.summary(
             SummaryParams(grouping=["GridSite", "DestinationSite", "Queue", "Status"])
         )

@@ -39,10 +39,9 @@ def test_demo_runs_real_pilots_to_done(tmp_path: Path) -> None:
     for status in ("Failed", "Aborted", "Unknown"):
         assert f"│ {status}" not in summary
     assert "secret exchanged for a pilot token" in out
-    monitor = next(line for line in out.splitlines() if line.startswith("pilot monitor:"))
-    assert monitor.split()[-1].startswith("https://127.0.0.1:")
-    assert monitor.endswith("/monitor")
-    assert str(tmp_path / "demo" / "admin.token") in out.replace("\n", "")
+    # without a terminal the server is not kept up: no address or token file that is gone
+    assert "pilot monitor:" not in out
+    assert "admin.token" not in out.replace("\n", "")
     assert "CheckCredentials: DiracX token present" in out
     server_log = (tmp_path / "demo" / "server.log").read_text()
     assert "/api/auth/secret-exchange status=200" in server_log
