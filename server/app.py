@@ -6,6 +6,7 @@ so tests make as many apps as they like (one per database backend).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -193,10 +194,41 @@ def _is_bad_value(exc: Exception) -> bool:
     return isinstance(code, str) and code.startswith("22")
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    """No space left for the database: SQLite's SQLITE_FULL ("database or disk is full"),
+    ENOSPC, PostgreSQL's disk_full (SQLSTATE 53100), MySQL's "table is full" (1114)."""
+    orig = getattr(exc, "orig", None)
+    for error in (exc, orig, exc.__cause__, getattr(orig, "__cause__", None)):
+        if error is None:
+            continue
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if getattr(error, "sqlite_errorcode", None) == 13:  # sqlite3.SQLITE_FULL
+            return True
+        if getattr(error, "sqlstate", None) == "53100" or getattr(error, "pgcode", None) == "53100":
+            return True
+        text = str(error)
+        if "database or disk is full" in text or "No space left on device" in text:
+            return True
+        args = getattr(error, "args", ())
+        if args and args[0] == 1114:  # MySQL ER_RECORD_FILE_FULL
+            return True
+    return False
+
+
 def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """The database is down or overloaded: 503 so clients retry, never a bare 500."""
+    """The database is down or overloaded: 503 so clients retry, never a bare 500. Its disk
+    full: 507 naming that (clients retry 5xx alike; nothing was stored)."""
     if _is_bad_value(exc):
         return _bad_value(request, exc)
+    if _is_disk_full(exc):
+        reason = str(getattr(exc, "orig", None) or exc)[:200]  # the driver's words, no SQL
+        logging.getLogger("server").error("storage full, a write was refused: %s", reason)
+        return JSONResponse(
+            {"detail": "Server storage full: no space left on the database's disk, retry later"},
+            HTTPStatus.INSUFFICIENT_STORAGE,
+            headers={"Retry-After": "30"},
+        )
     logging.getLogger("server").warning("database unavailable: %s", type(exc).__name__)
     return JSONResponse(
         {"detail": "Database unavailable, retry later"},
