@@ -283,6 +283,11 @@ EOF
 start_arex() {
   need_root
   ensure_packages
+  # a port asked for and taken (but not by our own A-REX) leaves a working A-REX as it is
+  if [[ -n $PORT ]] && ! port_free "$PORT" &&
+    ! { arched_alive && grep -qx "ARC_PORT=$PORT" "$PORTSFILE" 2>/dev/null; }; then
+    require_free_port "$PORT" ARC_PORT
+  fi
   stop_arex
   make_work_dir "$DIR"
   mkdir -p "$DIR"/{control,session,log,run,tmp}

@@ -141,6 +141,7 @@ choose_port() {
       PORT=$saved
       return
     fi
+    require_free_port "$PORT" HTCONDOR_PORT # before stopping the pool that works
     say "port changes from $saved to $PORT: restarting the pool"
     do_stop
   fi
@@ -220,10 +221,10 @@ do_start() {
   need_root
   make_work_dir "$DIR"
   mkdir -p "$LOGS"
+  choose_port # first: a port asked for and taken leaves a working pool as it is
   # a stale env file must never point a test at a pool that is not up
   rm -f "$ENVFILE"
   build_root
-  choose_port
   write_pool_config
   start_master
   write_client_side
