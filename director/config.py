@@ -97,7 +97,23 @@ class DiracXDemand(_Model):
     )
 
 
-Demand = Annotated[FillDemand | DiracXDemand, Field(discriminator="source")]
+class TaskQueueDemand(_Model):
+    """Waiting jobs whose DIRAC task queue the queue can serve, read from DIRAC's TaskQueueDB
+    once per cycle and matched as DIRAC's Matcher does (`director.taskqueues`, docs/demand.md)."""
+
+    source: Literal["taskqueues"]
+    url: SecretStr = Field(
+        description="SQLAlchemy async URL of the TaskQueueDB, read-only account: "
+        "mysql+asyncmy://reader:password@dirac-db.example.org:3306/TaskQueueDB"
+    )
+    timeout_seconds: float = Field(30.0, gt=0, le=600, description="reading the task queues")
+    platforms: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="a queue platform -> the job platforms it runs too (DIRAC OSCompatibility)",
+    )
+
+
+Demand = Annotated[FillDemand | DiracXDemand | TaskQueueDemand, Field(discriminator="source")]
 
 
 class SecretConfig(_Model):
@@ -202,7 +218,17 @@ class QueueConfig(_Model):
     memory_mb: int | None = Field(None, ge=1)
     max_runtime_s: int | None = Field(None, ge=1)
     tags: list[str] = Field(default_factory=list)
+    required_tags: list[str] = Field(
+        default_factory=list, description="DIRAC RequiredTag: only jobs with all of these tags"
+    )
     platform: str | None = None
+    cpu_time: int | None = Field(
+        None, ge=1, description="DIRAC CPUTime (normalized CPU s); default max_runtime_s"
+    )
+    job_types: list[str] = Field(
+        default_factory=list, description="DIRAC JobType: only these job types; empty: any"
+    )
+    owner_group: str | None = Field(None, description="only jobs of this DIRAC group")
     environment: dict[str, str] = Field(default_factory=dict)
     extra_attributes: dict[str, str] = Field(default_factory=dict)
     pilot: PilotOptions | None = None
@@ -331,7 +357,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-_UNION_TAGS = {"ce": set(ce_registry.BACKENDS), "demand": {"fill", "diracx"}}
+_UNION_TAGS = {"ce": set(ce_registry.BACKENDS), "demand": {"fill", "diracx", "taskqueues"}}
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -2,6 +2,7 @@
 
     DirectorError
     ├── ConfigError              bad configuration: the program stops (exit 2)
+    ├── DemandUnavailable        the demand source cannot say what is needed: submit nothing
     ├── ServerError              the pilot/auth server cannot be used for this request
     │   ├── ServerUnavailable    no answer, or a 5xx: retry later, submit nothing meanwhile
     │   ├── TokenRefused         401: the server refused the director's token
@@ -27,6 +28,11 @@ class DirectorError(Exception):
 
 class ConfigError(DirectorError):
     """The configuration cannot be used; the message names the key path and the reason."""
+
+
+class DemandUnavailable(DirectorError):
+    """The demand source could not be read this cycle (its database is down, say): the
+    queues it serves want nothing until it answers again, rather than every free slot."""
 
 
 class ServerError(DirectorError):

@@ -623,6 +623,9 @@ class Director:
             result.n,
             result.why,
         )
+        note = self.demand.explain(ref, detail=dry_run)  # which jobs the demand came from
+        if note:
+            outcome.why = f"{result.why}; {note}"
         if result.n == 0:
             return None
         if self.stopping:
