@@ -157,7 +157,7 @@ def test_a_bad_environment_variable_is_named(tmp_path: Path) -> None:
     ):
         result = subprocess.run(
             [sys.executable, "-m", "director.cli", "once", "--dry-run", "--config", str(path)],
-            cwd=tmp_path,
+            cwd=ROOT,
             env={**env, name: value},
             capture_output=True,
             text=True,
