@@ -38,6 +38,9 @@ from director.errors import (
     TokenUnavailable,
 )
 from server.models import (
+    Ban,
+    BanRequest,
+    BanTarget,
     BulkRegistration,
     BulkRegistrationResult,
     LeaseGrant,
@@ -347,6 +350,33 @@ class ServerClient:
             json=body.model_dump(mode="json"),
             ok=(HTTPStatus.NO_CONTENT, HTTPStatus.OK),
         )
+
+    # --- bans ---------------------------------------------------------------------------------
+
+    async def list_bans(self, vo: str | None = None, *, history: bool = False) -> list[Ban]:
+        """The bans in force in the token's VOs (or `vo`'s); `history` adds the ended ones."""
+        params: dict[str, Any] = {"history": "true"} if history else {}
+        if vo is not None:
+            params["vo"] = vo
+        response = await self._call("GET", "/api/bans", params=params)
+        return [Ban.model_validate(item) for item in response.json()]
+
+    async def ban(self, body: BanRequest) -> Ban:
+        """Ban a site, CE or queue (the token needs the SiteManager property)."""
+        response = await self._call(
+            "POST",
+            "/api/bans",
+            json=body.model_dump(mode="json", exclude_none=True),
+            ok=(HTTPStatus.CREATED,),
+        )
+        return Ban.model_validate(response.json())
+
+    async def allow(self, body: BanTarget) -> list[Ban]:
+        """Lift the ban in force on exactly this target; the bans lifted."""
+        response = await self._call(
+            "POST", "/api/bans/allow", json=body.model_dump(mode="json", exclude_none=True)
+        )
+        return [Ban.model_validate(item) for item in response.json()]
 
     async def health(self) -> dict[str, Any]:
         response = await self._call("GET", "/api/health")

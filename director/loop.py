@@ -6,8 +6,9 @@ few per queue (1,000 queues: five calls, not 3,000), while each queue is still b
 `director.queue_timeout_seconds` where it talks to its CE, so a slow CE never holds the others
 up for longer than that:
 
-0. skip the queues whose site, CE or themselves are disabled, that are backed off, or whose
-   lease another director holds; then one search (per `SEARCH_QUEUES` queues) for the live
+0. skip the queues whose site, CE or themselves are disabled, that are backed off, whose
+   lease another director holds, or that a ban covers (one `GET /api/bans` per cycle; no
+   list, no submission: `director.bans`); then one search (per `SEARCH_QUEUES` queues) for the live
    pilots of the others that have no CE reference yet, grouped per queue here;
 1. per queue, concurrently up to `director.concurrency`: reconcile, that is CE jobs against
    those pilots by stamp (a reference the server misses is patched on; a pilot registered but
@@ -51,6 +52,7 @@ from typing import Any, TypeVar
 
 from director import ce as ce_registry
 from director.backoff import Backoff
+from director.bans import BanList
 from director.ce.base import ComputingElement, PilotSubmission, QueueSpec, SubmitResult
 from director.client import ServerClient
 from director.config import QueueRef, Settings
@@ -237,6 +239,8 @@ class Director:
         next registration; a batch already registered is still submitted and recorded."""
         self.queues: list[QueueRef] = list(settings.queues())
         self._last_cycle: dict[str, LastCycle] = {}
+        self.bans = BanList()
+        """The bans in force, read once per submission cycle (`director.bans`)."""
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -427,6 +431,7 @@ class Director:
             except ServerError as exc:
                 lease_error = f"leases: {exc}"
                 log.error("submission cycle: no queue can submit: %s", lease_error)
+        await self.bans.refresh(self.client, self.queues, dry_run=dry_run)
         try:
             await self.demand.refresh()
         except DirectorError as exc:  # unknown demand: the source's demand() decides (0)
@@ -540,6 +545,10 @@ class Director:
             outcome.error = lease_error
         elif not dry_run and ref.key not in granted:
             outcome.why = "lease held by another director"
+        elif not dry_run and self.bans.error:
+            outcome.why = outcome.error = self.bans.error
+        elif (banned := self.bans.why(ref)) is not None:
+            outcome.why = banned
         else:
             return True
         return False

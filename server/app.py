@@ -34,6 +34,7 @@ from server.monitor.origin import CrossSiteRequest
 from server.policies import LoginRequired
 from server.routers import (
     auth,
+    bans,
     cetokens,
     director,
     home,
@@ -314,6 +315,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         auth.router,
         leases.router,
         director.router,
+        bans.router,
         cetokens.router,
         wellknown.router,
         monitor.router,

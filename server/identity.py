@@ -26,8 +26,10 @@ ADMIN = "ServiceAdministrator"
 TRUSTED_HOST = "TrustedHost"
 NORMAL_USER = "NormalUser"
 GENERIC_PILOT = "GenericPilot"
+#: DIRAC's property for banning and allowing sites, CEs and queues (of the token's VOs)
+SITE_MANAGER = "SiteManager"
 #: The properties this server gives meaning to; `site-director token` refuses any other.
-KNOWN_PROPERTIES = frozenset({ADMIN, TRUSTED_HOST, NORMAL_USER, GENERIC_PILOT})
+KNOWN_PROPERTIES = frozenset({ADMIN, TRUSTED_HOST, NORMAL_USER, GENERIC_PILOT, SITE_MANAGER})
 
 ACCESS_TYP = "at+jwt"
 REFRESH_TYP = "rt+jwt"

@@ -394,6 +394,89 @@ class QueuesReport(_Strict):
         return self
 
 
+# --- bans -------------------------------------------------------------------------------------
+
+
+def _printable(value: str) -> str:
+    """No control characters (a name or reason ends up in logs and HTML), and no blank
+    value: leading and trailing spaces are dropped first."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+#: A site, CE or CE-side queue name as the pilot records and the director's config hold it.
+BanName = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_printable)]
+
+
+class BanTarget(_Strict):
+    """What a ban covers, within one VO: a whole site, one CE of it (`ce`), or one queue of
+    that CE (`ce` and `queue`: the CE-side queue name). `vo` defaults to the caller's own."""
+
+    vo: VOName | None = None
+    site: BanName
+    ce: BanName | None = None
+    queue: BanName | None = None
+
+    @model_validator(mode="after")
+    def _queue_needs_ce(self) -> BanTarget:
+        if self.queue is not None and self.ce is None:
+            raise ValueError("a queue ban names its CE too")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "queue" if self.queue is not None else "ce" if self.ce is not None else "site"
+
+
+class BanRequest(BanTarget):
+    """Body of `POST /api/bans`: the target, why (required), and optionally until when."""
+
+    reason: str = Field(min_length=1, max_length=255)
+    until: UTCTime | None = Field(None, description="the ban ends by itself then (UTC)")
+
+    @model_validator(mode="after")
+    def _reason_printable(self) -> BanRequest:
+        self.reason = _printable(self.reason)
+        return self
+
+
+class Ban(BaseModel):
+    """A ban as the API lists it; `active` is false once allowed again or past `until`."""
+
+    ban_id: int
+    vo: str
+    site: str
+    ce: str | None
+    queue: str | None
+    reason: str
+    banned_by: str
+    banned_at: datetime
+    until: datetime | None
+    allowed_by: str | None = None
+    allowed_at: datetime | None = None
+    active: bool
+
+    def covers(self, site: str, ce: str, queue: str) -> bool:
+        """Whether this ban covers the queue `queue` of CE `ce` at site `site`."""
+        return (
+            self.site == site
+            and (self.ce is None or self.ce == ce)
+            and (self.queue is None or self.queue == queue)
+        )
+
+    @property
+    def target(self) -> str:
+        return "/".join(p for p in (self.site, self.ce, self.queue) if p is not None)
+
+    @property
+    def kind(self) -> str:
+        return "queue" if self.queue is not None else "CE" if self.ce is not None else "site"
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ test_policies.py` walks the route table so that no route escapes a policy.
     PilotOnly       a pilot token from the secret exchange
     LegacyPilot     a user token with GenericPilot
     Admin           ServiceAdministrator
+    SiteManager     SiteManager (its VOs) or ServiceAdministrator: bans sites, CEs, queues
     MonitorViewer   the pilot monitor's session cookie, then the Reader rule
 """
 
@@ -23,7 +24,14 @@ from fastapi import Depends, Request
 
 from server.context import ServerContext
 from server.errors import Forbidden, Unauthorized
-from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity, identity_from_token
+from server.identity import (
+    ADMIN,
+    GENERIC_PILOT,
+    SITE_MANAGER,
+    TRUSTED_HOST,
+    Identity,
+    identity_from_token,
+)
 
 
 def bearer_token(request: Request) -> str:
@@ -113,6 +121,19 @@ class _Admin(Policy):
             raise Forbidden("This endpoint is for service administrators.")
 
 
+class _SiteManager(Policy):
+    """DIRAC's SiteManager property (for the VOs of the token; the logic checks which) or an
+    administrator (every VO): ban and allow sites, CEs and queues."""
+
+    name = "site-manager"
+
+    def check(self, identity: Identity) -> None:
+        if identity.is_pilot:
+            raise Forbidden("Pilot tokens cannot call operator endpoints.")
+        if not identity.properties & {ADMIN, SITE_MANAGER}:
+            raise Forbidden("Banning and allowing needs the SiteManager property.")
+
+
 class _Director(Policy):
     """Admins and TrustedHost service tokens: the director's own endpoints (leases, CE tokens)."""
 
@@ -154,6 +175,7 @@ PILOT_ONLY = _PilotOnly()
 LEGACY_PILOT = _LegacyPilot()
 ADMIN_ONLY = _Admin()
 DIRECTOR = _Director()
+SITE_MANAGER_ONLY = _SiteManager()
 MONITOR = _MonitorSession()
 
 Public = Annotated[None, Depends(PUBLIC)]
@@ -164,6 +186,7 @@ PilotOnly = Annotated[Identity, Depends(PILOT_ONLY)]
 LegacyPilot = Annotated[Identity, Depends(LEGACY_PILOT)]
 AdminOnly = Annotated[Identity, Depends(ADMIN_ONLY)]
 Director = Annotated[Identity, Depends(DIRECTOR)]
+SiteManager = Annotated[Identity, Depends(SITE_MANAGER_ONLY)]
 MonitorViewer = Annotated[Identity, Depends(MONITOR)]
 
 

@@ -244,6 +244,34 @@ class DirectorQueues(Base):
     __table_args__ = (Index("idx_director_queues_vo", "VO", "Site", "CE", "Queue"),)
 
 
+class SiteBans(Base):
+    """Sites, CEs and queues banned for a VO: directors submit nothing there while a ban is in
+    force (until allowed again, or past `Until`). Allowed bans stay as the record of who did
+    what. `ActiveKey` is the SHA-256 of (VO, Site, CE, Queue) while the ban has not been
+    allowed, NULL after: its unique index keeps one ban per target, even against two
+    concurrent requests (every backend lets a unique index hold many NULLs)."""
+
+    __tablename__ = "SiteBans"
+
+    ban_id: Mapped[int] = mapped_column("BanID", BigID, primary_key=True, autoincrement=True)
+    vo: Mapped[str] = mapped_column("VO", String(128))
+    site: Mapped[str] = mapped_column("Site", String(128))
+    ce: Mapped[str | None] = mapped_column("CE", String(128))
+    queue: Mapped[str | None] = mapped_column("Queue", String(128))
+    reason: Mapped[str] = mapped_column("Reason", String(255))
+    banned_by: Mapped[str] = mapped_column("BannedBy", String(255))
+    banned_at: Mapped[datetime] = mapped_column("BannedAt", UTCDateTime)
+    until: Mapped[datetime | None] = mapped_column("Until", UTCDateTime)
+    allowed_by: Mapped[str | None] = mapped_column("AllowedBy", String(255))
+    allowed_at: Mapped[datetime | None] = mapped_column("AllowedAt", UTCDateTime)
+    active_key: Mapped[str | None] = mapped_column("ActiveKey", String(64))
+
+    __table_args__ = (
+        Index("idx_bans_active_key", "ActiveKey", unique=True),
+        Index("idx_bans_vo_site", "VO", "Site"),
+    )
+
+
 metadata = Base.metadata
 
 
@@ -262,3 +290,4 @@ LOGS = _table(PilotLogs)
 LOG_QUOTA = _table(PilotLogQuota)
 LEASES = _table(DirectorLeases)
 DIRECTOR_QUEUES = _table(DirectorQueues)
+BANS = _table(SiteBans)

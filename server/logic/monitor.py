@@ -19,12 +19,14 @@ from server.clock import utcnow
 from server.context import ServerContext
 from server.db import activity as db_activity
 from server.errors import InvalidRequest, NotFound
-from server.identity import Identity
+from server.identity import SITE_MANAGER, Identity
+from server.logic import bans as bans_logic
 from server.logic import director_queues
 from server.logic import logs as logs_logic
 from server.logic import pilots as pilots_logic
 from server.models import (
     FINAL_STATUSES,
+    Ban,
     PilotStatus,
     ScalarOperator,
     ScalarSearch,
@@ -198,6 +200,24 @@ class Overview:
     failures: list[dict[str, Any]]
     queues: list[dict[str, Any]] | None
     generated: datetime
+    bans: list[Ban] = field(default_factory=list)
+    can_ban: bool = False
+    """Whether the caller may ban and allow (SiteManager or administrator): the page then
+    offers the controls; the routes check it again."""
+
+    def site_bans(self, site: str) -> list[Ban]:
+        """The whole-site bans in force on `site` (of any VO the caller sees)."""
+        return [b for b in self.bans if b.site == site and b.ce is None]
+
+    def ban_on(self, vo: str, site: str, ce: str, queue: str) -> Ban | None:
+        """The ban in force covering this queue of this VO, the widest first."""
+        found = [b for b in self.bans if b.vo == vo and b.covers(site, ce, queue)]
+        found.sort(key=lambda b: (b.ce is not None, b.queue is not None))
+        return found[0] if found else None
+
+
+def may_ban(identity: Identity) -> bool:
+    return not identity.is_pilot and (identity.is_admin or SITE_MANAGER in identity.properties)
 
 
 def visible_vos(ctx: ServerContext, identity: Identity) -> list[str]:
@@ -304,6 +324,8 @@ async def overview(ctx: ServerContext, identity: Identity, filters: Filters) -> 
         failures=failures,
         queues=await queue_states(ctx, identity),
         generated=now,
+        bans=await bans_logic.list_bans(ctx, identity),
+        can_ban=may_ban(identity),
     )
 
 

@@ -19,11 +19,21 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from pydantic import ValidationError
 
 from server.context import Context
-from server.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from server.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServerDomainError,
+    Unauthorized,
+    status_of,
+)
 from server.identity import Identity
+from server.logic import bans as bans_logic
 from server.logic import monitor as logic
+from server.models import BanRequest, BanTarget
 from server.monitor import chart
 from server.monitor.origin import CrossSiteRequest, same_origin
 from server.monitor.session import COOKIE, COOKIE_PATH, close_session, open_session
@@ -304,3 +314,101 @@ async def logs_fragment(
         return Response("Pilot not found", HTTPStatus.NOT_FOUND, headers=SECURITY_HEADERS)
     logs = await logic.log_page(ctx, identity, stamp, q, page)
     return _html("_logs.html", view={"logs": logs}, log_query=_log_query(logs.query))
+
+
+# --- bans: a confirmation page (GET) for each control, then the change (POST) ---------------
+
+BAN_BODY_LIMIT = 16 * 1024
+TARGET_FIELDS = ("vo", "site", "ce", "queue")
+
+
+def _target_of(values: Any) -> dict[str, str]:
+    """The target named by a query string or a form, values trimmed and bounded (the models
+    check them again)."""
+    return {k: str(values.get(k) or "").strip()[:256] for k in TARGET_FIELDS}
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > BAN_BODY_LIMIT:
+        raise InvalidRequest("Form too large")
+    try:
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=16)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest("Unreadable form") from exc
+    return {k: v[0] for k, v in fields.items() if v}
+
+
+def _manager_only(identity: Identity) -> HTMLResponse | None:
+    if logic.may_ban(identity):
+        return None
+    return _message(
+        identity,
+        HTTPStatus.FORBIDDEN,
+        "Not allowed",
+        "Banning and allowing need DIRAC's SiteManager property (or ServiceAdministrator).",
+    )
+
+
+def _refused(identity: Identity, exc: ValidationError | ServerDomainError) -> HTMLResponse:
+    if isinstance(exc, ValidationError):
+        reason = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
+        )
+        return _message(identity, HTTPStatus.UNPROCESSABLE_ENTITY, "Not done", reason)
+    return _message(identity, status_of(exc), "Not done", str(exc.detail))
+
+
+def _manageable_vos(ctx: Context, identity: Identity) -> list[str]:
+    return logic.visible_vos(ctx, identity)
+
+
+@router.get("/bans/new")
+async def ban_form(ctx: Context, identity: MonitorViewer, request: Request) -> HTMLResponse:
+    """Confirm a ban: the target, a required reason, an optional end."""
+    refused = _manager_only(identity)
+    if refused is not None:
+        return refused
+    target = _target_of(request.query_params)
+    vos = _manageable_vos(ctx, identity)
+    target["vo"] = (
+        target["vo"] if target["vo"] in vos else (identity.vo if identity.vo in vos else "")
+    )
+    return _html("ban.html", target=target, vos=vos, **_page_context(identity))
+
+
+@router.post("/bans")
+async def ban(ctx: Context, identity: MonitorViewer, request: Request) -> Response:
+    refused = _manager_only(identity)
+    if refused is not None:
+        return refused
+    fields = await _form(request)
+    values = {k: v for k, v in fields.items() if k in (*TARGET_FIELDS, "reason", "until") and v}
+    try:
+        await bans_logic.ban(ctx, identity, BanRequest.model_validate(values))
+    except (ValidationError, ServerDomainError) as exc:
+        return _refused(identity, exc)
+    return RedirectResponse("/monitor#bans", HTTPStatus.SEE_OTHER, headers=SECURITY_HEADERS)
+
+
+@router.get("/bans/allow")
+async def allow_form(ctx: Context, identity: MonitorViewer, request: Request) -> HTMLResponse:
+    """Confirm lifting the ban in force on a target."""
+    refused = _manager_only(identity)
+    if refused is not None:
+        return refused
+    return _html("allow.html", target=_target_of(request.query_params), **_page_context(identity))
+
+
+@router.post("/bans/allow")
+async def allow(ctx: Context, identity: MonitorViewer, request: Request) -> Response:
+    refused = _manager_only(identity)
+    if refused is not None:
+        return refused
+    fields = await _form(request)
+    values = {k: v for k, v in _target_of(fields).items() if v}
+    try:
+        await bans_logic.allow(ctx, identity, BanTarget.model_validate(values))
+    except (ValidationError, ServerDomainError) as exc:
+        return _refused(identity, exc)
+    return RedirectResponse("/monitor#bans", HTTPStatus.SEE_OTHER, headers=SECURITY_HEADERS)

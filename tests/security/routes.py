@@ -25,6 +25,7 @@ OPERATOR_POLICIES = {
     policies.LEGACY_PILOT,
     policies.ADMIN_ONLY,
     policies.DIRECTOR,
+    policies.SITE_MANAGER_ONLY,
 }
 KNOWN_POLICIES = {*OPERATOR_POLICIES, policies.PUBLIC, policies.PILOT_SELF, policies.PILOT_ONLY}
 
@@ -164,6 +165,15 @@ REQUESTS: dict[tuple[str, str], Factory] = {
         },
     ),
     ("GET", "/api/director/queues"): lambda t: Req("/api/director/queues"),
+    # bans
+    ("GET", "/api/bans"): lambda t: Req("/api/bans", params={"vo": t.vo, "history": "true"}),
+    ("POST", "/api/bans"): lambda t: Req(
+        "/api/bans",
+        {"vo": t.vo, "site": f"Site.{t.vo}.org", "ce": t.queue.split("/")[0], "reason": "test"},
+    ),
+    ("POST", "/api/bans/allow"): lambda t: Req(
+        "/api/bans/allow", {"vo": t.vo, "site": f"Site.{t.vo}.org", "ce": t.queue.split("/")[0]}
+    ),
 }
 
 
