@@ -12,7 +12,8 @@
 #   tests/infra/arc-ce-setup.sh [start]   install packages if missing, (re)start A-REX (≈3 s)
 #   tests/infra/arc-ce-setup.sh stop      stop A-REX and remove the env file
 #   tests/infra/arc-ce-setup.sh status    is it up?
-#   tests/infra/arc-ce-setup.sh purge     stop, then delete the work directory
+#   tests/infra/arc-ce-setup.sh purge     stop, delete the work directory, take the CA out of
+#                                         /etc/grid-security/certificates
 #
 # Environment:
 #   ARC_INFRA_DIR  work directory (default: /var/tmp/site-director-test-<hash>/arc, outside the
@@ -347,6 +348,18 @@ EOF
   mv "$ENVFILE.new" "$ENVFILE"
 }
 
+# Take this checkout's test CA out of /etc/grid-security/certificates again.
+forget_ca() {
+  local ca=$GRID_CERTS/ARC-TestCA-$CAID.pem h
+  if [[ -f $ca ]]; then
+    for h in $(openssl x509 -in "$ca" -noout -subject_hash -subject_hash_old); do
+      [[ $(readlink "$GRID_CERTS/$h.0") == "ARC-TestCA-$CAID.pem" ]] &&
+        rm -f "$GRID_CERTS/$h.0" "$GRID_CERTS/$h.signing_policy"
+    done
+  fi
+  rm -f "$ca" "$GRID_CERTS/ARC-TestCA-$CAID.signing_policy"
+}
+
 status() {
   if arched_alive; then
     say "arched up (pid $(cat "$PIDFILE")), env in $ENVFILE"
@@ -360,6 +373,6 @@ case ${1:-start} in
   start) start_arex ;;
   stop) stop_arex ;;
   status) status ;;
-  purge) stop_arex && rm -rf "$DIR" ;;
+  purge) stop_arex && forget_ca && rm -rf "$DIR" && { rmdir "$INFRA_BASE" 2>/dev/null || true; } ;;
   *) die "usage: $0 [start|stop|status|purge]" ;;
 esac

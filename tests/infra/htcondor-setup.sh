@@ -265,6 +265,7 @@ do_purge() {
   do_stop
   grep -q " $ROOT" /proc/mounts && die "still mounted under $ROOT, not deleting"
   rm -rf "$DIR"
+  rmdir "$INFRA_BASE" 2>/dev/null || true # when the other service is gone too
   say "purged $DIR"
 }
 
