@@ -6,8 +6,9 @@ Layout (see `config.example.yaml` for every key, commented):
     director:  name, work_dir, template_dir, intervals, concurrency, back-off, leases, demand,
                grace and timeout periods, metrics
     vos:       the VOs this director submits for (the first is the default of every site)
-    pilot:     pilot options for every queue (setup, installation, project, extensions, pilot
-               files with SHA-512 sums, CVMFS locations, extra options); queues may override
+    pilot:     pilot options for every queue (setup, release, project, extensions, pilot
+               files with SHA-512 sums or a manifest, CVMFS locations, extra options); queues
+               may override
     sites:     {site: {enabled, vo, ces: {ce: {enabled, ce: {kind: ...}, queues: {queue: {...}}}}}}
 
 A CE's `ce` block is a union keyed on `kind` over the backends `director.ce` knows, so a typo is
@@ -158,7 +159,7 @@ class DirectorConfig(_Model):
 class PilotFile(_Model):
     """A file the pilot needs. Embedded in the wrapper when `path` or `template` names a local
     copy; otherwise downloaded on the worker node from `pilot.locations` and checked against
-    `sha512` (then required)."""
+    `sha512` (then required, unless `pilot.manifest` lists the file)."""
 
     name: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\]+$")
     sha512: str | None = Field(None, pattern=r"^[0-9a-fA-F]{128}$")
@@ -169,8 +170,6 @@ class PilotFile(_Model):
     def _source(self) -> PilotFile:
         if self.path is not None and self.template is not None:
             raise ValueError("give path or template, not both")
-        if self.path is None and self.template is None and self.sha512 is None:
-            raise ValueError("sha512 is required for a downloaded file")
         return self
 
 
@@ -178,12 +177,20 @@ class PilotOptions(_Model):
     """Options for the DIRAC pilot; a queue's `pilot` block overrides these key by key."""
 
     setup: str | None = Field(None, description="-S")
-    installation: str | None = Field(None, description="-V")
+    installation: str | None = Field(
+        None, description="refused: the stock DIRAC pilot has no -V option (see `release`)"
+    )
+    release: str | None = Field(None, description="-r: DIRAC release; default pilot.json's")
     project: str | None = Field(None, description="-l")
     extensions: list[str] | None = Field(None, description="-e")
     wn_vo: str | None = Field(None, description="--wnVO; default: the site's VO")
     pilot_script: str | None = Field(None, description="default: dirac-pilot.py")
     files: list[PilotFile] | None = Field(None, description="pilot files with SHA-512 sums")
+    manifest: str | None = Field(
+        None,
+        description="where DIRAC's PilotSyncAgent publishes the pilot files, pilot.json and "
+        "checksums.sha512 (https:// or file: URL, or a path): the sums come from there",
+    )
     locations: list[str] | None = Field(None, description="https:// or file: URLs, or paths")
     cvmfs_locations: list[str] | None = Field(None, description="tried before `locations`")
     extra_options: list[str] | None = None
@@ -199,6 +206,27 @@ class PilotOptions(_Model):
     python_commands: list[str] | None = None
     work_dir_base: str | None = None
     environment: dict[str, str] | None = Field(None, description="added for the pilot")
+
+    @model_validator(mode="after")
+    def _sums(self) -> PilotOptions:
+        if self.manifest is None:
+            for i, item in enumerate(self.files or []):
+                if item.path is None and item.template is None and item.sha512 is None:
+                    raise ValueError(
+                        f"files.{i}: sha512 is required for a downloaded file "
+                        "(or a pilot.manifest that lists it)"
+                    )
+        return self
+
+    @field_validator("installation")
+    @classmethod
+    def _no_installation(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "the DIRAC pilot has no -V (installation) option any more and stops at it; "
+                "remove the key (pilot.json names the installation; `release` gives -r)"
+            )
+        return value
 
     def merged(self, override: PilotOptions | None) -> PilotOptions:
         if override is None:

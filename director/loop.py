@@ -59,6 +59,7 @@ from director.config import QueueRef, Settings
 from director.demand import DemandSource, make_demand_source
 from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
 from director.metrics import Metrics
+from director.pilot_files import ManifestCache, download_locations, resolve_files
 from director.queue_report import LastCycle, build_report
 from director.render import TemplateRenderer, default_template_dir
 from director.slots import Limits, plan
@@ -232,6 +233,9 @@ class Director:
         self.demand = demand or make_demand_source(settings)
         self._ces: dict[str, ComputingElement] = dict(ces or {})
         self._prepared: dict[str, PreparedWrapper] = {}
+        self.manifests = ManifestCache()
+        """`pilot.manifest` folders' checksums (`director.pilot_files`), re-read when stale."""
+        self._manifest_digest: dict[str, str] = {}
         self._unknown_since: dict[str, float] = {}
         self._held_since: dict[str, float] = {}
         self.stopping = False
@@ -264,6 +268,7 @@ class Director:
             memory_mb=q.memory_mb,
             max_runtime_s=q.max_runtime_s,
             tags=tuple(q.tags),
+            required_tags=tuple(q.required_tags),
             platform=q.platform,
             environment=dict(q.environment),
             extra_attributes=dict(q.extra_attributes),
@@ -278,14 +283,18 @@ class Director:
     def wrapper_options(self, ref: QueueRef) -> PilotOptions:
         """The queue's pilot options in the wrapper's terms (`director.wrapper.PilotOptions`)."""
         p = ref.pilot
-        files = []
+        configured: list[tuple[str, str, bytes | None]] = []
         for item in p.files or []:
             content = None
             if item.path is not None:
                 content = item.path.read_bytes()
             elif item.template is not None:
                 content = self._find_template_file(item.template).read_bytes()
-            files.append(PilotFile(item.name, (item.sha512 or "").lower(), content))
+            configured.append((item.name, (item.sha512 or "").lower(), content))
+        if p.manifest:  # the sums as DIRAC publishes them (a ManifestError fails this queue)
+            manifest = self.manifests.get(p.manifest, self._manifest_ca(ref))
+            configured = resolve_files(manifest, configured if p.files is not None else None)
+        files = [PilotFile(name, sha512, content) for name, sha512, content in configured]
         ca_file = p.ca_file or self.settings.server.ca_bundle
         ca_pem = ca_file.read_text() if ca_file is not None and not p.ca_path else ""
         optional: dict[str, Any] = {}
@@ -308,10 +317,15 @@ class Director:
             ce=ref.ce,
             queue=ref.ce_queue,
             pilot_files=tuple(files),
-            pilot_locations=tuple([*(p.cvmfs_locations or []), *(p.locations or [])]),
+            pilot_locations=tuple(
+                download_locations(p.manifest, p.cvmfs_locations or [], p.locations or [])
+            ),
             setup=p.setup or "",
-            installation=p.installation or "",
+            release=p.release or "",
             project=p.project or "",
+            processors=ref.config.processors,
+            tags=tuple(ref.config.tags),
+            required_tags=tuple(ref.config.required_tags),
             extensions=tuple(p.extensions or ()),
             wn_vo=p.wn_vo or "",
             extra_options=tuple(p.extra_options or ()),
@@ -321,8 +335,21 @@ class Director:
             **optional,
         )
 
+    def _manifest_ca(self, ref: QueueRef) -> Path | None:
+        return ref.pilot.ca_file or self.settings.server.ca_bundle
+
     def prepared(self, ref: QueueRef) -> PreparedWrapper:
         prepared = self._prepared.get(ref.key)
+        manifest = ref.pilot.manifest
+        if manifest:  # prepared again when the published files change; failed while unreadable
+            path = f"sites.{ref.site}.ces.{ref.ce}.queues.{ref.queue}.pilot"
+            try:
+                digest = self.manifests.get(manifest, self._manifest_ca(ref)).digest
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from exc
+            if self._manifest_digest.get(ref.key) != digest:
+                prepared = None
+                self._manifest_digest[ref.key] = digest
         if prepared is None:
             path = f"sites.{ref.site}.ces.{ref.ce}.queues.{ref.queue}.pilot"
             try:
@@ -613,6 +640,8 @@ class Director:
         None when the queue wants no pilot now."""
         ce = self.ce_for(ref)
         spec = self.spec_for(ref)
+        if ref.pilot.manifest:
+            await self.manifests.refresh(ref.pilot.manifest, self._manifest_ca(ref))
         prepared = self.prepared(ref)
         if not dry_run:
             await self.reconcile(ref, ce, spec, unreferenced)

@@ -44,6 +44,7 @@ _COMMAND = re.compile(r"[A-Za-z0-9_./+-]+")
 _SHA512 = re.compile(r"[0-9a-f]{128}")
 _OPTION = re.compile(r"(-[A-Za-z0-9]|--[A-Za-z0-9][A-Za-z0-9_-]*)?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TAG = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,18 @@ class PilotOptions:
     pilot_files: tuple[PilotFile, ...]
     pilot_locations: tuple[str, ...] = ()
     setup: str = ""
-    installation: str = ""
+    release: str = ""
+    """`-r`: the DIRAC release to install (pilot.json's `Version` otherwise)."""
     project: str = ""
     extensions: tuple[str, ...] = ()
     wn_vo: str = ""
     """The VO given to `--wnVO`; empty = `vo`."""
+    processors: int = 1
+    """`--pilotProcessors` when more than one: the cores the CE gives each pilot."""
+    tags: tuple[str, ...] = ()
+    """`--tag=` each: the queue's DIRAC tags, which the pilot adds to its resource description."""
+    required_tags: tuple[str, ...] = ()
+    """`--requiredTag=` each: only jobs with all of these tags match."""
     pilot_script: str = "dirac-pilot.py"
     extra_options: tuple[str, ...] = ()
     diracx_url_option: str = "--diracx_URL"
@@ -118,13 +126,16 @@ class PilotOptions:
 def pilot_arguments(options: PilotOptions) -> list[str]:
     """The pilot's DIRAC options, in DIRAC's SiteDirector order; empty values left out.
 
-    The wrapper appends the per-pilot ones (the stamp, the token file), then the queue's
-    `extra_options`.
+    Only options the stock pilot's parser knows (`pilotTools.py`, `cmdOpts`): it stops at an
+    unknown one. The queue's resources follow the site: `--pilotProcessors`, one `--tag=` per
+    tag and one `--requiredTag=` per required tag (the pilot adds them to the tags it finds
+    itself). The wrapper appends the per-pilot ones (the stamp, the token file), then the
+    queue's `extra_options`.
     """
     args: list[str] = []
     for flag, value in (
         ("-S", options.setup),
-        ("-V", options.installation),
+        ("-r", options.release),
         ("-l", options.project),
         ("-e", ",".join(options.extensions)),
         ("-N", options.ce),
@@ -133,6 +144,10 @@ def pilot_arguments(options: PilotOptions) -> list[str]:
     ):
         if value:
             args += [flag, value]
+    if options.processors > 1:
+        args.append(f"--pilotProcessors={options.processors}")
+    args += [f"--tag={tag}" for tag in options.tags]
+    args += [f"--requiredTag={tag}" for tag in options.required_tags]
     args.append(f"--wnVO={options.wn_vo or options.vo}")
     if options.diracx_url_option:
         args.append(f"{options.diracx_url_option}={options.server_url.rstrip('/')}")
@@ -182,6 +197,8 @@ def _file_entry(item: PilotFile) -> dict[str, str]:
             raise ConfigError(f"pilot file {name}: sha512 does not match the embedded content")
         sha512 = actual
         data = base64.b64encode(zlib.compress(item.content, 9)).decode("ascii")
+    if not sha512:
+        raise ConfigError(f"pilot file {name}: sha512 required (or a pilot.manifest listing it)")
     if not _SHA512.fullmatch(sha512):
         raise ConfigError(f"pilot file {name}: sha512 must be 128 hexadecimal characters")
     return {"name": name, "sha512": sha512, "data": data}
@@ -218,6 +235,13 @@ def _check(options: PilotOptions) -> None:
     for name in options.environment:
         if not _ENV_NAME.fullmatch(name):
             raise ConfigError(f"environment: {name!r} is not a variable name")
+    for tag in (*options.tags, *options.required_tags):
+        if not _TAG.fullmatch(tag):
+            raise ConfigError(
+                f"tag {tag!r}: 1-64 of [A-Za-z0-9_.+-] expected (the pilot joins with ',')"
+            )
+    if options.processors < 1:
+        raise ConfigError("processors: at least 1")
     if options.ca_pem and "-----BEGIN CERTIFICATE-----" not in options.ca_pem:
         raise ConfigError("ca_pem: PEM certificates expected")
 

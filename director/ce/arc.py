@@ -132,6 +132,10 @@ class ARCCEConfig(BaseModel):
     extra_attributes: dict[str, str] = Field(
         default_factory=dict, description="xRSL attributes for every job, verbatim: name -> value"
     )
+    runtime_environments: list[str] = Field(
+        default_factory=list,
+        description="ARC runtime environments every job asks for, e.g. ENV/PROXY",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ARCCEConfig:
@@ -144,6 +148,9 @@ class ARCCEConfig(BaseModel):
             raise ValueError("key_file needs cert_file")
         for name, value in self.extra_attributes.items():
             check_xrsl_attribute(name, value)
+        for name in self.runtime_environments:
+            if not name or "\n" in name or "\r" in name:
+                raise ValueError(f"runtime environment {name!r}: one line of text expected")
         return self
 
     @property
@@ -546,6 +553,7 @@ class ARCCE(ComputingElement):
             stderr=xrsl_string(STDERR_NAME),
             environment=[(xrsl_string(k), xrsl_string(v)) for k, v in environment.items()],
             walltime_min=math.ceil(queue.max_runtime_s / 60) if queue.max_runtime_s else None,
+            runtime_environments=[xrsl_string(n) for n in self.config.runtime_environments],
             extra_attributes=[
                 *self.config.extra_attributes.items(),
                 *queue.extra_attributes.items(),

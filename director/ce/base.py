@@ -38,7 +38,11 @@ class QueueSpec:
     memory_mb: int | None = None
     max_runtime_s: int | None = None
     tags: tuple[str, ...] = ()
+    """DIRAC tags of the queue (the pilot gets them too, `--tag=`)."""
+    required_tags: tuple[str, ...] = ()
+    """DIRAC required tags (the pilot gets them too, `--requiredTag=`)."""
     platform: str | None = None
+    """The DIRAC platform the queue's worker nodes have (no pilot option: it finds its own)."""
     environment: Mapping[str, str] = field(default_factory=dict)
     extra_attributes: Mapping[str, str] = field(default_factory=dict)
     """CE-kind-specific submit attributes, passed through verbatim (e.g. HTCondor `+Attr`)."""

@@ -505,6 +505,9 @@ class HTCondorCE(ComputingElement):
     ) -> str:
         """The submit description for a batch; with `items`, a complete file (dry runs)."""
         check_submit_attributes(queue.extra_attributes)
+        for value in (*queue.tags, *queue.required_tags, queue.platform or ""):
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"tag or platform {value!r} spans several lines")
         environment = {**queue.environment, "PILOT_STAMP": "$(Stamp)"}
         attributes = list(self.config.extra_attributes.items()) + list(
             queue.extra_attributes.items()
@@ -515,6 +518,11 @@ class HTCondorCE(ComputingElement):
             initialdir=str(initialdir),
             environment=condor_environment(environment),
             queue_key=classad_string(queue_key(queue)),
+            tags=classad_string(",".join(queue.tags)) if queue.tags else "",
+            required_tags=(
+                classad_string(",".join(queue.required_tags)) if queue.required_tags else ""
+            ),
+            platform=classad_string(queue.platform) if queue.platform else "",
             remove_held_after_s=self.config.remove_held_after_s,
             extra_attributes=attributes,
             items=list(items),

@@ -134,8 +134,10 @@ def test_unreadable_files(tmp_path: Path, text: str, expected: str) -> None:
 def test_pilot_files_need_a_checksum_unless_embedded(tmp_path: Path) -> None:
     data = yaml.safe_load(MINIMAL)
     data["pilot"] = {"files": [{"name": "dirac-pilot.py"}]}
-    with pytest.raises(ConfigError, match=r"pilot\.files\.0: .*sha512 is required"):
+    with pytest.raises(ConfigError, match=r"pilot: .*files\.0: sha512 is required"):
         load_config(write(tmp_path, yaml.safe_dump(data)))
+    data["pilot"]["manifest"] = "https://dirac.example.org/pilot"  # the sums come from there
+    assert load_config(write(tmp_path, yaml.safe_dump(data))).pilot.manifest
 
 
 def test_the_commented_example_sites_are_valid_once_uncommented(tmp_path: Path) -> None:

@@ -91,8 +91,11 @@ def test_the_stock_pilot_exchanges_the_secret_itself_logs_and_ends_done(
             (str(pilot_dir),),
             pilot_files=tuple(files),
             secret_option="--pilotSecret",
-            installation="",  # this pilot has no -V option any more (getopt would stop it)
             extensions=(),
+            release="v9r0",
+            processors=4,
+            tags=("MultiProcessor", "4Processors"),
+            required_tags=("Test",),
             tuning=FAST,
         ),
         extra_options=("-z", "-d", "-X", "CheckWorkerNode", f"--CVMFS_locations={cvmfs}"),
@@ -121,6 +124,9 @@ def test_the_stock_pilot_exchanges_the_secret_itself_logs_and_ends_done(
     ]
     assert sent_secret_option
     assert all("('--pilotSecret', '<redacted>')" in line["Message"] for line in sent_secret_option)
+    # its getopt took the queue's options (it stops at one it does not know)
+    for option in ("('-r', 'v9r0')", "('--pilotProcessors', '4')", "('--requiredTag', 'Test')"):
+        assert any(option in line["Message"] for line in sent_secret_option), option
     # The secret is in none of the lines: the wrapper redacts what it ships and echoes, the
     # server what the pilot sends
     assert not [line for line in lines if secret in json.dumps(line)]

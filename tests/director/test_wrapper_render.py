@@ -126,16 +126,21 @@ def test_pilot_arguments_follow_the_dirac_options() -> None:
     args = pilot_arguments(
         options(
             setup="LHCb-Production",
-            installation="LHCb",
+            release="v9.0.1",
             project="LHCb",
             extensions=("LHCb", "LHCbWebDIRAC"),
             wn_vo="lhcb.cern.ch",
+            processors=8,
+            tags=("MultiProcessor", "GPU"),
+            required_tags=("GPU",),
             extra_options=("--debug", "-o", "/Resources/Computing/CEDefaults/Tag=x"),
         )
     )
+    # only options the stock pilot's getopt knows (it has no -V any more)
     assert args == [
-        "-S", "LHCb-Production", "-V", "LHCb", "-l", "LHCb", "-e", "LHCb,LHCbWebDIRAC",
+        "-S", "LHCb-Production", "-r", "v9.0.1", "-l", "LHCb", "-e", "LHCb,LHCbWebDIRAC",
         "-N", "ce.example.org", "-Q", "long", "-n", "LCG.Example.org",
+        "--pilotProcessors=8", "--tag=MultiProcessor", "--tag=GPU", "--requiredTag=GPU",
         "--wnVO=lhcb.cern.ch", "--diracx_URL=https://diracx.example.org",
     ]  # fmt: skip
     config = wrapper_config(options(extra_options=("--debug", "-o", "/Resources/x=y")))

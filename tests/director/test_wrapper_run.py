@@ -271,7 +271,7 @@ def pilot_options(
         ce="ce.test.ch",
         queue="q1",
         setup="Test-Setup",
-        installation="TestInstallation",
+        release="v9r0",
         project="TestProject",
         extensions=("TestExt",),
         pilot_files=(PilotFile("dirac-pilot.py", sha512=PILOT_SHA512),),

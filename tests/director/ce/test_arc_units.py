@@ -129,6 +129,7 @@ def test_config_needs_one_place_and_one_credential(tmp_path: Path) -> None:
         {"host": "h", "token_file": token, "extra_attributes": {"bad name": "1"}},
         {"host": "h", "token_file": token, "extra_attributes": {"rerun": "1)(x=(2"}},
         {"host": "h", "token_file": token, "typo": 1},
+        {"host": "h", "token_file": token, "runtime_environments": ["ENV/X\n(x=1)"]},
     ):
         with pytest.raises(ValidationError):
             ARCCEConfig.model_validate(bad)
@@ -136,7 +137,10 @@ def test_config_needs_one_place_and_one_credential(tmp_path: Path) -> None:
 
 def test_batch_rendering(tmp_path: Path) -> None:
     config = ARCCEConfig(
-        host="arc.example.org", token_file=tmp_path / "t", extra_attributes={"rerun": "2"}
+        host="arc.example.org",
+        token_file=tmp_path / "t",
+        extra_attributes={"rerun": "2"},
+        runtime_environments=["ENV/PROXY", "APPS/HEP/LHCB"],
     )
     ce = ARCCE(config, renderer=TemplateRenderer(), work_dir=tmp_path)
     text = ce.describe(QUEUE, [PilotSubmission("s1", "#!"), PilotSubmission("s2", "#!")])[
@@ -152,6 +156,8 @@ def test_batch_rendering(tmp_path: Path) -> None:
     assert "(walltime=61)" in text
     assert '(queue="grid")' in text
     assert "(rerun=2)" in text
+    assert '(runtimeenvironment="ENV/PROXY")' in text
+    assert '(runtimeenvironment="APPS/HEP/LHCB")' in text
     assert '(inputfiles=("pilot-wrapper.sh" "s1.sh"))' in text  # dry run: arcsub sends them
     assert '(inputfiles=("pilot-wrapper.sh" ""))' in ce.render_batch(QUEUE, ["s1"])  # REST PUT
     single = ce.render_batch(QueueSpec(name="", site="S", ce="C"), ["s3"])

@@ -79,6 +79,9 @@ async def test_one_cluster_per_batch_with_the_queue_options(
         processors=8,
         memory_mb=16000,
         max_runtime_s=172800,
+        tags=("MultiProcessor", "GPU"),
+        required_tags=("GPU",),
+        platform="x86_64-el9",
         environment={"VO": "lhcb", "MSG": 'it\'s "quoted"'},
         extra_attributes={"+Site": '"from-queue"', "+xcount": "8"},
     )
@@ -94,6 +97,11 @@ async def test_one_cluster_per_batch_with_the_queue_options(
     assert commands["request_cpus"] == "8"
     assert commands["request_memory"] == "16000"
     assert commands["MY.MaxRuntime"] == "172800"
+    assert commands["MY.maxWallTime"] == "2880"
+    # the DIRAC tags and platform, for the CE's job routes
+    assert commands["MY.SiteDirectorTags"] == '"MultiProcessor,GPU"'
+    assert commands["MY.SiteDirectorRequiredTags"] == '"GPU"'
+    assert commands["MY.SiteDirectorPlatform"] == '"x86_64-el9"'
     assert commands["MY.xcount"] == "8"
     assert commands["should_transfer_files"] == "YES"
     assert "ExitCode =!= 0" in commands["on_exit_hold"]
