@@ -46,6 +46,7 @@ from server.routers import (
     secrets,
     wellknown,
 )
+from server.scheduler import MaintenanceRunner
 from server.settings import ServerSettings
 
 log = logging.getLogger("server.access")
@@ -289,9 +290,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         keys = open_server_keys(settings)
         record_vos(settings.data_dir, settings.vos)
         app.state.ctx = ServerContext(settings=settings, db=db, keys=keys)
+        # the scheduled maintenance: every process ticks, the lease holder runs it
+        app.state.maintenance = MaintenanceRunner(app.state.ctx) if settings.maintenance else None
+        if app.state.maintenance is not None:
+            app.state.maintenance.start()
         try:
             yield
         finally:
+            if app.state.maintenance is not None:
+                await app.state.maintenance.stop()
             await db.close()
 
     app = FastAPI(

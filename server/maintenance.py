@@ -1,8 +1,14 @@
-"""`site-director maintenance`: purge what can never be used again, and apply log retention.
+"""Maintenance: purge what can never be used again, and apply the retention periods.
 
-Meant for cron or a systemd timer: expired, used-up and revoked secrets; expired refresh tokens
-and old family revocations; log lines older than `--log-retention-days` and lines of deleted
+One run removes: pilots by age and status with DIRAC's PilotStatusAgent defaults (submitted
+more than `pilot_retention_days` ago whatever their status, Aborted ones after
+`aborted_pilot_retention_days`), expired, used-up and revoked secrets, expired refresh tokens
+and old family revocations, log lines older than `log_retention_days` and those of deleted
 pilots. Each part is its own transaction, so an interrupted run loses nothing.
+
+The server runs it on a schedule (`server.scheduler`); `site-director maintenance` runs the same
+`run_maintenance` once, for cron or a systemd timer. Each run logs one line with what it removed
+and feeds the Prometheus figures below.
 """
 
 from __future__ import annotations
@@ -11,21 +17,39 @@ import argparse
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 
+from prometheus_client import Counter, Gauge
+
+from server.clock import utcnow
 from server.context import ServerContext
+from server.db import pilots as pilots_db
 from server.db.engine import Database
 from server.installation import open_server_keys
 from server.logic import auth as auth_logic
 from server.logic import logs as logs_logic
 from server.logic import secrets as secrets_logic
+from server.models import PilotStatus
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+REMOVED = Counter(
+    "site_director_server_maintenance_removed_total",
+    "Rows removed by the maintenance, by kind",
+    ["what"],
+)
+LAST_RUN = Gauge(
+    "site_director_server_maintenance_last_run_timestamp_seconds",
+    "When this process last finished a maintenance run (Unix time)",
+)
+
 
 @dataclass(frozen=True)
 class MaintenanceReport:
+    pilots: int
+    aborted_pilots: int
     secrets: int
     refresh_tokens: int
     families: int
@@ -33,29 +57,85 @@ class MaintenanceReport:
 
     def __str__(self) -> str:
         return (
+            f"pilots={self.pilots} aborted_pilots={self.aborted_pilots} "
             f"secrets={self.secrets} refresh_tokens={self.refresh_tokens} "
             f"revoked_families={self.families} log_lines={self.log_lines}"
         )
 
 
-async def run_maintenance(ctx: ServerContext, log_retention_days: int | None) -> MaintenanceReport:
-    secrets = await secrets_logic.purge(ctx)
-    tokens, families = await auth_logic.purge(ctx)
-    lines = await logs_logic.purge(ctx, log_retention_days)
-    report = MaintenanceReport(secrets, tokens, families, lines)
+async def purge_pilots(
+    ctx: ServerContext, days: int, *, statuses: list[str] | None = None, now: datetime
+) -> int:
+    """Pilots submitted more than `days` ago (with one of `statuses`, if given); 0 keeps all.
+
+    The age is the submission time, as DIRAC's PilotAgentsDB.clearPilots counts it."""
+    if days <= 0:
+        return 0
+    async with ctx.db.transaction() as conn:
+        return await pilots_db.delete_pilots(
+            conn, older_than=now - timedelta(days=days), statuses=statuses
+        )
+
+
+async def run_maintenance(
+    ctx: ServerContext,
+    log_retention_days: int | None = None,
+    *,
+    pilot_retention_days: int | None = None,
+    aborted_pilot_retention_days: int | None = None,
+    now: datetime | None = None,
+) -> MaintenanceReport:
+    """One maintenance run; a retention left None is taken from the settings."""
+    settings = ctx.settings
+    now = now or utcnow()
+    if pilot_retention_days is None:
+        pilot_retention_days = settings.pilot_retention_days
+    if aborted_pilot_retention_days is None:
+        aborted_pilot_retention_days = settings.aborted_pilot_retention_days
+    if log_retention_days is None:
+        log_retention_days = settings.log_retention_days
+    # Aborted first: counted apart, as DIRAC's two clearPilots queries are
+    aborted = await purge_pilots(
+        ctx, aborted_pilot_retention_days, statuses=[PilotStatus.ABORTED.value], now=now
+    )
+    pilots = await purge_pilots(ctx, pilot_retention_days, now=now)
+    secrets = await secrets_logic.purge(ctx, now)
+    tokens, families = await auth_logic.purge(ctx, now)
+    lines = await logs_logic.purge(ctx, log_retention_days, now)  # after the pilots: their lines
+    report = MaintenanceReport(pilots, aborted, secrets, tokens, families, lines)
+    for what, count in asdict(report).items():
+        REMOVED.labels(what).inc(count)
+    LAST_RUN.set_to_current_time()
     log.info("maintenance done: %s", report)
     return report
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    m = sub.add_parser("maintenance", help="purge dead secrets and tokens; apply log retention")
+    m = sub.add_parser(
+        "maintenance",
+        help="purge old pilots, dead secrets and tokens; apply log retention (what the server"
+        " runs on its own schedule)",
+    )
     m.add_argument("--db", help="database URL (default: SQLite under --data-dir)")
     m.add_argument("--data-dir", help="keys and the SQLite database (default: ./data)")
     m.add_argument(
         "--log-retention-days",
         type=int,
         default=None,
-        help="delete log lines received more than N days ago (default: keep them)",
+        help="delete log lines received more than N days ago (default: the server's setting,"
+        " unset: keep them as long as their pilot)",
+    )
+    m.add_argument(
+        "--pilot-retention-days",
+        type=int,
+        default=None,
+        help="delete pilots submitted more than N days ago, any status (default 30; 0 keeps)",
+    )
+    m.add_argument(
+        "--aborted-retention-days",
+        type=int,
+        default=None,
+        help="delete Aborted pilots submitted more than N days ago (default 7; 0 keeps)",
     )
     m.set_defaults(func=maintenance_command)
 
@@ -63,16 +143,27 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def maintenance_command(args: argparse.Namespace) -> int:
     from server.cli import _settings_from
 
+    flags = {
+        "--log-retention-days": args.log_retention_days,
+        "--pilot-retention-days": args.pilot_retention_days,
+        "--aborted-retention-days": args.aborted_retention_days,
+    }
+    for flag, value in flags.items():
+        if value is not None and value < 0:
+            print(f"{flag} must be 0 or more", file=sys.stderr)
+            return 2
     settings: ServerSettings = _settings_from(args)
-    if args.log_retention_days is not None and args.log_retention_days < 0:
-        print("--log-retention-days must be 0 or more", file=sys.stderr)
-        return 2
 
     async def _run() -> MaintenanceReport:
         db = Database(settings.database_url)
         try:
             ctx = ServerContext(settings=settings, db=db, keys=open_server_keys(settings))
-            return await run_maintenance(ctx, args.log_retention_days)
+            return await run_maintenance(
+                ctx,
+                args.log_retention_days,
+                pilot_retention_days=args.pilot_retention_days,
+                aborted_pilot_retention_days=args.aborted_retention_days,
+            )
         finally:
             await db.close()
 

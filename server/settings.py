@@ -44,6 +44,36 @@ class ServerSettings(BaseSettings):
         " it the search is stopped and answered 422.",
     )
 
+    maintenance: bool = Field(
+        True,
+        description="Run the maintenance (`site-director maintenance`) on a schedule inside the"
+        " server: one runner across all workers and hosts, elected by a lease in the database.",
+    )
+    maintenance_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between two scheduled maintenance runs; the runner's lease lasts"
+        " two intervals, so a dead runner is replaced within three.",
+    )
+    pilot_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Pilots submitted more than N days ago are deleted, whatever their status"
+        " (DIRAC's PilotStatusAgent ClearPilotsDelay, 30); 0 keeps them.",
+    )
+    aborted_pilot_retention_days: int = Field(
+        7,
+        ge=0,
+        description="Aborted pilots submitted more than N days ago are deleted (DIRAC's"
+        " PilotStatusAgent ClearAbortedPilotsDelay, 7); 0 keeps them.",
+    )
+    log_retention_days: int | None = Field(
+        None,
+        ge=0,
+        description="Log lines received more than N days ago are deleted; unset keeps them as"
+        " long as their pilot (the lines of deleted pilots always go).",
+    )
+
     @field_validator("vos")
     @classmethod
     def _no_empty_vo(cls, vos: list[str]) -> list[str]:

@@ -149,7 +149,10 @@ async def server_under_test(
         url = await _make_database(backend, tmp)
     except (OSError, ConnectionError) as exc:
         missing(f"{backend} is not reachable on 127.0.0.1: {exc}")
-    settings = ServerSettings(data_dir=tmp, db_url=url, issuer=ISSUER, vos=TEST_VOS)
+    # no scheduled maintenance: a purge in the middle of a test would be a surprise
+    settings = ServerSettings(
+        data_dir=tmp, db_url=url, issuer=ISSUER, vos=TEST_VOS, maintenance=False
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         yield ServerUnderTest(backend, app, settings, app.state.ctx.keys)
@@ -266,6 +269,7 @@ def start_live_server(
     scheme = "https" if tls else "http"
     host = "localhost" if tls else "127.0.0.1"
     url = f"{scheme}://{host}:{port}"
+    overrides.setdefault("maintenance", False)
     settings = ServerSettings(data_dir=data_dir, issuer=url, vos=TEST_VOS, **overrides)
     app = create_app(settings)
     ssl: dict[str, Any] = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
