@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -107,6 +108,8 @@ async def test_server_on_a_full_disk_refuses_with_a_reason_keeps_what_it_acked_a
         await _full_disk_trial(server, data)
     finally:
         server.kill()
+        for log in data.glob("server-*.log"):  # kept for a post-mortem: the tmpfs goes
+            shutil.copy(log, tmp_path / log.name)
 
 
 async def _full_disk_trial(server: ServerProc, data: Path) -> None:
