@@ -32,6 +32,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from director.ce.base import (
     SubmitResult,
 )
 from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
+from director.holds import HeldRelease, HoldAction, HoldDecision, decide_hold
 from director.render import TemplateRenderer
 from director.states import (
     HTCONDOR_COMPLETED,
@@ -92,6 +94,9 @@ _JOB_PROJECTION = [
     "SUBMIT_Iwd",
     "LastHoldReason",
     "LastHoldReasonCode",
+    "NumSystemHolds",
+    "EnteredCurrentStatus",
+    "ServerTime",
     "Out",
     "Err",
 ]
@@ -145,6 +150,10 @@ class HTCondorCEConfig(BaseModel):
     )
     remove_held_after_s: int | None = Field(
         default=86400, ge=60, description="held jobs are removed by the CE after this long"
+    )
+    held_release: HeldRelease = Field(
+        default_factory=HeldRelease,
+        description="holds known to be transient are released this many times, then Aborted",
     )
     submit_timeout_s: float = Field(default=300.0, gt=0)
     query_timeout_s: float = Field(default=60.0, gt=0)
@@ -341,8 +350,32 @@ def _stamp_from_environment(environment: str) -> str:
     return match.group(1) if match else ""
 
 
-def status_from_ad(reference: str, ad: Mapping[str, Any]) -> StatusResult:
-    """A job ad (from the queue or the history) -> the pilot's status, reason and exit code."""
+def hold_decision(ad: Mapping[str, Any], policy: HeldRelease) -> HoldDecision:
+    """What to do with a held job (`director.holds`): its hold, the releases so far (the
+    system's holds before this one) and how long this hold has lasted, by the schedd's clock."""
+    holds = _as_int(ad.get("NumSystemHolds")) or 1
+    entered = _as_int(ad.get("EnteredCurrentStatus"))
+    server_time = _as_int(ad.get("ServerTime"))
+    held_seconds = None
+    if entered is not None:
+        held_seconds = float((server_time if server_time is not None else time.time()) - entered)
+    return decide_hold(
+        _as_int(ad.get("HoldReasonCode")),
+        _as_int(ad.get("HoldReasonSubCode")),
+        _as_str(ad.get("HoldReason")),
+        max(holds - 1, 0),
+        policy,
+        held_seconds,
+    )
+
+
+def status_from_ad(
+    reference: str, ad: Mapping[str, Any], policy: HeldRelease | None = None
+) -> StatusResult:
+    """A job ad (from the queue or the history) -> the pilot's status, reason and exit code.
+
+    A held job is Aborted unless its hold is spooling or transient (`hold_decision`): then it
+    is Waiting, to be released by `HTCondorCE.status`."""
     job_status = _as_int(ad.get("JobStatus"))
     if job_status is None:
         return StatusResult(reference, PilotStatus.UNKNOWN, "", "job ad without JobStatus")
@@ -353,11 +386,11 @@ def status_from_ad(reference: str, ad: Mapping[str, Any]) -> StatusResult:
     exit_code: int | None = None
     if job_status == HTCONDOR_HELD:
         state = f"Held({hold_code})" if hold_code is not None else "Held"
-        reason = _as_str(ad.get("HoldReason")) or "held"
+        decision = hold_decision(ad, policy or HeldRelease())
+        reason = decision.reason
+        status = PilotStatus.ABORTED if decision.action is HoldAction.ABORT else PilotStatus.WAITING
         if hold_code == 3:  # on_exit_hold: the subcode is the pilot's exit code
             exit_code = _as_int(ad.get("HoldReasonSubCode"))
-        if status is not PilotStatus.WAITING:
-            reason = f"held: {reason}"
     elif job_status == HTCONDOR_REMOVED:
         reason = "removed from the CE"
         if _as_str(ad.get("RemoveReason")):
@@ -633,13 +666,19 @@ class HTCondorCE(ComputingElement):
                 lambda schedd: self._fetch_ads(schedd, jobs, _JOB_PROJECTION, history=True),
                 self.config.query_timeout_s,
             )
+        released = await self._release_transient(ads)
         results = []
         for reference in references:
             job = parsed[reference]
             if not isinstance(job, JobId):
                 results.append(StatusResult(reference, None, error=job))
+            elif job in released:
+                code = _as_int(ads[job].get("HoldReasonCode"))
+                results.append(
+                    StatusResult(reference, PilotStatus.WAITING, f"Released({code})", released[job])
+                )
             elif job in ads:
-                results.append(status_from_ad(reference, ads[job]))
+                results.append(status_from_ad(reference, ads[job], self.config.held_release))
             else:
                 results.append(
                     StatusResult(
@@ -650,6 +689,42 @@ class HTCondorCE(ComputingElement):
                     )
                 )
         return results
+
+    async def _release_transient(self, ads: Mapping[JobId, Mapping[str, Any]]) -> dict[JobId, str]:
+        """Release the held jobs whose hold is transient and due (`director.holds`); returns
+        the jobs the schedd released, with why. A failed release is retried at the next check."""
+        due = {
+            job: decision.reason
+            for job, ad in ads.items()
+            if _as_int(ad.get("JobStatus")) == HTCONDOR_HELD
+            and (decision := hold_decision(ad, self.config.held_release)).action
+            is HoldAction.RELEASE
+        }
+        if not due:
+            return {}
+        try:
+            still_held = await self._call(
+                "release",
+                lambda schedd: self._release_blocking(schedd, list(due)),
+                self.config.query_timeout_s,
+            )
+        except CEError as exc:
+            _log.warning("could not release %d held jobs: %s", len(due), exc)
+            return {}
+        return {job: reason for job, reason in due.items() if job not in still_held}
+
+    @staticmethod
+    def _release_blocking(schedd: ScheddLike, jobs: Sequence[JobId]) -> set[JobId]:
+        """Release the jobs; returns those still held afterwards."""
+        import htcondor2
+
+        schedd.act(
+            htcondor2.JobAction.Release,
+            [str(job) for job in jobs],
+            "site director: transient hold released",
+        )
+        ads = HTCondorCE._fetch_ads(schedd, jobs, ["ClusterId", "ProcId", "JobStatus"], False)
+        return {job for job, ad in ads.items() if _as_int(ad.get("JobStatus")) == HTCONDOR_HELD}
 
     async def output(self, reference: str) -> PilotOutput:
         job = self._parse([reference])[reference]
@@ -842,7 +917,10 @@ class HTCondorCE(ComputingElement):
             if not stamp:
                 continue
             reference = make_reference(self.config.host, JobId(cluster, proc))
-            status = status_from_ad(reference, ad).status or PilotStatus.UNKNOWN
+            status = (
+                status_from_ad(reference, ad, self.config.held_release).status
+                or PilotStatus.UNKNOWN
+            )
             jobs.append(CEJob(reference, stamp, status))
         return jobs
 

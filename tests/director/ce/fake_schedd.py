@@ -56,6 +56,8 @@ class FakeSchedd:
     """method name -> exception raised by every call of that method."""
     permission_denied: set[JobKey] = field(default_factory=set)
     """jobs whose removal the schedd refuses."""
+    release_refused: set[JobKey] = field(default_factory=set)
+    """held jobs the schedd does not release."""
     hang: threading.Event | None = None
     """when set to an Event, query() blocks until the Event is set (a schedd that went silent)."""
     calls: list[str] = field(default_factory=list)
@@ -202,7 +204,9 @@ class FakeSchedd:
         self, action: htcondor2.JobAction, job_spec: Any, reason: str | None = None
     ) -> classad2.ClassAd:
         self._enter("act")
-        assert action == htcondor2.JobAction.Remove, f"the fake only removes, not {action}"
+        if action == htcondor2.JobAction.Release:
+            return self._release(job_spec)
+        assert action == htcondor2.JobAction.Remove, f"the fake removes or releases, not {action}"
         totals = dict.fromkeys(
             (
                 "TotalSuccess",
@@ -224,6 +228,23 @@ class FakeSchedd:
             else:
                 totals["TotalSuccess"] += 1
                 self.to_history(*key, JobStatus=3, RemoveReason=reason or "")
+        return classad2.ClassAd(totals)
+
+    def _release(self, job_spec: Any) -> classad2.ClassAd:
+        """condor_release: a held job goes back to Idle; its NumSystemHolds stays."""
+        totals = {"TotalSuccess": 0, "TotalNotFound": 0, "TotalBadStatus": 0}
+        for key in self._select(job_spec):
+            ad = self.queue.get(key)
+            if ad is None:
+                totals["TotalNotFound"] += 1
+            elif ad.get("JobStatus") != 5 or key in self.release_refused:
+                totals["TotalBadStatus"] += 1
+            else:
+                totals["TotalSuccess"] += 1
+                ad["JobStatus"] = 1
+                ad["LastHoldReason"] = ad.pop("HoldReason", "")
+                ad["LastHoldReasonCode"] = ad.pop("HoldReasonCode", 0)
+                ad.pop("HoldReasonSubCode", None)
         return classad2.ClassAd(totals)
 
     def edit(self, job_spec: Any, attr: str, value: str, flags: Any = None) -> int:

@@ -232,11 +232,11 @@ async def test_empty_batch_does_nothing(ce: HTCondorCE, fake: FakeSchedd) -> Non
             "Held(16)",
             "Spooling",
         ),
-        (
-            {"JobStatus": 5, "HoldReasonCode": 13, "HoldReason": "Transfer input files failed"},
+        (  # a transient hold is released instead: test_htcondor_holds.py
+            {"JobStatus": 5, "HoldReasonCode": 34, "HoldReason": "Memory usage exceeds a limit"},
             PilotStatus.ABORTED,
-            "Held(13)",
-            "held: Transfer input files failed",
+            "Held(34)",
+            "held: Memory usage exceeds a limit",
         ),
         ({"JobStatus": 2}, PilotStatus.RUNNING, "Running", ""),
         ({"JobStatus": 6}, PilotStatus.RUNNING, "TransferringOutput", ""),
