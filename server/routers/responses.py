@@ -11,7 +11,8 @@ its shape, so that no route can forget them:
     a method with a body            413 TooLarge (the body limit, before any parsing)
     a body model                    400 InvalidRequest (a body FastAPI cannot decode)
     DATABASE                        400 InvalidRequest (a value the database refuses),
-                                    503 with Retry-After (the database does not answer)
+                                    503 with Retry-After (the database does not answer),
+                                    507 with Retry-After (no space left for the database)
 
 FastAPI adds 422 itself to every route that takes parameters or a body.
 """
@@ -132,6 +133,11 @@ DATABASE: Responses = {
     int(HTTPStatus.SERVICE_UNAVAILABLE): {
         "model": HTTPError,
         "description": "The database does not answer: retry later",
+        "headers": _RETRY_AFTER,
+    },
+    int(HTTPStatus.INSUFFICIENT_STORAGE): {
+        "model": HTTPError,
+        "description": "No space left for the database: nothing was stored, retry later",
         "headers": _RETRY_AFTER,
     },
 }
