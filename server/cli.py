@@ -1,4 +1,4 @@
-"""Server commands of the `site-director` script: server, token, db upgrade, keys rotate."""
+"""Server commands of the `site-director` script: server, token, db upgrade, keys."""
 
 from __future__ import annotations
 
@@ -11,9 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from server.identity import ADMIN, KNOWN_PROPERTIES, NORMAL_USER, TRUSTED_HOST, mint_user_token
-from server.installation import default_issuer, recorded_vos
-from server.keys import KeySetError, KeyStore, rotate_keyset, settle_issuer
+from server.installation import default_issuer, key_grace, recorded_vos
+from server.keys import (
+    KeySetError,
+    KeyStatus,
+    KeyStore,
+    activate_keyset,
+    key_statuses,
+    read_keyset,
+    record_signed,
+    rotate_keyset,
+    settle_issuer,
+)
 from server.settings import ServerSettings
+
+KEYS_FILE_HELP = "the signing key set file (default: jwks.json in --data-dir); hosts may share one"
 
 
 def _settings_from(args: argparse.Namespace, **extra: Any) -> ServerSettings:
@@ -27,6 +39,8 @@ def _settings_from(args: argparse.Namespace, **extra: Any) -> ServerSettings:
         given["vos"] = args.vo
     if getattr(args, "issuer", None):
         given["issuer"] = args.issuer
+    if getattr(args, "keys_file", None):
+        given["keys_file"] = Path(args.keys_file)
     given.update(extra)
     return ServerSettings(**given)
 
@@ -37,6 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--db", help="database URL (default: SQLite under --data-dir)")
     p.add_argument("--data-dir", help="keys and the SQLite database (default: ./data)")
+    p.add_argument("--keys-file", help=KEYS_FILE_HELP)
     p.add_argument("--vo", action="append", help="a VO to serve (repeat); default from settings")
     p.add_argument(
         "--issuer",
@@ -56,6 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     t = sub.add_parser("token", help="print a signed access token from the server's key set")
     t.add_argument("--data-dir", required=True)
+    t.add_argument("--keys-file", help=KEYS_FILE_HELP)
     t.add_argument("--sub", required=True)
     t.add_argument("--vo", required=True)
     t.add_argument(
@@ -76,9 +92,32 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("--data-dir")
     d.set_defaults(func=db_command)
 
-    k = sub.add_parser("keys", help="signing key set maintenance")
-    k.add_argument("action", choices=["rotate"])
-    k.add_argument("--data-dir", required=True)
+    k = sub.add_parser(
+        "keys",
+        help="signing key set: rotate (publish a next key), activate (let it sign now), list",
+    )
+    k.add_argument("action", choices=["rotate", "activate", "list"])
+    k.add_argument("--data-dir", help="the server's data directory (its jwks.json)")
+    k.add_argument("--keys-file", help=KEYS_FILE_HELP)
+    k.add_argument(
+        "--delay",
+        type=int,
+        help="rotate: seconds the new keys are published before they sign "
+        "(default: key_publication_delay, 3600)",
+    )
+    k.add_argument(
+        "--grace",
+        type=int,
+        help="rotate: seconds the replaced keys keep verifying once the new ones sign "
+        "(default: key_grace, else the longest token lifetime; never shorter than a token "
+        "`token` printed with them)",
+    )
+    k.add_argument(
+        "--retire-now",
+        action="store_true",
+        help="rotate after a leak: the new keys sign at once and every older key is removed "
+        "(every token issued so far stops working, the director's too)",
+    )
     k.set_defaults(func=keys_command)
 
     from server import maintenance  # purge dead secrets and tokens, log retention
@@ -180,17 +219,26 @@ def print_token(args: argparse.Namespace) -> int:
         )
     if args.lifetime < 1:
         raise SystemExit2("--lifetime must be at least 1 second")
-    print(
-        mint_user_token(
-            keys,
-            sub=args.sub,
-            vo=args.vo,
-            properties=args.property,
-            lifetime=args.lifetime,
-            group=args.group,
-            extra_vos=args.extra_vo,
-        )
+    kid = keys.signing_kid()
+    token = mint_user_token(
+        keys,
+        sub=args.sub,
+        vo=args.vo,
+        properties=args.property,
+        lifetime=args.lifetime,
+        group=args.group,
+        extra_vos=args.extra_vo,
     )
+    # the key must verify this token as long as it lives, whatever grace a rotation gives
+    try:
+        record_signed(keys.path, kid, keys.verify(token)["exp"])
+    except (OSError, KeySetError) as exc:
+        logging.getLogger(__name__).warning(
+            "cannot record the token's expiry in %s (%s): a key rotation may end it early",
+            keys.path,
+            exc,
+        )
+    print(token)
     return 0
 
 
@@ -214,10 +262,59 @@ def db_command(args: argparse.Namespace) -> int:
 
 
 def keys_command(args: argparse.Namespace) -> int:
-    new = rotate_keyset(Path(args.data_dir) / "jwks.json")
-    logging.getLogger(__name__).info("rotated")
-    print("new signing keys: " + ", ".join(new))
+    """Key rotation an operator runs from cron: `keys rotate` publishes new keys that sign
+    after the publication delay, and the replaced ones leave after the grace, by themselves;
+    every server reading the file follows without a restart."""
+    import time
+
+    if not (args.data_dir or args.keys_file):
+        raise SystemExit2("give --data-dir (the server's) or --keys-file")
+    settings = _settings_from(args)
+    path = settings.keyset_path
+    if not path.exists():
+        raise SystemExit2(f"no key set at {path} (the server makes it on its first start)")
+    if args.action != "rotate" and (
+        args.delay is not None or args.grace is not None or args.retire_now
+    ):
+        raise SystemExit2("--delay, --grace and --retire-now go with rotate")
+    for name in ("delay", "grace"):
+        if (getattr(args, name) or 0) < 0:
+            raise SystemExit2(f"--{name} is seconds, not negative")
+    try:
+        if args.action == "rotate":
+            delay = settings.key_publication_delay if args.delay is None else args.delay
+            grace = key_grace(settings) if args.grace is None else args.grace
+            new = rotate_keyset(path, delay=delay, grace=grace, retire_now=args.retire_now)
+            start = "now" if args.retire_now else f"in {delay} s"
+            print(f"published {', '.join(new)}: they sign {start}")
+        elif args.action == "activate":
+            activated = activate_keyset(path)
+            print(f"signing now: {', '.join(activated)}" if activated else "no key was waiting")
+        document = read_keyset(path)
+    except KeySetError as exc:
+        raise SystemExit2(str(exc)) from exc
+    now = int(time.time())
+    for status in key_statuses(document, now):
+        print(_status_line(status, now))
     return 0
+
+
+def _status_line(status: KeyStatus, now: int) -> str:
+    def when(moment: int | None) -> str:
+        if moment is None:
+            return "-"
+        return time_text(moment) + (f" (in {moment - now} s)" if moment > now else "")
+
+    return (
+        f"{status.kid:36} {status.alg:6} {status.state:9} "
+        f"signs from {when(status.signs_from)}, verifies until {when(status.verify_until)}"
+    )
+
+
+def time_text(moment: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SystemExit2(Exception):

@@ -3,6 +3,9 @@
 - The issuer (`iss` of every token) lives in the key set file (`jwks.json`, see server.keys):
   chosen once, when the key set is made, from `--issuer` / `SITE_DIRECTOR_ISSUER`, or else
   from the address of the first start; never derived again from where the server listens.
+- The key set itself is `jwks.json` in the data directory unless `keys_file` names another
+  path: several hosts share one key set file (and so one issuer), each keeping its own data
+  directory (its `vos.json`, its SQLite file if any).
 - The VOs the server serves (`vos.json`, written at every start), so that `site-director token`
   refuses a VO the server would refuse.
 
@@ -21,6 +24,7 @@ import socket
 from pathlib import Path
 
 from server.keys import KeyStore, settle_issuer
+from server.logic.cetokens import MAX_LIFETIME as CE_TOKEN_MAX_LIFETIME
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,21 @@ def open_server_keys(settings: ServerSettings, *, change_issuer: bool = False) -
         settings.keyset_path, settings.issuer, default=FALLBACK_ISSUER, change=change_issuer
     )
     return KeyStore(settings.keyset_path, issuer)
+
+
+def key_grace(settings: ServerSettings) -> int:
+    """How long a replaced key keeps verifying once its successor signs: the setting, else
+    the longest lifetime of a token the server signs (refresh tokens, by default), so that no
+    token the server issued dies with its key. Tokens `site-director token` signs are
+    recorded with their key and outlive the grace if they must (server.keys.record_signed)."""
+    if settings.key_grace is not None:
+        return settings.key_grace
+    return max(
+        settings.access_token_lifetime,
+        settings.pilot_token_lifetime,
+        settings.refresh_token_lifetime,
+        CE_TOKEN_MAX_LIFETIME,
+    )
 
 
 def record_vos(data_dir: Path, vos: list[str]) -> None:

@@ -1,10 +1,26 @@
 """The server's signing key set: every token it issues is signed here and verified here.
 
-The key set is a JWKS file of private keys (mode 0600) under the data directory, made on first
-start. The first Ed25519 key signs user, service and pilot tokens (EdDSA); the first RSA key signs
-what must be RS256 (CE tokens: ARC was seen accepting RS256 only). Rotation puts new keys in
-front; old keys stay and keep verifying tokens they signed until an operator retires them.
-Several workers or hosts share the file (or copies of it); each re-reads it when it changes.
+The key set is a JWKS file of private keys (mode 0600), `jwks.json` under the data directory
+unless `keys_file` names another path (several hosts share one file, deployed as a secret). It
+is made on first start with one Ed25519 key, which signs user, service and pilot tokens
+(EdDSA), and one RSA key, which signs what must be RS256 (CE tokens: ARC reads RSA keys only).
+
+Rotation follows the usual JWKS rule: the next key is published before it signs, and an old key
+keeps verifying for a grace period, then leaves the JWKS. The file records, per key id, under a
+top-level `"key_times"` member (Unix seconds):
+
+- `published`: when it entered the key set (it is in the JWKS from then on);
+- `signs_from`: when it starts signing (`keys rotate` sets it `key_publication_delay` ahead);
+  the key of an algorithm that signs is the one with the latest `signs_from` already reached;
+- `verify_until`: when it stops verifying and leaves the JWKS (set when a successor is made:
+  the successor's `signs_from` plus the grace; null while it has none);
+- `signed_until`: the latest expiry of a token `site-director token` signed with it (such
+  tokens may outlive the server's own lifetimes; the grace never cuts them short).
+
+Everything follows from the file and the clock, so every host reading the file agrees without
+talking to the others, and a key starts signing or leaves at its time without anyone writing.
+A key set made before these records has no times: its first key of each algorithm signs and the
+others verify until the next rotation gives them an end.
 
 The installation's issuer (`iss` of every token) is recorded in the same file, as a top-level
 `"issuer"` member beside `"keys"` (RFC 7517 section 5: members a reader does not know are
@@ -12,6 +28,10 @@ ignored). It is chosen once, when the key set is made, and changes only when an 
 (`site-director server --issuer URL --change-issuer`): a server and the `token` command reading
 one key set therefore always agree on it, whatever address the server listens on, and a copy of
 the file on another host carries the issuer with the keys.
+
+Running servers read the file again when it changes (a cheap stat at most every
+RELOAD_CHECK_SECONDS) and when a recorded time is reached: a rotation made on one host, or a
+new copy of the secret, reaches every server without a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +41,8 @@ import os
 import secrets
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +63,13 @@ from joserfc.jws import extract_compact
 warnings.filterwarnings("ignore", message="EdDSA is deprecated")
 
 ACCEPTED_ALGORITHMS = ["EdDSA", "RS256"]
-_RELOAD_CHECK_SECONDS = 5.0
+RELOAD_CHECK_SECONDS = 5.0
+DEFAULT_PUBLICATION_DELAY = 3600
+"""Seconds a new key is published before it signs, unless the caller says otherwise."""
+DEFAULT_GRACE = 7 * 24 * 3600
+"""Seconds a replaced key keeps verifying, unless the caller says otherwise (the server's
+settings derive theirs from the token lifetimes: see server.installation.key_grace)."""
+KEY_TIMES = "key_times"
 _VERIFIED_CACHE_SIZE = 10_000
 
 
@@ -176,29 +204,191 @@ def settle_issuer(path: Path, wanted: str | None, *, default: str, change: bool 
     return recorded
 
 
-def rotate_keyset(path: Path) -> list[str]:
-    """Put a new Ed25519 and RSA key in front; returns the new key ids. The issuer record (and
-    any other member of the file) is kept."""
+def _alg_of(kty: str) -> str:
+    return "EdDSA" if kty == "OKP" else "RS256"
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """One key of the set at one moment, for `site-director keys list` and the KeyStore."""
+
+    kid: str
+    alg: str
+    published: int
+    signs_from: int
+    verify_until: int | None
+    state: str
+    """NEXT (published, not signing yet), SIGNING, RETIRING (a successor signs; it still
+    verifies) or RETIRED (it verifies no more; the next rotation removes it from the file)."""
+
+
+NEXT, SIGNING, RETIRING, RETIRED = "next", "signing", "retiring", "retired"
+
+
+def _optional_int(value: object) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _key_times(document: dict[str, Any]) -> dict[str, dict[str, int | None]]:
+    """Every key's times, defaults filled in (a key without a record has always signed)."""
+    recorded = document.get(KEY_TIMES)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    times: dict[str, dict[str, int | None]] = {}
+    for key in document["keys"]:
+        entry = recorded.get(key["kid"])
+        entry = entry if isinstance(entry, dict) else {}
+        times[key["kid"]] = {
+            "published": _optional_int(entry.get("published")) or 0,
+            "signs_from": _optional_int(entry.get("signs_from")) or 0,
+            "verify_until": _optional_int(entry.get("verify_until")),
+            "signed_until": _optional_int(entry.get("signed_until")),
+        }
+    return times
+
+
+def key_statuses(document: dict[str, Any], now: int) -> list[KeyStatus]:
+    """The state of every key of a key set document at `now`, in the file's order.
+
+    Per algorithm, the key that signs is the one with the latest `signs_from` not after `now`
+    (on a tie, the first in the file: rotation puts new keys in front).
+    """
+    times = _key_times(document)
+    keys = document["keys"]
+    signing: dict[str, str] = {}
+    started = [k for k in keys if (times[k["kid"]]["signs_from"] or 0) <= now]
+    for key in sorted(started, key=lambda k: -(times[k["kid"]]["signs_from"] or 0)):
+        signing.setdefault(_alg_of(key["kty"]), key["kid"])
+    statuses = []
+    for key in keys:
+        kid, alg, entry = key["kid"], _alg_of(key["kty"]), times[key["kid"]]
+        until = entry["verify_until"]
+        if signing.get(alg) == kid:
+            state = SIGNING
+        elif (entry["signs_from"] or 0) > now:
+            state = NEXT
+        elif until is not None and until <= now:
+            state = RETIRED
+        else:
+            state = RETIRING
+        statuses.append(
+            KeyStatus(
+                kid=kid,
+                alg=alg,
+                published=entry["published"] or 0,
+                signs_from=entry["signs_from"] or 0,
+                verify_until=until,
+                state=state,
+            )
+        )
+    return statuses
+
+
+def rotate_keyset(
+    path: Path,
+    *,
+    delay: int = DEFAULT_PUBLICATION_DELAY,
+    grace: int = DEFAULT_GRACE,
+    retire_now: bool = False,
+    now: int | None = None,
+) -> list[str]:
+    """Add a new Ed25519 and RSA key, published at once, signing `delay` seconds from now;
+    returns the new key ids. The issuer record (and any other member of the file) is kept.
+
+    Every key without an end gets one: the new keys' `signs_from` plus `grace`, or later if a
+    token `site-director token` signed with it lives longer. Keys whose end has passed are
+    removed from the file. `retire_now` is the rotation after a leak: the new keys sign at
+    once and every other key is removed (every token issued so far stops verifying).
+    """
+    if delay < 0 or grace < 0:
+        raise ValueError("the publication delay and the grace are seconds, not negative")
     ensure_keyset(path)
     document = read_keyset(path)
+    moment = int(time.time()) if now is None else now
+    times = _key_times(document)
     new = _new_keys()
-    _write_private(path, {**document, "keys": new + document["keys"]})
+    signs_from = moment if retire_now else moment + delay
+    for entry in times.values():
+        if retire_now:
+            entry["verify_until"] = moment
+        elif entry["verify_until"] is None:
+            entry["verify_until"] = max(signs_from + grace, entry["signed_until"] or 0)
+    for key in new:
+        times[key["kid"]] = {
+            "published": moment,
+            "signs_from": signs_from,
+            "verify_until": None,
+            "signed_until": None,
+        }
+    rotated = {**document, "keys": new + document["keys"]}
+    gone = {
+        s.kid for s in key_statuses({**rotated, KEY_TIMES: times}, moment) if s.state == RETIRED
+    }
+    kept = [k for k in rotated["keys"] if k["kid"] not in gone]
+    _write_private(
+        path,
+        {**rotated, "keys": kept, KEY_TIMES: {k["kid"]: times[k["kid"]] for k in kept}},
+    )
     return [k["kid"] for k in new]
 
 
-class KeyStore:
-    """Signs and verifies tokens with the key set file at `path`, for the issuer `issuer`."""
+def activate_keyset(path: Path, *, now: int | None = None) -> list[str]:
+    """Let the published keys that do not sign yet sign from now; returns their ids.
 
-    def __init__(self, path: Path, issuer: str) -> None:
+    For an operator who knows every relying party has the new keys already (or who must not
+    wait); the old keys' ends stay as they were set, counted from the planned start.
+    """
+    document = read_keyset(path)
+    moment = int(time.time()) if now is None else now
+    times = _key_times(document)
+    waiting = [kid for kid, entry in times.items() if (entry["signs_from"] or 0) > moment]
+    if waiting:
+        for kid in waiting:
+            times[kid]["signs_from"] = moment
+        _write_private(path, {**document, KEY_TIMES: times})
+    return waiting
+
+
+def record_signed(path: Path, kid: str, exp: int) -> None:
+    """Remember that a token signed by `kid` lives until `exp`: the key then keeps verifying at
+    least that long, whatever grace a later rotation gives (used by `site-director token`,
+    whose tokens may outlive every lifetime the server itself uses)."""
+    document = read_keyset(path)
+    times = _key_times(document)
+    entry = times.get(kid)
+    if entry is None:
+        raise KeySetError(f"no key {kid!r} in {path}")
+    if entry["signed_until"] is not None and entry["signed_until"] >= exp:
+        return
+    entry["signed_until"] = exp
+    if entry["verify_until"] is not None and entry["verify_until"] < exp:
+        entry["verify_until"] = exp
+    _write_private(path, {**document, KEY_TIMES: times})
+
+
+def _file_signature(path: Path) -> tuple[int, int, int]:
+    """What changes whenever the file is replaced or rewritten (os.replace gives a new inode;
+    a secret volume swaps a symlink, which stat follows)."""
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class KeyStore:
+    """Signs and verifies tokens with the key set file at `path`, for the issuer `issuer`.
+
+    `clock` (Unix seconds) decides which keys sign and verify and when the file is looked at
+    again; tests pass their own.
+    """
+
+    def __init__(self, path: Path, issuer: str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.issuer = issuer
+        self.clock = clock
         ensure_keyset(path, issuer)
-        self._mtime = 0.0
-        self._checked = 0.0
+        self._checked = clock()
         self._load()
 
     @classmethod
-    def existing(cls, path: Path) -> KeyStore:
+    def existing(cls, path: Path, *, clock: Callable[[], float] = time.time) -> KeyStore:
         """The key set an installation already has, with the issuer it records; KeySetError
         when there is none (a mistyped data directory must not get a fresh key set)."""
         issuer = recorded_issuer(path)
@@ -206,47 +396,67 @@ class KeyStore:
             raise KeySetError(
                 f"the key set {path} records no issuer yet: start the server on it once"
             )
-        return cls(path, issuer)
+        return cls(path, issuer, clock=clock)
 
     def _load(self) -> None:
-        raw = json.loads(self.path.read_text())["keys"]
-        self._keyset = KeySet.import_key_set({"keys": raw})
-        self._signing: dict[str, str] = {}
-        for key in raw:
-            alg = "EdDSA" if key["kty"] == "OKP" else "RS256"
-            self._signing.setdefault(alg, key["kid"])
+        signature = _file_signature(self.path)
+        document = read_keyset(self.path)
+        now = int(self.clock())
+        statuses = key_statuses(document, now)
+        live = {s.kid for s in statuses if s.state != RETIRED}
+        raw = [k for k in document["keys"] if k["kid"] in live]
+        keyset = KeySet.import_key_set({"keys": raw})
+        self._statuses = statuses
+        self._keyset = keyset
+        self._signing: dict[str, str] = {s.alg: s.kid for s in statuses if s.state == SIGNING}
         self._public = {
             "keys": [
-                {**k.as_dict(private=False), "alg": self._alg_of(k.key_type), "use": "sig"}
-                for k in self._keyset.keys
+                {**k.as_dict(private=False), "alg": _alg_of(k.key_type), "use": "sig"}
+                for k in keyset.keys
             ]
         }
-        self._mtime = self.path.stat().st_mtime
+        # the next recorded time this process must act on: a key starts signing or leaves
+        upcoming = [s.signs_from for s in statuses if s.signs_from > now] + [
+            s.verify_until
+            for s in statuses
+            if s.verify_until is not None and s.verify_until > now and s.kid in live
+        ]
+        self._next_change = min(upcoming, default=None)
+        self._signature = signature
         # token -> (header typ, claims); a key change invalidates them all
         self._verified: dict[str, tuple[str | None, dict[str, Any]]] = {}
 
-    @staticmethod
-    def _alg_of(kty: str) -> str:
-        return "EdDSA" if kty == "OKP" else "RS256"
-
     def maybe_reload(self) -> None:
-        """Pick up a rotation made by the CLI, at most every few seconds."""
-        now = time.monotonic()
-        if now - self._checked < _RELOAD_CHECK_SECONDS:
+        """Pick up a rotation made elsewhere (a stat at most every few seconds), and a
+        recorded time reached (a key starts signing or leaves the set)."""
+        now = self.clock()
+        due = self._next_change is not None and now >= self._next_change
+        if not due and 0 <= now - self._checked < RELOAD_CHECK_SECONDS:
             return
         self._checked = now
         try:
-            if self.path.stat().st_mtime != self._mtime:
+            if due or _file_signature(self.path) != self._signature:
                 self._load()
-        except (OSError, ValueError, KeyError):
-            pass  # a half-written file: keep the keys we have, try again later
+        except (OSError, ValueError, KeyError, KeySetError, JoseError):
+            pass  # a file being replaced by hand: keep the keys we have, try again later
+
+    def statuses(self) -> list[KeyStatus]:
+        """Every key of the set and its state (as of the last look at the file)."""
+        self.maybe_reload()
+        return list(self._statuses)
+
+    def signing_kid(self, alg: str = "EdDSA") -> str:
+        self.maybe_reload()
+        return self._signing[alg]
 
     def public_jwks(self) -> dict[str, Any]:
+        """The public keys that verify: those that sign, will sign, or still verify."""
         self.maybe_reload()
         return self._public
 
     def sign(self, claims: dict[str, Any], alg: str = "EdDSA", typ: str = "JWT") -> str:
-        """Sign with the newest key of `alg`; `typ` tells access from refresh tokens apart."""
+        """Sign with the key of `alg` that signs now; `typ` tells access from refresh tokens
+        apart."""
         self.maybe_reload()
         kid = self._signing[alg]
         key = self._keyset.get_by_kid(kid)

@@ -25,6 +25,22 @@ class ServerSettings(BaseSettings):
         description="`iss` of every token, the public base URL: recorded in the key set when"
         " it is made; a different one later is refused unless the server is told to change it.",
     )
+    keys_file: Path | None = Field(
+        None,
+        description="The signing key set (JWKS with the issuer record); jwks.json in data_dir"
+        " if unset. Several hosts point this at one shared file (a deployed secret).",
+    )
+    key_publication_delay: int = Field(
+        3600,
+        ge=0,
+        description="Seconds a key made by `keys rotate` is in the JWKS before it signs.",
+    )
+    key_grace: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds a replaced key keeps verifying (and stays in the JWKS) once its"
+        " successor signs; unset: the longest lifetime of a token the server signs.",
+    )
     vos: list[str] = Field(default_factory=lambda: ["lhcb", "dteam"])
     auto_migrate: bool = Field(True, description="Run the Alembic migrations at start-up.")
 
@@ -89,4 +105,4 @@ class ServerSettings(BaseSettings):
 
     @property
     def keyset_path(self) -> Path:
-        return self.data_dir / "jwks.json"
+        return self.keys_file if self.keys_file is not None else self.data_dir / "jwks.json"

@@ -43,7 +43,7 @@ def test_keyset_file_is_private_and_rotation_keeps_old_keys(tmp_path: Path) -> N
     store = KeyStore(path, ISSUER)
     assert path.stat().st_mode & 0o777 == 0o600
     old = mint_user_token(store, sub="a", vo="lhcb", properties=[ADMIN], lifetime=60)
-    new_kids = rotate_keyset(path)
+    new_kids = rotate_keyset(path, delay=0)
     assert path.stat().st_mode & 0o777 == 0o600
     rotated = KeyStore(path, ISSUER)
     new = mint_user_token(rotated, sub="a", vo="lhcb", properties=[ADMIN], lifetime=60)
