@@ -58,6 +58,7 @@ DEFAULT_PILOT_DIR = Path("/work/shared/reference/dirac-pilot")
 PATH = "/usr/local/bin:/usr/bin:/bin"
 """HTCondor and A-REX start jobs with little or no environment: no PATH."""
 PATIENCE_S = 180.0
+REVOKED = "INFO [Pilot] Revoking pilot token."
 SECRET_IN_WRAPPER = re.compile(r"^PILOT_SECRET = '([^']+)'$", re.MULTILINE)
 
 
@@ -168,14 +169,15 @@ async def run_one_pilot(director: Director, server: LiveServer) -> tuple[str, st
 
 def stored_lines(server: LiveServer, stamp: str) -> list[dict[str, Any]]:
     """The pilot's lines once the pilot's own and the wrapper's shipping of its output are in
-    (the wrapper sends its last batch around the final status)."""
+    (the wrapper sends its last batch around the final status), or after a minute."""
     deadline = time.monotonic() + 60
     while True:
         lines = log_lines(server, stamp)
         messages = [line["Message"] for line in lines]
         fetched = any(m.endswith(f"INFO [PilotParams] {FETCHED}") for m in messages)
         own = any(line["Scope"] == "CheckWorkerNode" for line in lines)
-        if (fetched and own) or time.monotonic() > deadline:
+        revoked = any(m.endswith(REVOKED) for m in messages)
+        if (fetched and own and revoked) or time.monotonic() > deadline:
             return lines
         time.sleep(0.5)
 
@@ -199,6 +201,8 @@ def check_the_stock_pilot(server: LiveServer, stamp: str, secret: str) -> list[s
         for line in secret_lines
     ), secret_lines
     assert not [line for line in lines if secret in json.dumps(line)]
+    # at its end the pilot revokes its own token family (its output, shipped by the wrapper)
+    assert any(m.endswith(REVOKED) for m in messages), messages[-30:]
     # the wrapper's own work beside the pilot's
     assert any(m.startswith("secret exchanged for a pilot token") for m in messages)
     return messages
