@@ -265,6 +265,57 @@ async def overview_fragment(ctx: Context, identity: MonitorViewer, request: Requ
     return response
 
 
+def _pilot_list_context(pilots: logic.PilotList) -> dict[str, Any]:
+    return {"pilots": pilots, "q": pilots.query, "sorts": LIST_SORTS}
+
+
+#: The list's sortable columns: (sort key, heading).
+LIST_SORTS = {
+    "status": "Status",
+    "site": "Site",
+    "ce": "CE",
+    "queue": "Queue",
+    "submitted": "Submitted (UTC)",
+    "updated": "Last update (UTC)",
+}
+
+
+@router.get("/pilots")
+async def pilot_list_page(
+    ctx: Context,
+    identity: MonitorViewer,
+    request: Request,
+    refresh: Annotated[int | None, Query(ge=0, le=3600)] = None,
+) -> HTMLResponse:
+    """The pilots of any selection (the overview's filters), searched by stamp, CE reference
+    or JobID, sorted and paged: where every count of the overview links to."""
+    try:
+        query = logic.parse_pilot_query(request.query_params)
+    except InvalidRequest as exc:
+        return _message(identity, HTTPStatus.BAD_REQUEST, "Bad search", str(exc.detail))
+    pilots = await logic.pilot_list(ctx, identity, query)
+    return _html(
+        "pilots.html",
+        options=await logic.options(ctx, identity),
+        statuses=logic.STATUS_COLUMNS,
+        since_choices=SINCE_CHOICES,
+        filters=query.filters,
+        refresh=_refresh(refresh),
+        **_pilot_list_context(pilots),
+        **_page_context(identity),
+    )
+
+
+@router.get("/fragments/pilots")
+async def pilot_list_fragment(ctx: Context, identity: MonitorViewer, request: Request) -> Response:
+    try:
+        query = logic.parse_pilot_query(request.query_params)
+    except InvalidRequest as exc:
+        return Response(str(exc.detail), HTTPStatus.BAD_REQUEST, headers=SECURITY_HEADERS)
+    pilots = await logic.pilot_list(ctx, identity, query)
+    return _html("_pilots.html", **_pilot_list_context(pilots))
+
+
 def _log_query(text: str) -> Any:
     def query(page: int) -> str:
         return urlencode({k: v for k, v in (("q", text), ("page", str(page))) if v})

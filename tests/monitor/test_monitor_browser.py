@@ -143,9 +143,10 @@ def test_matrix_counts_equal_the_summary(operator: Login, fleet: Fleet) -> None:
         "Deleted",
         "Unknown",
     ]
-    # a cell with pilots links to the overview narrowed to it
+    # a cell with pilots links to the list of its pilots (test_monitor_pilot_list_browser.py)
     link = page.get_attribute('tr[data-site="LCG.CERN.ch"] td[data-status="Running"] a', "href")
     assert link is not None
+    assert link.startswith("/monitor/pilots?")
     assert "site=LCG.CERN.ch" in link
     assert "status=Running" in link
     # the failures: newest first, with reason, each linking to its pilot page

@@ -1,5 +1,5 @@
-// The pilot monitor's only script: refresh parts of the page in place, and apply filters and
-// log searches without a reload. Plain DOM, no library. Every fragment comes from the server
+// The pilot monitor's only script: refresh parts of the page in place, and apply filters,
+// log searches and the pilot list's search, sort and pages without a reload. Plain DOM, no library. Every fragment comes from the server
 // already rendered and escaped; a 401 means the session ended, so go back to the login form.
 "use strict";
 
@@ -107,26 +107,39 @@
     });
   }
 
-  function pilotLogs() {
-    var region = document.getElementById("logs");
-    var form = document.getElementById("log-search");
+  // A region with a search form and links inside it (pages, sort headers): the log of a
+  // pilot, the pilot list. Each swaps the region in place and keeps the URL in step.
+  function searchable(regionId, formId, links, onChange) {
+    var region = document.getElementById(regionId);
+    var form = document.getElementById(formId);
     if (!region || !form) return;
     every(region, Number(region.dataset.refresh || 0));
-    form.addEventListener("submit", function (event) {
-      event.preventDefault();
+    function apply(event) {
+      if (event) event.preventDefault();
       load(region, setQuery(preserveRefresh(fragmentQuery(form))));
-    });
+    }
+    form.addEventListener("submit", apply);
+    if (onChange) {
+      form.addEventListener("change", function (event) {
+        if (event.target.tagName === "SELECT") apply(null);
+      });
+    }
     region.addEventListener("click", function (event) {
-      var link = event.target.closest("#logs-prev, #logs-next");
+      var link = event.target.closest(links);
       if (!link) return;
       event.preventDefault();
       var params = preserveRefresh(new URLSearchParams(link.getAttribute("href").replace(/^\?/, "")));
+      ["sort", "dir"].forEach(function (name) {
+        var hidden = form.querySelector("input[type=hidden][name=" + name + "]");
+        if (hidden) hidden.value = params.get(name) || "";
+      });
       load(region, setQuery(params));
     });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     overview();
-    pilotLogs();
+    searchable("logs", "log-search", "#logs-prev, #logs-next", false);
+    searchable("pilot-list", "pilot-search", "a[data-nav]", true);
   });
 })();
