@@ -21,6 +21,7 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
+from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from server.models import (
     LeaseRelease,
     LeaseRequest,
     PilotMetadata,
+    QueueEmptyPilots,
     QueuesReport,
     SearchParams,
     SecretRevocation,
@@ -350,6 +352,14 @@ class ServerClient:
             json=body.model_dump(mode="json"),
             ok=(HTTPStatus.NO_CONTENT, HTTPStatus.OK),
         )
+
+    async def empty_pilots(self, since: datetime) -> list[QueueEmptyPilots]:
+        """Per queue of the token's VOs: Done pilots that ended since `since` with and
+        without a job (one call for all queues, once per cycle)."""
+        response = await self._call(
+            "GET", "/api/director/queues/empty-pilots", params={"since": since.isoformat()}
+        )
+        return [QueueEmptyPilots.model_validate(item) for item in response.json()]
 
     # --- bans ---------------------------------------------------------------------------------
 

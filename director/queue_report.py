@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from director.backoff import Backoff
 from director.config import QueueRef
+from director.empty_pilots import QueueThrottle
 from server.models import QueueReport, QueuesReport
 
 MAX_ERROR = 255
@@ -61,9 +62,14 @@ def _count(value: int | None) -> int | None:
 
 
 def queue_report(
-    ref: QueueRef, backoff: Backoff, last: LastCycle | None, now: float
+    ref: QueueRef,
+    backoff: Backoff,
+    last: LastCycle | None,
+    now: float,
+    throttle: QueueThrottle | None = None,
 ) -> QueueReport:
-    """One queue's line; `now` is on the same clock as `backoff`'s and `last.at` (epoch)."""
+    """One queue's line; `now` is on the same clock as `backoff`'s and `last.at` (epoch);
+    `throttle`, when the director follows empty pilots, its recent counts and factor."""
     q = ref.config
     kind = str(getattr(ref.entry.ce, "kind", "?"))
     rest = backoff.remaining(ref.key)
@@ -86,11 +92,21 @@ def queue_report(
         last_submitted=_count(last.submitted) if last is not None else None,
         last_waiting=_count(last.waiting) if last is not None else None,
         last_running=_count(last.running) if last is not None else None,
+        ended_pilots=_count(throttle.counts.ended) if throttle is not None else None,
+        empty_ratio=throttle.counts.ratio if throttle is not None else None,
+        submission_factor=throttle.factor if throttle is not None else None,
     )
 
 
 def build_report(
-    refs: Sequence[QueueRef], backoff: Backoff, last: Mapping[str, LastCycle], now: float
+    refs: Sequence[QueueRef],
+    backoff: Backoff,
+    last: Mapping[str, LastCycle],
+    now: float,
+    throttles: Mapping[str, QueueThrottle] | None = None,
 ) -> QueuesReport:
-    """Every configured queue, enabled or not; `last` is keyed by `ref.key`."""
-    return QueuesReport(queues=[queue_report(r, backoff, last.get(r.key), now) for r in refs])
+    """Every configured queue, enabled or not; `last` and `throttles` are keyed by `ref.key`."""
+    throttles = throttles or {}
+    return QueuesReport(
+        queues=[queue_report(r, backoff, last.get(r.key), now, throttles.get(r.key)) for r in refs]
+    )

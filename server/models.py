@@ -376,6 +376,15 @@ class QueueReport(_Strict):
     last_submitted: Count | None = None
     last_waiting: Count | None = None
     last_running: Count | None = None
+    ended_pilots: Count | None = Field(
+        None, description="Done pilots of the recent window the empty ratio is of"
+    )
+    empty_ratio: float | None = Field(
+        None, ge=0.0, le=1.0, description="share of those pilots that ran no job"
+    )
+    submission_factor: float | None = Field(
+        None, ge=0.0, le=1.0, description="what the director scales this queue's submission by"
+    )
 
 
 class QueuesReport(_Strict):
@@ -392,6 +401,19 @@ class QueuesReport(_Strict):
                 raise ValueError(f"queue {q.queue_key!r} of VO {q.vo!r} is reported twice")
             seen.add((q.vo, q.queue_key))
         return self
+
+
+class QueueEmptyPilots(BaseModel):
+    """One queue's Done pilots that ended since a time: how many ran no job (`empty`) and
+    how many ran at least one (`with_jobs`). A queue is named as its pilot records name it:
+    `site` GridSite, `ce` DestinationSite, `queue` Queue."""
+
+    vo: str
+    site: str
+    ce: str
+    queue: str
+    empty: int
+    with_jobs: int
 
 
 # --- bans -------------------------------------------------------------------------------------

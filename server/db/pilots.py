@@ -329,10 +329,11 @@ async def add_jobs(
         )
     }
     new = sorted(set(job_ids) - known)
-    if new:
-        await conn.execute(
-            insert(JOBS), [{"PilotID": pilot_id, "JobID": j, "StartTime": now} for j in new]
-        )
+    if not new:  # a re-sent association (or log batch) changes nothing
+        return
+    await conn.execute(
+        insert(JOBS), [{"PilotID": pilot_id, "JobID": j, "StartTime": now} for j in new]
+    )
     row = (await conn.execute(select(T.c.InitialJobID).where(T.c.PilotID == pilot_id))).one()
     values: dict[str, Any] = {"CurrentJobID": max(job_ids), "LastUpdateTime": now}
     if not row[0]:

@@ -239,6 +239,11 @@ class DirectorQueues(Base):
     last_submitted: Mapped[int | None] = mapped_column("LastSubmitted", Integer)
     last_waiting: Mapped[int | None] = mapped_column("LastWaiting", Integer)
     last_running: Mapped[int | None] = mapped_column("LastRunning", Integer)
+    # learning from empty pilots (migration 0006): the window's Done pilots, the share of
+    # them that ran no job, and the factor the director scales the queue's submission by
+    ended_pilots: Mapped[int | None] = mapped_column("EndedPilots", Integer)
+    empty_ratio: Mapped[float | None] = mapped_column("EmptyRatio", Double)
+    submission_factor: Mapped[float | None] = mapped_column("SubmissionFactor", Double)
     reported_at: Mapped[datetime] = mapped_column("ReportedAt", UTCDateTime)
 
     __table_args__ = (Index("idx_director_queues_vo", "VO", "Site", "CE", "Queue"),)

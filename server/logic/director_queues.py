@@ -47,6 +47,9 @@ def _row(director: str, q: QueueReport, now: datetime) -> dict[str, Any]:
         "LastSubmitted": q.last_submitted,
         "LastWaiting": q.last_waiting,
         "LastRunning": q.last_running,
+        "EndedPilots": q.ended_pilots,
+        "EmptyRatio": q.empty_ratio,
+        "SubmissionFactor": q.submission_factor,
         "ReportedAt": now,
     }
 

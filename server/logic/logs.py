@@ -30,6 +30,7 @@ from server.errors import (
 )
 from server.identity import Identity, refused
 from server.keys import REASON_REVOKED
+from server.logic.job_lines import received_job_ids
 from server.models import LogLine, SearchParams, VectorOperator, VectorSearch
 from server.policies import vo_scope
 
@@ -182,6 +183,10 @@ async def ingest(
             row["PilotID"] = pilot["PilotID"]
             row["VO"] = pilot["VO"]
         await db.insert_lines(conn, rows)
+        # the JobAgent saying it received a job: the pilot is not empty (JobToPilotMapping)
+        job_ids = received_job_ids(row["Message"] for row in rows)
+        if job_ids:
+            await db_pilots.add_jobs(conn, pilot["PilotID"], job_ids, now)
 
 
 async def search(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from http import HTTPStatus
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
 from server.context import Context
 from server.errors import AlreadyExists, InvalidRequest
 from server.logic import director_queues as logic
-from server.models import QueuesReport
+from server.logic import empty_pilots
+from server.models import QueueEmptyPilots, QueuesReport
 from server.policies import Director, Reader
 from server.routers.pilots import json_response
 from server.routers.responses import DATABASE, raises
@@ -31,3 +34,18 @@ async def report_queues(ctx: Context, identity: Director, body: QueuesReport) ->
 async def queue_states(ctx: Context, identity: Reader) -> Response:
     """What directors last reported of the queues of the caller's VOs (all for an admin)."""
     return json_response(await logic.queue_states(ctx, identity))
+
+
+@router.get("/queues/empty-pilots", responses=raises(InvalidRequest))
+async def queue_empty_pilots(
+    ctx: Context,
+    identity: Reader,
+    since: Annotated[
+        datetime | None,
+        Query(description="ISO 8601, UTC when naive; default one hour ago, at most 7 days"),
+    ] = None,
+) -> list[QueueEmptyPilots]:
+    """Per queue of the caller's VOs (all for an admin): Done pilots that ended since `since`
+    without a job (`empty`) and with one (`with_jobs`). The director reads it once a cycle
+    to lower the submission of queues whose pilots come back empty."""
+    return await empty_pilots.empty_pilots(ctx, identity, since)

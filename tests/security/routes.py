@@ -165,6 +165,9 @@ REQUESTS: dict[tuple[str, str], Factory] = {
         },
     ),
     ("GET", "/api/director/queues"): lambda t: Req("/api/director/queues"),
+    ("GET", "/api/director/queues/empty-pilots"): lambda t: Req(
+        "/api/director/queues/empty-pilots"
+    ),
     # bans
     ("GET", "/api/bans"): lambda t: Req("/api/bans", params={"vo": t.vo, "history": "true"}),
     ("POST", "/api/bans"): lambda t: Req(
