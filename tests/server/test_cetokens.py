@@ -90,3 +90,36 @@ async def test_a_ce_token_opens_nothing_on_this_server(api: Roles) -> None:
     ):
         response = await stolen.request(method, path, json={"audience": CE})
         assert response.status_code == HTTPStatus.UNAUTHORIZED, path
+
+
+async def test_htcondor_ce_audience_is_host_and_port(api: Roles) -> None:
+    """An HTCondor-CE checks `aud` against its SCITOKENS_SERVER_AUDIENCE: `host:port`, or the
+    WLCG profile's `condor://host:port`; the token is otherwise the same WLCG compute token."""
+    for audience in ("ce.example.org:9619", "127.0.0.1:9619", "condor://ce.example.org:9619"):
+        response = await api.director.post(
+            "/api/auth/ce-token", json={"audience": audience, "lifetime": 300}
+        )
+        assert response.status_code == HTTPStatus.OK, audience
+        header, claims = await _verify_as_a_ce(api, response.json()["access_token"])
+        assert header["alg"] == "RS256"
+        assert claims["aud"] == audience
+        assert claims["wlcg.ver"] == "1.0"
+        assert claims["scope"] == COMPUTE_SCOPES
+        assert claims["sub"] == "director"
+        assert claims["nbf"] == claims["iat"]
+        assert claims["exp"] - claims["iat"] == 300
+        assert claims["jti"]
+
+
+async def test_malformed_host_port_audiences_are_422(api: Roles) -> None:
+    for audience in (
+        "ce.example.org",
+        "ce.example.org:0",
+        "ce.example.org:65536",
+        "ce.example.org:9619/path",
+        ":9619",
+        "condor://ce.example.org",
+        "ce example.org:9619",
+    ):
+        response = await api.director.post("/api/auth/ce-token", json={"audience": audience})
+        assert response.status_code == HTTPStatus.UNPROCESSABLE_ENTITY, audience
