@@ -6,6 +6,13 @@
 # every daemon listen behind the shared port 127.0.0.1:9619, the port an HTCondor-CE uses, and
 # the host-side `htcondor2` bindings reach it with an IDTOKEN for the non-root user `pilot`.
 #
+# It also accepts SciTokens/WLCG tokens (SCITOKENS), the way an HTCondor-CE does: a test CA of
+# this checkout signs the pool's SSL host certificate (SCITOKENS runs inside TLS) and a
+# `localhost` certificate for a token issuer (our server, started by a test on a free port); the
+# CA is in the chroot's trust store, so the schedd fetches the issuer's JWKS over HTTPS; a
+# token's `aud` must be the CE's `host:port`; and the map file sends any issuer at
+# https://localhost:<port> to the job user (a token from any other issuer stays unmapped).
+#
 # Usage (as root):
 #   tests/infra/htcondor-setup.sh [start]   build once (≈1 min), then start or refresh (seconds)
 #   tests/infra/htcondor-setup.sh stop      stop condor_master and unmount
@@ -23,7 +30,9 @@
 #                       and taken is an error naming the port and its holder.
 #
 # Result: <dir>/htcondor.env, shell KEY=VALUE lines the tests read (CONDOR_CONFIG,
-# HTCONDOR_TOKEN_DIR, HTCONDOR_COLLECTOR, HTCONDOR_SCHEDD_NAME, HTCONDOR_ROOT, ...).
+# HTCONDOR_TOKEN_DIR, HTCONDOR_COLLECTOR, HTCONDOR_SCHEDD_NAME, HTCONDOR_ROOT,
+# HTCONDOR_CA_FILE, HTCONDOR_CA_DIR, HTCONDOR_ISSUER_CERT, HTCONDOR_ISSUER_KEY,
+# HTCONDOR_TOKEN_AUDIENCE, ...).
 set -euo pipefail
 
 say() { printf '[htcondor-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -37,9 +46,16 @@ ROOT=$DIR/root
 CLIENT=$DIR/client
 TOKENS=$CLIENT/tokens.d
 LOGS=$DIR/logs
+TLS=$DIR/tls
+CADIR=$TLS/certificates
 PIDFILE=$DIR/master.pid
 ENVFILE=$DIR/htcondor.env
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# the pool's files for SciTokens, inside the chroot
+POOL_CERT=/etc/condor/site-director-tests-hostcert.pem
+POOL_KEY=/etc/condor/site-director-tests-hostkey.pem
+MAPFILE=/etc/condor/site-director-tests.mapfile
+TRUSTED_CA=/usr/local/share/ca-certificates/site-director-test-ca.crt
 PILOT_USER=${PILOT_USER:-pilot}
 PILOT_UID=${PILOT_UID:-1000}
 PORT=${HTCONDOR_PORT:-}
@@ -103,6 +119,55 @@ build_root() {
   say "minicondor $(in_root dpkg-query -W -f='${Version}' minicondor) installed"
 }
 
+# A certificate signed by the test CA: $1 the file stem under $TLS, $2 its subjectAltName.
+issue_cert() {
+  local stem=$TLS/$1
+  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$stem-key.pem" -out "$stem.csr" 2>/dev/null
+  openssl x509 -req -in "$stem.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca-key.pem" \
+    -CAcreateserial -days 825 -sha256 -out "$stem.pem" -extfile <(
+      printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$2"
+      printf 'keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n'
+    ) 2>/dev/null
+  rm -f "$stem.csr"
+  chmod 600 "$stem-key.pem"
+}
+
+# The test CA (once per checkout), the pool's host certificate and the token issuer's. The CA
+# goes into the chroot's trust store (the schedd fetches an issuer's JWKS trusting it) and into
+# a hashed directory for the host-side client (AUTH_SSL_CLIENT_CADIR).
+make_tls() {
+  if ! command -v openssl >/dev/null; then
+    say "installing openssl"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  fi
+  mkdir -p "$TLS" "$CADIR"
+  if [[ ! -s $TLS/ca.pem || ! -s $TLS/ca-key.pem ]]; then
+    say "creating the pool's test CA"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+      -subj "/CN=site-director test CA $INFRA_HASH" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$TLS/ca-key.pem" -out "$TLS/ca.pem" 2>/dev/null
+    rm -f "$TLS/pool.pem" "$TLS/issuer.pem"
+  fi
+  chmod 600 "$TLS/ca-key.pem"
+  [[ -s $TLS/pool.pem ]] || issue_cert pool "DNS:localhost,DNS:$(hostname),IP:127.0.0.1"
+  [[ -s $TLS/issuer.pem ]] || issue_cert issuer "DNS:localhost,IP:127.0.0.1"
+  cp "$TLS/ca.pem" "$CADIR/site-director-test-ca.pem"
+  ln -sfn site-director-test-ca.pem "$CADIR/$(openssl x509 -in "$TLS/ca.pem" -noout -hash).0"
+  chmod 755 "$TLS" "$CADIR" # the CA and the certificates are public; the keys stay 0600
+  chmod 644 "$TLS/ca.pem" "$TLS/pool.pem" "$TLS/issuer.pem" "$CADIR/site-director-test-ca.pem"
+  install -m 644 "$TLS/pool.pem" "$ROOT$POOL_CERT"
+  install -m 600 "$TLS/pool-key.pem" "$ROOT$POOL_KEY"
+  if ! cmp -s "$TLS/ca.pem" "$ROOT$TRUSTED_CA"; then
+    install -D -m 644 "$TLS/ca.pem" "$ROOT$TRUSTED_CA"
+    in_root update-ca-certificates >"$LOGS/update-ca-certificates.log" 2>&1 ||
+      die "update-ca-certificates failed in the chroot, see $LOGS/update-ca-certificates.log"
+    say "test CA added to the chroot's trust store"
+  fi
+}
+
 write_pool_config() {
   cp /etc/hosts "$ROOT/etc/hosts"   # the host name must resolve the same inside and out
   grep -q "^$PILOT_USER:" "$ROOT/etc/passwd" ||
@@ -128,6 +193,21 @@ SHADOW_QUEUE_UPDATE_INTERVAL = 2
 PERIODIC_EXPR_INTERVAL = 2
 # a private /tmp per job is fine, but keep /tmp itself visible to the jobs
 MOUNT_UNDER_SCRATCH = /var/tmp
+# SciTokens/WLCG tokens, as on an HTCondor-CE: TLS with a certificate of the test CA, the CE's
+# host:port as the audience, and the issuers' tokens mapped to the job user (the map file)
+AUTH_SSL_SERVER_CERTFILE = $POOL_CERT
+AUTH_SSL_SERVER_KEYFILE = $POOL_KEY
+# one audience only: with 25.14 only the last of a list of short ones (as '127.0.0.1:9619')
+# matched (its code keeps pointers into a vector of strings it is still growing)
+SCITOKENS_SERVER_AUDIENCE = 127.0.0.1:$PORT
+CERTIFICATE_MAPFILE = $MAPFILE
+# keys in /slashes/ are regular expressions, others literal (as HTCondor-CE has it)
+CERTIFICATE_MAPFILE_ASSUME_HASH_KEYS = true
+EOF
+  # "<issuer>,<sub>" -> user: our test issuers only (https://localhost:<any port>, any sub)
+  cat >"$ROOT$MAPFILE" <<EOF
+# Written by tests/infra/htcondor-setup.sh
+SCITOKENS /^https:\/\/localhost:[0-9]+,/ $PILOT_USER
 EOF
 }
 
@@ -212,6 +292,11 @@ HTCONDOR_SCHEDD_NAME=$schedd
 HTCONDOR_ROOT=$ROOT
 HTCONDOR_JOB_USER=$PILOT_USER
 HTCONDOR_VERSION=$(in_root dpkg-query -W -f='${Version}' minicondor)
+HTCONDOR_CA_FILE=$TLS/ca.pem
+HTCONDOR_CA_DIR=$CADIR
+HTCONDOR_ISSUER_CERT=$TLS/issuer.pem
+HTCONDOR_ISSUER_KEY=$TLS/issuer-key.pem
+HTCONDOR_TOKEN_AUDIENCE=127.0.0.1:$PORT
 EOF
   mv "$ENVFILE.new" "$ENVFILE"
   say "ready: schedd $schedd via 127.0.0.1:$PORT, token for $PILOT_USER@$uid_domain, env in $ENVFILE"
@@ -225,6 +310,7 @@ do_start() {
   # a stale env file must never point a test at a pool that is not up
   rm -f "$ENVFILE"
   build_root
+  make_tls
   write_pool_config
   start_master
   write_client_side

@@ -21,6 +21,19 @@ SETUP = "tests/infra/htcondor-setup.sh"
 
 
 @dataclass(frozen=True)
+class SciTokensSetup:
+    """The pool's SCITOKENS side: a test CA the chroot trusts, a `localhost` certificate from
+    it for a token issuer, and the audience the pool expects (its SCITOKENS_SERVER_AUDIENCE).
+    Issuers at https://localhost:<any port> are mapped to the job user; no other is."""
+
+    ca_file: Path
+    ca_dir: Path
+    issuer_cert: Path
+    issuer_key: Path
+    audience: str
+
+
+@dataclass(frozen=True)
 class HTCondorPool:
     """What a test needs to reach the pool the way the director reaches an HTCondor-CE."""
 
@@ -32,6 +45,8 @@ class HTCondorPool:
     condor_config: Path
     root: Path
     job_user: str
+    scitokens: SciTokensSetup | None = None
+    """None when the pool was set up by an older script (no SCITOKENS configuration)."""
 
 
 def pool_env_file() -> Path:
@@ -55,6 +70,17 @@ def htcondor_pool() -> HTCondorPool:
         condor_config=Path(env["CONDOR_CONFIG"]),
         root=Path(env["HTCONDOR_ROOT"]),
         job_user=env.get("HTCONDOR_JOB_USER", "pilot"),
+        scitokens=(
+            SciTokensSetup(
+                ca_file=Path(env["HTCONDOR_CA_FILE"]),
+                ca_dir=Path(env["HTCONDOR_CA_DIR"]),
+                issuer_cert=Path(env["HTCONDOR_ISSUER_CERT"]),
+                issuer_key=Path(env["HTCONDOR_ISSUER_KEY"]),
+                audience=env["HTCONDOR_TOKEN_AUDIENCE"],
+            )
+            if "HTCONDOR_TOKEN_AUDIENCE" in env
+            else None
+        ),
     )
     os.environ["CONDOR_CONFIG"] = str(pool.condor_config)
     import htcondor2
