@@ -124,9 +124,12 @@ T = TypeVar("T")
 class HTCondorCEConfig(BaseModel):
     """One HTCondor-CE: where it is, how to authenticate, and submit defaults for its queues.
 
-    Authentication: at most one of `scitoken_file` (a SciToken/WLCG token the operator keeps
-    fresh), `idtoken_dir` (a folder of HTCondor IDTOKENs) and `x509_proxy` (an X.509 proxy, SSL
-    method). With none, the process's own HTCondor configuration decides.
+    Authentication: at most one of `scitoken_file` (a SciToken/WLCG token someone keeps fresh:
+    the director with a CE token from our server, `token_audience`, or the operator),
+    `idtoken_dir` (a folder of HTCondor IDTOKENs) and `x509_proxy` (an X.509 proxy, SSL method).
+    With none, the process's own HTCondor configuration decides. The bindings read the token
+    file at each new authentication; `ca_dir` must hold the CA of the CE's host certificate,
+    since SCITOKENS runs inside TLS.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -182,6 +185,12 @@ class HTCondorCEConfig(BaseModel):
     @property
     def schedd(self) -> str:
         return self.schedd_name or self.host
+
+    @property
+    def token_audience(self) -> str:
+        """The `aud` of a token for this CE: HTCondor-CE checks it against its
+        SCITOKENS_SERVER_AUDIENCE, whose usual form is the CE's `host:port`."""
+        return f"{self.host}:{self.port}"
 
 
 # ----------------------------------------------------------------------------- pure helpers
