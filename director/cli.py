@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     server_cli.add_parsers(sub)
     commands.add_parsers(sub)
+    from server.unit import add_unit_option
+
+    add_unit_option(sub.choices["unit"])  # `unit --server`: the server's unit
     return parser
 
 

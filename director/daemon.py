@@ -1,5 +1,11 @@
 """`site-director run`: the submission and monitoring cycles on APScheduler, with signals.
 
+Under systemd (`Type=notify`, director/notify.py): READY=1 once the configuration is loaded, the
+token file read and the server has answered (until then the daemon retries, saying why in
+STATUS=); WATCHDOG=1 every half WatchdogSec while no cycle has outlasted the timeouts that bound
+it (`cycle_limit`), so a hung cycle or a blocked event loop stops the pings and systemd restarts
+the service; STOPPING=1 when a signal asks it to stop.
+
 SIGTERM/SIGINT: no new cycle starts; the running one may finish its current step within
 `director.shutdown_timeout_seconds`, then it is cancelled (the next start's reconciliation
 heals whatever a cancellation left half-done); leases are released. SIGHUP: the configuration
@@ -11,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
+import math
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,9 +30,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from director.client import ServerClient, make_client
 from director.config import Settings
-from director.errors import ConfigError
+from director.errors import ConfigError, ServerError, ServerUnavailable, TokenUnavailable
 from director.loop import Director
 from director.metrics import Metrics
+from director.notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +58,56 @@ def build_director(settings: Settings, metrics: Metrics | None = None) -> Direct
     return director
 
 
+#: Sequential server calls a cycle may make besides its per-queue work (leases, searches,
+#: registration, patches, report, bans), each bounded by server.timeout_seconds.
+SERVER_CALLS_PER_CYCLE = 20
+#: Waits between two attempts to reach the server at start-up: from the first to the last.
+CONTACT_RETRY_SECONDS = (1.0, 30.0)
+
+
+def cycle_limit(settings: Settings) -> float:
+    """Seconds past which a running cycle is hung: its queues go through `concurrency` at a
+    time, each phase of a queue (plan, then submit) bounded by queue_timeout_seconds, plus the
+    server calls between the phases. A cycle that outlasts every timeout it is bound by is
+    stuck somewhere no timeout reaches."""
+    d = settings.director
+    rounds = max(1, math.ceil(len(list(settings.queues())) / d.concurrency))
+    return 2 * rounds * d.queue_timeout_seconds + (
+        SERVER_CALLS_PER_CYCLE * settings.server.timeout_seconds
+    )
+
+
 class Daemon:
-    def __init__(self, load: Callable[[], Settings]) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Settings],
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._load = load
         self.settings = load()
         self.metrics = Metrics()
         self.director = build_director(self.settings, self.metrics)
+        self.notifier = notifier if notifier is not None else Notifier()
+        self._clock = clock
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._running: set[asyncio.Task[Any]] = set()
         self._scheduler: AsyncIOScheduler | None = None
+        self._cycle_started: float | None = None  # the clock when the running cycle began
 
     def stop(self) -> None:
+        if not self._stop.is_set():
+            self.notifier.stopping()
         self._stop.set()
         self.director.stopping = True
+
+    def alive(self) -> bool:
+        """True while the loop makes progress: no cycle runs, or the running one is younger
+        than the limit its timeouts set. What the watchdog pings are sent on."""
+        started = self._cycle_started
+        return started is None or self._clock() - started < cycle_limit(self.settings)
 
     async def _guarded(self, name: str, cycle: Callable[[], Any]) -> None:
         if self._stop.is_set():
@@ -73,7 +119,12 @@ class Daemon:
             async with self._lock:
                 if self._stop.is_set():
                     return
-                await cycle()
+                self._cycle_started = self._clock()
+                try:
+                    await cycle()
+                finally:
+                    self._cycle_started = None
+                self.notifier.status(f"{name} cycle ended {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}")
         except asyncio.CancelledError:
             log.warning("%s cycle cancelled by shutdown", name)
             raise
@@ -142,9 +193,18 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        if not await self._first_contact():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self._close()
+            return 0
         d = self.settings.director
         if d.metrics_port is not None:
             self.metrics.serve(d.metrics_port, d.metrics_host)
+        pings = None
+        if self.notifier.watchdog_interval is not None:
+            faulthandler.enable()  # systemd's SIGABRT prints every thread's stack: where it hung
+            pings = asyncio.create_task(self._watchdog(self.notifier.watchdog_interval))
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler = scheduler
         self._schedule(scheduler)
@@ -156,18 +216,21 @@ class Daemon:
             d.submission_interval_seconds,
             d.monitoring_interval_seconds,
         )
+        self.notifier.ready(
+            f"queues={len(self.director.queues)}, server {self.settings.server.url}"
+        )
         try:
             await self._stop.wait()
         finally:
+            if pings is not None:
+                pings.cancel()
             # pause, drain, then shut down: APScheduler's shutdown cancels the running jobs,
             # which would cut the cycle's step short (and log a CancelledError traceback)
             scheduler.pause()
             await self._drain()
             scheduler.shutdown(wait=False)
             await self.director.release_leases()
-            await self.director.close()
-            if self.director.client is not None:
-                await self.director.client.aclose()
+            await self._close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("director stopped")
@@ -186,3 +249,56 @@ class Daemon:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    async def _close(self) -> None:
+        await self.director.close()
+        if self.director.client is not None:
+            await self.director.client.aclose()
+
+    async def _first_contact(self) -> bool:
+        """Read the token (unreadable: ConfigError, exit 2), then wait until the server
+        answers, retrying with a growing pause and saying why in STATUS=. False when asked to
+        stop first."""
+        client = self.director.client
+        if client is None:
+            return True
+        if client.token is not None:
+            try:
+                client.token.get()
+            except TokenUnavailable as exc:
+                raise ConfigError(str(exc)) from exc
+        pause, longest = CONTACT_RETRY_SECONDS
+        while not self._stop.is_set():
+            try:
+                await client.health()
+                return True
+            except ServerUnavailable as exc:
+                reason = str(exc)
+            except ServerError as exc:  # an answer (a DiracX without /api/health): contact
+                log.info("server answered the health check with %s: %s", exc.status, exc)
+                return True
+            log.warning("waiting for the server: %s (next try in %.0f s)", reason, pause)
+            self.notifier.status(f"waiting for the server: {reason}")
+            self.notifier.watchdog()  # retrying is progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=pause)
+            pause = min(pause * 2, longest)
+        return False
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every `interval` while the loop makes progress (`alive`). Runs on the
+        event loop: if the loop is blocked, no ping goes out either."""
+        warned = False
+        while True:
+            if self.alive():
+                self.notifier.watchdog()
+                warned = False
+            elif not warned:
+                log.error(
+                    "a cycle has run longer than %.0f s, the limit its timeouts set: "
+                    "watchdog pings stop, systemd restarts the director",
+                    cycle_limit(self.settings),
+                )
+                self.notifier.status("hung: a cycle outlasted its timeouts")
+                warned = True
+            await asyncio.sleep(interval)

@@ -23,13 +23,19 @@ from server.keys import (
     rotate_keyset,
     settle_issuer,
 )
-from server.settings import ServerSettings
+from server.settings import (
+    CONFIG_VARIABLE,
+    ServerConfigError,
+    ServerSettings,
+    load_server_settings,
+)
 
 KEYS_FILE_HELP = "the signing key set file (default: jwks.json in --data-dir); hosts may share one"
 
 
 def _settings_from(args: argparse.Namespace, **extra: Any) -> ServerSettings:
-    """Flags given on the command line override the environment and the defaults."""
+    """Flags given on the command line override the environment, which overrides the
+    configuration file (--config, or SITE_DIRECTOR_SERVER_CONFIG) and the defaults."""
     given: dict[str, Any] = {}
     if getattr(args, "data_dir", None):
         given["data_dir"] = Path(args.data_dir)
@@ -41,14 +47,30 @@ def _settings_from(args: argparse.Namespace, **extra: Any) -> ServerSettings:
         given["issuer"] = args.issuer
     if getattr(args, "keys_file", None):
         given["keys_file"] = Path(args.keys_file)
+    for name in ("host", "port", "workers", "tls_cert", "tls_key", "log_level"):
+        if getattr(args, name, None) is not None:  # the server's own flags
+            given[name] = getattr(args, name)
     given.update(extra)
-    return ServerSettings(**given)
+    config = getattr(args, "config", None)
+    try:
+        return load_server_settings(Path(config) if config else None, **given)
+    except ServerConfigError as exc:
+        raise SystemExit2(str(exc)) from exc
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        help=f"the server's YAML settings, e.g. /etc/site-director/server.yaml "
+        f"(default: ${CONFIG_VARIABLE}, else none); the environment and flags override it",
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("server", help="run the pilot and auth server (uvicorn)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    add_config_argument(p)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8000)")
     p.add_argument("--db", help="database URL (default: SQLite under --data-dir)")
     p.add_argument("--data-dir", help="keys and the SQLite database (default: ./data)")
     p.add_argument("--keys-file", help=KEYS_FILE_HELP)
@@ -63,13 +85,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="record --issuer in place of the key set's issuer (every token issued so far dies)",
     )
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", type=str.lower, help="uvicorn's (default info)")
     p.set_defaults(func=run_server)
 
     t = sub.add_parser("token", help="print a signed access token from the server's key set")
+    add_config_argument(t)
     t.add_argument("--data-dir", required=True)
     t.add_argument("--keys-file", help=KEYS_FILE_HELP)
     t.add_argument("--sub", required=True)
@@ -88,6 +111,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     d = sub.add_parser("db", help="database maintenance")
     d.add_argument("action", choices=["upgrade"])
+    add_config_argument(d)
     d.add_argument("--db")
     d.add_argument("--data-dir")
     d.set_defaults(func=db_command)
@@ -97,6 +121,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="signing key set: rotate (publish a next key), activate (let it sign now), list",
     )
     k.add_argument("action", choices=["rotate", "activate", "list"])
+    add_config_argument(k)
     k.add_argument("--data-dir", help="the server's data directory (its jwks.json)")
     k.add_argument("--keys-file", help=KEYS_FILE_HELP)
     k.add_argument(
@@ -130,10 +155,10 @@ def run_server(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     ssl: dict[str, Any] = {}
-    if args.tls_cert:
-        if not args.tls_key:
-            raise SystemExit2("--tls-cert needs --tls-key")
-        ssl = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    if settings.tls_cert:
+        if not settings.tls_key:
+            raise SystemExit2("--tls-cert (tls_cert) needs --tls-key (tls_key)")
+        ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     if args.change_issuer and not settings.issuer:
         raise SystemExit2("--change-issuer needs --issuer (or SITE_DIRECTOR_ISSUER)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +171,7 @@ def run_server(args: argparse.Namespace) -> int:
         issuer = settle_issuer(
             settings.keyset_path,
             settings.issuer,
-            default=default_issuer(args.host, args.port, bool(args.tls_cert)),
+            default=default_issuer(settings.host, settings.port, bool(settings.tls_cert)),
             change=args.change_issuer,
         )
     except KeySetError as exc:
@@ -159,16 +184,27 @@ def run_server(args: argparse.Namespace) -> int:
         )
     settings = settings.model_copy(update={"issuer": issuer})
     common: dict[str, Any] = dict(
-        host=args.host, port=args.port, log_level=args.log_level, access_log=False, **ssl
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        **ssl,
     )
-    if args.workers > 1:
+    from server.notify import Notifier, serve
+
+    # systemd (Type=notify) hears READY=1 once uvicorn listens with the app started
+    notifier = Notifier()
+    if settings.workers > 1:
         # workers re-create the app from the environment: pass the settings that way
         os.environ.update(_settings_env(settings))
-        uvicorn.run("server.cli:app_from_env", factory=True, workers=args.workers, **common)
+        config = uvicorn.Config(
+            "server.cli:app_from_env", factory=True, workers=settings.workers, **common
+        )
     else:
         from server.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        config = uvicorn.Config(create_app(settings), **common)
+    serve(config, notifier)
     return 0
 
 
@@ -267,8 +303,8 @@ def keys_command(args: argparse.Namespace) -> int:
     every server reading the file follows without a restart."""
     import time
 
-    if not (args.data_dir or args.keys_file):
-        raise SystemExit2("give --data-dir (the server's) or --keys-file")
+    if not (args.data_dir or args.keys_file or args.config or os.environ.get(CONFIG_VARIABLE)):
+        raise SystemExit2("give --data-dir (the server's), --keys-file or --config")
     settings = _settings_from(args)
     path = settings.keyset_path
     if not path.exists():

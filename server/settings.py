@@ -1,21 +1,85 @@
 """Server settings: built once by the CLI (or a test) and passed down; no module globals.
 
-Sources, lowest first: defaults, environment variables `SITE_DIRECTOR_...`, then the CLI's
-flags (passed as init arguments). The database defaults to a SQLite file under the data
-directory, so a fresh machine needs nothing but a writable folder.
+Sources, lowest first: defaults, a YAML file (`--config F` or SITE_DIRECTOR_SERVER_CONFIG,
+e.g. /etc/site-director/server.yaml, keys named as the fields below), environment variables
+`SITE_DIRECTOR_...`, then the CLI's flags (passed as init arguments): the director's order. The
+database defaults to a SQLite file under the data directory, so a fresh machine needs nothing
+but a writable folder.
 """
 
 from __future__ import annotations
 
+import contextvars
+import os
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+CONFIG_VARIABLE = "SITE_DIRECTOR_SERVER_CONFIG"
+ENV_PREFIX = "SITE_DIRECTOR_"
+
+
+class ServerConfigError(Exception):
+    """The configuration file or the settings cannot be used: one line naming the file, the
+    key and the reason (the CLI exits 2 with it)."""
+
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "server_config_file", default=None
+)
+
+
+class _YamlFile(PydanticBaseSettingsSource):
+    """The file given to `load_server_settings`, below the environment and the flags."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_file.get()
+        return {} if path is None else read_config_file(path)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ServerConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ServerConfigError(f"{path}:{where} invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ServerConfigError(
+            f"{path}: the top level must be a mapping, not {type(data).__name__}"
+        )
+    return data
 
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SITE_DIRECTOR_", extra="forbid")
 
+    host: str = Field("127.0.0.1", min_length=1, description="Address uvicorn listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port uvicorn listens on.")
+    workers: int = Field(1, ge=1, le=256, description="uvicorn worker processes.")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve HTTPS.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="uvicorn's log level."
+    )
     data_dir: Path = Field(Path("data"), description="Keys and the default SQLite database.")
     db_url: str | None = Field(
         None, description="SQLAlchemy async URL; SQLite under data_dir if unset."
@@ -90,6 +154,17 @@ class ServerSettings(BaseSettings):
         " long as their pilot (the lines of deleted pilots always go).",
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _YamlFile(settings_cls)
+
     @field_validator("vos")
     @classmethod
     def _no_empty_vo(cls, vos: list[str]) -> list[str]:
@@ -106,3 +181,37 @@ class ServerSettings(BaseSettings):
     @property
     def keyset_path(self) -> Path:
         return self.keys_file if self.keys_file is not None else self.data_dir / "jwks.json"
+
+
+def load_server_settings(config: Path | None = None, **flags: Any) -> ServerSettings:
+    """Settings from the file (`config`, else SITE_DIRECTOR_SERVER_CONFIG when set), the
+    environment and the flags, highest last. Raises ServerConfigError with one line: the file
+    or the environment variable, the key and the reason of the first problem."""
+    if config is None and os.environ.get(CONFIG_VARIABLE):
+        config = Path(os.environ[CONFIG_VARIABLE])
+    token = _config_file.set(config)
+    try:
+        return ServerSettings(**flags)
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]
+        key = ".".join(str(part) for part in problem["loc"]) or "<root>"
+        more = len(exc.errors()) - 1
+        also = f" (and {more} more)" if more else ""
+        raise ServerConfigError(
+            f"{_source_of(key, config, flags)}{key}: {problem['msg']}{also}"
+        ) from exc
+    except SettingsError as exc:  # a list in the environment that is not JSON
+        raise ServerConfigError(f"environment: {exc.__cause__ or exc}") from exc
+    finally:
+        _config_file.reset(token)
+
+
+def _source_of(key: str, config: Path | None, flags: dict[str, Any]) -> str:
+    """Where a refused value came from, highest source first, as the operator wrote it."""
+    top = key.split(".")[0]
+    if top in flags:
+        return ""
+    variable = ENV_PREFIX + top.upper()
+    if any(name.upper() == variable for name in os.environ):
+        return f"environment variable {variable}: "
+    return f"{config}: " if config is not None else ""

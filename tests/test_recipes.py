@@ -83,7 +83,8 @@ class Recipe:
 
 def recipes() -> dict[str, Recipe]:
     found = {m[1]: Recipe(m[1], m[2], m[3]) for m in MARKER.finditer(PAGE.read_text())}
-    missing = {"server", "token", "director-config", "director-run", "units"} - found.keys()
+    names = {"server", "server-config", "token", "director-config", "director-run", "units"}
+    missing = names - found.keys()
     assert not missing, f"{PAGE.name} lacks the recipe markers {sorted(missing)}"
     return found
 
@@ -235,6 +236,8 @@ def test_units_recipe_renders_the_unit(
     (tmp_path / "systemd").mkdir()
     config = tmp_path / "etc" / "config.yaml"
     config.write_text(found["director-config"].text)
+    server_config = tmp_path / "etc" / "server.yaml"
+    server_config.write_text(found["server-config"].text)
     for line in found["units"].lines():
         if not not_run(line):
             sh(line, shell_env)
@@ -243,3 +246,8 @@ def test_units_recipe_renders_the_unit(
     assert f"ExecStart={BIN}/site-director run --config {config}" in unit
     assert re.search(r"^User=dirac$", unit, re.M)
     assert str(tmp_path / "etc" / "token") in unit  # the token is readable inside the sandbox
+    server_unit = (tmp_path / "systemd" / "site-director-server.service").read_text()
+    assert f"ExecStart={BIN}/site-director server --config {server_config}" in server_unit
+    assert f"ReadWritePaths={tmp_path / 'server-data'}" in server_unit
+    for both in (unit, server_unit):
+        assert re.search(r"^Type=notify$", both, re.M)

@@ -1,5 +1,7 @@
-"""`site-director unit`: the systemd unit for this installation, rendered from
-`templates/site-director.service.j2` (or the operator's own copy in director.template_dir)."""
+"""`site-director unit`: the director's systemd unit, rendered from
+`templates/site-director.service.j2` (or the operator's own copy in director.template_dir).
+`unit --server` prints the server's unit instead: server/unit.py adds that option (the director
+never imports server code)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,15 @@ from pathlib import Path
 from director.commands.common import add_config_arguments, settings_from
 from director.render import TemplateRenderer
 
+#: WatchdogSec of the director's unit: the daemon pings every half of it from its event loop
+#: while its cycles make progress (director/daemon.py); a loop blocked this long is restarted.
+WATCHDOG_SECONDS = 120
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("unit", help="print the systemd unit for running the director")
+    p = sub.add_parser(
+        "unit", help="print the systemd unit of the director (--server: of the server)"
+    )
     add_config_arguments(p)
     p.add_argument("--user", default="dirac", help="account the daemon runs as (default dirac)")
     p.add_argument("--group", default=None, help="its group (default: same as --user)")
@@ -44,6 +52,7 @@ def render_unit(args: argparse.Namespace) -> str:
         group=args.group or args.user,
         work_dir=settings.director.work_dir.resolve(),
         read_paths=" ".join(f"-{p}" for p in read_paths),
+        watchdog_seconds=WATCHDOG_SECONDS,
     )
 
 
