@@ -13,6 +13,10 @@ When the server cannot give the list, nothing new is submitted that cycle: submi
 site an operator has just banned is worse than a cycle without submissions, and the server
 being down stops submission at the next step anyway (registration). The cycle logs it at
 ERROR and every queue's outcome says why.
+
+With `director.resource_status` set, DiracX's resource status is a second source, read in the
+same refresh (`director.resource_status`): a queue whose site or CE it does not allow is
+skipped like a banned one, and when it cannot be read nothing new is submitted either.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import logging
 from collections.abc import Sequence
 
 from director.client import ServerClient
-from director.config import QueueRef
+from director.config import QueueRef, Settings
 from director.errors import DirectorError
+from director.resource_status import ResourceStatus
 from server.models import Ban
 
 log = logging.getLogger(__name__)
@@ -45,45 +50,68 @@ def covering(bans: Sequence[Ban], ref: QueueRef) -> Ban | None:
 class BanList:
     """What the server said this cycle, and which bans were already logged."""
 
-    def __init__(self) -> None:
+    def __init__(self, resource_status: ResourceStatus | None = None) -> None:
         self.bans: list[Ban] = []
-        self.error: str = ""
-        """Why the list could not be read this cycle ("" when it was)."""
+        self._error: str = ""
         self._logged: dict[int, Ban] = {}
+        self.resource_status = resource_status
+        """DiracX's resource status, the optional second source (None: not configured)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BanList:
+        return cls(ResourceStatus.from_settings(settings))
+
+    @property
+    def error(self) -> str:
+        """Why this cycle cannot know what is banned ("" when it can): the server's list or
+        DiracX's resource status could not be read. No queue submits while it is set."""
+        if self._error or self.resource_status is None:
+            return self._error
+        return self.resource_status.error
 
     async def refresh(
         self, client: ServerClient | None, queues: Sequence[QueueRef], *, dry_run: bool = False
     ) -> None:
-        """Read the list for this cycle; on failure `error` says why (a dry run goes on with
-        no ban known and says so at WARNING)."""
+        """Read the list for this cycle, then DiracX's resource status if configured; on
+        failure `error` says why (a dry run goes on with no ban known and says so at WARNING)."""
+        await self._refresh_bans(client, queues, dry_run=dry_run)
+        if self.resource_status is not None:
+            await self.resource_status.refresh(queues, dry_run=dry_run)
+
+    async def _refresh_bans(
+        self, client: ServerClient | None, queues: Sequence[QueueRef], *, dry_run: bool
+    ) -> None:
         if client is None:
             self.bans = []
-            self.error = "" if dry_run else "bans: no server configured"
+            self._error = "" if dry_run else "bans: no server configured"
             return
         try:
             bans = await client.list_bans()
         except (DirectorError, OSError) as exc:
             self.bans = []
             if dry_run:
-                self.error = ""
+                self._error = ""
                 log.warning("dry run: bans unknown (%s); planned as if none", exc)
             else:
-                self.error = f"bans: {exc}"
-                log.error("submission cycle: no queue can submit: %s", self.error)
+                self._error = f"bans: {exc}"
+                log.error("submission cycle: no queue can submit: %s", self._error)
             return
         self.bans = [b for b in bans if b.active]
-        self.error = ""
+        self._error = ""
         self._log_changes(queues)
 
     def covering(self, ref: QueueRef) -> Ban | None:
         return covering(self.bans, ref)
 
     def why(self, ref: QueueRef) -> str | None:
-        """The skip reason of a banned queue (its outcome's `why`), None if not banned."""
+        """The skip reason of a banned queue (its outcome's `why`), None if not banned: the
+        server's ban first, then DiracX's resource status."""
         ban = self.covering(ref)
-        if ban is None:
-            return None
-        return f"banned ({ban.target}): {ban.reason}"
+        if ban is not None:
+            return f"banned ({ban.target}): {ban.reason}"
+        if self.resource_status is not None:
+            return self.resource_status.why(ref)
+        return None
 
     def _log_changes(self, queues: Sequence[QueueRef]) -> None:
         current = {b.ban_id: b for b in self.bans}

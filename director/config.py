@@ -4,7 +4,7 @@ Layout (see `config.example.yaml` for every key, commented):
 
     server:    url, ca_bundle, token_file (reread when it changes), timeout_seconds
     director:  name, work_dir, template_dir, intervals, concurrency, back-off, leases, demand,
-               grace and timeout periods, metrics
+               DiracX resource status, grace and timeout periods, metrics
     vos:       the VOs this director submits for (the first is the default of every site)
     pilot:     pilot options for every queue (setup, release, project, extensions, pilot
                files with SHA-512 sums or a manifest, CVMFS locations, extra options); queues
@@ -117,6 +117,24 @@ class TaskQueueDemand(_Model):
 Demand = Annotated[FillDemand | DiracXDemand | TaskQueueDemand, Field(discriminator="source")]
 
 
+class ResourceStatusConfig(_Model):
+    """DiracX's resource status as a second ban list: `GET /api/rss/site` and
+    `GET /api/rss/compute`, read once per submission cycle next to the server's bans
+    (`director.resource_status`, docs/operations.md)."""
+
+    url: AnyHttpUrl = Field(description="base URL of the DiracX instance")
+    ca_bundle: Path | None = Field(None, description="PEM CA bundle; default: system CAs")
+    token_file: Path | None = Field(
+        None, description="the director's DiracX token (any VO member); default: the server token"
+    )
+    timeout_seconds: float = Field(30.0, gt=0, le=600)
+    unlisted: Literal["submit", "skip"] = Field(
+        "submit",
+        description="a site or CE the resource status does not list: submit (no opinion) or "
+        "skip (as DIRAC's SiteDirector, which submits only to listed Active/Degraded ones)",
+    )
+
+
 class SecretConfig(_Model):
     """Constraints on the secret minted for each pilot (bound to its stamp in any case)."""
 
@@ -143,6 +161,9 @@ class DirectorConfig(_Model):
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     demand: Demand = Field(default_factory=FillDemand)
     secret: SecretConfig = Field(default_factory=SecretConfig)
+    resource_status: ResourceStatusConfig | None = Field(
+        None, description="DiracX's resource status as a second ban list; null: off"
+    )
     leases: bool = Field(True, description="take per-queue leases from the server (HA)")
     lease_ttl_seconds: int = Field(600, ge=10, le=24 * 3600)
     submit_grace_seconds: float = Field(

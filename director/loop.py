@@ -243,7 +243,7 @@ class Director:
         next registration; a batch already registered is still submitted and recorded."""
         self.queues: list[QueueRef] = list(settings.queues())
         self._last_cycle: dict[str, LastCycle] = {}
-        self.bans = BanList()
+        self.bans = BanList.from_settings(settings)
         """The bans in force, read once per submission cycle (`director.bans`)."""
 
     # --- set-up -------------------------------------------------------------------------------
