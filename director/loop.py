@@ -44,7 +44,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 from director import ce as ce_registry
 from director.backoff import Backoff
 from director.bans import BanList
+from director.batching import chunks
 from director.ce.base import ComputingElement, PilotSubmission, QueueSpec, SubmitResult
 from director.client import ServerClient
 from director.config import QueueRef, Settings
@@ -164,11 +165,6 @@ class _Batch:
     def record_error(self, error: str) -> None:
         if self.record_failure is None:
             self.record_failure = error
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _log_unexpected(exc: Exception, what: str) -> None:
@@ -686,7 +682,7 @@ class Director:
             constraints = SecretConstraints(
                 expiration_minutes=cfg.expiration_minutes, pilot_secret_use_count_max=uses
             )
-            for chunk in _chunks(pilots, BULK_MAX):  # the models of one chunk at a time
+            for chunk in chunks(pilots, BULK_MAX):  # the models of one chunk at a time
                 try:
                     registration = await client.register_bulk(
                         BulkRegistration(
@@ -765,7 +761,7 @@ class Director:
                 rows.extend((b, stamp, None, reason) for stamp in b.registered)
         failed = [row for row in rows if row[3] is not None]
         unrevoked: set[str] = set()
-        for chunk in _chunks(failed, BULK_MAX):
+        for chunk in chunks(failed, BULK_MAX):
             try:
                 await client.revoke_secrets([stamp for _, stamp, _, _ in chunk])
             except Exception as exc:
@@ -775,7 +771,7 @@ class Director:
                     b.record_error(f"{type(exc).__name__}: {exc}")
         if unrevoked:
             rows = [row for row in rows if row[1] not in unrevoked]
-        for chunk in _chunks(rows, BULK_MAX):
+        for chunk in chunks(rows, BULK_MAX):
             updates = {
                 stamp: PilotMetadata(pilot_job_reference=reference)
                 if reason is None
@@ -845,7 +841,7 @@ class Director:
         reconciliation, so the others are dropped page by page (a busy site has many)."""
         wanted = {queue_id(r) for r in refs}
         found: dict[QueueId, list[dict[str, Any]]] = {}
-        for chunk in _chunks(sorted(wanted), SEARCH_QUEUES):
+        for chunk in chunks(sorted(wanted), SEARCH_QUEUES):
             params = SearchParams(
                 parameters=[
                     "PilotStamp",

@@ -36,16 +36,17 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from director.batching import chunks
 from director.ce.base import (
     ActionResult,
     CEJob,
@@ -79,8 +80,6 @@ OWN_JOBS_TTL_S = 10.0
 _PRE_LRMS_STATES = frozenset(
     {"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING", "HELD"}
 )
-
-T = TypeVar("T")
 
 
 class CETokenSource(BaseModel):
@@ -236,11 +235,6 @@ def _int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def glue2_shares(info: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -515,7 +509,7 @@ class ARCCE(ComputingElement):
     async def _bulk(self, action: str, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
         """`POST /jobs?action=<action>` over ids in chunks -> {id: item}."""
         items: dict[str, Mapping[str, Any]] = {}
-        for chunk in _chunks(ids, self.config.query_chunk):
+        for chunk in chunks(ids, self.config.query_chunk):
             body = await self._json(
                 "POST",
                 "/jobs",
@@ -586,7 +580,7 @@ class ARCCE(ComputingElement):
     ) -> list[SubmitResult]:
         self._own_cache = None
         results: dict[str, SubmitResult] = {}
-        for chunk in _chunks(pilots, self.config.submit_chunk):
+        for chunk in chunks(pilots, self.config.submit_chunk):
             try:
                 document = self.render_batch(queue, [p.stamp for p in chunk])
             except ValueError as exc:

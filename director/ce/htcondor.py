@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from director.batching import chunks
 from director.ce.base import (
     ActionResult,
     CEJob,
@@ -525,10 +526,9 @@ class HTCondorCE(ComputingElement):
         """The ads of these jobs from the queue, then from the history for those that left it."""
         wanted = set(jobs)
         found: dict[JobId, Mapping[str, Any]] = {}
-        clusters = sorted({job.cluster for job in wanted})
-        for start in range(0, len(clusters), _CLUSTERS_PER_QUERY):
-            chunk = set(clusters[start : start + _CLUSTERS_PER_QUERY])
-            subset = [job for job in wanted if job.cluster in chunk]
+        for chunk in chunks(sorted({job.cluster for job in wanted}), _CLUSTERS_PER_QUERY):
+            members = set(chunk)
+            subset = [job for job in wanted if job.cluster in members]
             for ad in schedd.query(job_constraint(subset), projection):
                 _remember(found, wanted, ad)
         missing = sorted(wanted - found.keys())
