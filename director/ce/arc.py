@@ -60,7 +60,6 @@ from director.ce.base import (
 )
 from director.errors import CEError, CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
-from director.states import arc_status
 from server.models import PilotStatus
 
 _log = logging.getLogger(__name__)
@@ -168,6 +167,41 @@ class ARCCEConfig(BaseModel):
     @property
     def audience(self) -> str:
         return self.token_audience or self.endpoint
+
+
+# ----------------------------------------------------------------------------- states
+
+# A-REX states -> pilot statuses, as DIRAC's AREX CE maps them, so a pilot shows the same status
+# whichever director submitted it; a state not listed is Unknown (the monitoring cycle Aborts
+# pilots that stay Unknown too long).
+_ARC: dict[str, PilotStatus] = {
+    # A-REX REST states (the `state` field of action=status)
+    "ACCEPTING": PilotStatus.WAITING,
+    "ACCEPTED": PilotStatus.WAITING,
+    "PREPARING": PilotStatus.WAITING,
+    "PREPARED": PilotStatus.WAITING,
+    "SUBMITTING": PilotStatus.WAITING,
+    "QUEUING": PilotStatus.WAITING,
+    "RUNNING": PilotStatus.RUNNING,
+    "HELD": PilotStatus.WAITING,
+    "EXITINGLRMS": PilotStatus.RUNNING,
+    "OTHER": PilotStatus.RUNNING,
+    "EXECUTED": PilotStatus.RUNNING,
+    "FINISHING": PilotStatus.RUNNING,
+    "FINISHED": PilotStatus.DONE,
+    "FAILED": PilotStatus.FAILED,
+    "KILLING": PilotStatus.RUNNING,
+    "KILLED": PilotStatus.ABORTED,
+    "WIPED": PilotStatus.ABORTED,
+    "DELETED": PilotStatus.ABORTED,
+}
+
+
+def arc_status(state: str | None) -> PilotStatus:
+    """A-REX REST state -> pilot status; a job A-REX no longer knows (None) is Aborted."""
+    if state is None:
+        return PilotStatus.ABORTED
+    return _ARC.get(state.upper(), PilotStatus.UNKNOWN)
 
 
 # ----------------------------------------------------------------------------- pure helpers

@@ -56,17 +56,6 @@ from director.ce.base import (
 from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
 from director.holds import HeldRelease, HoldAction, HoldDecision, decide_hold
 from director.render import TemplateRenderer
-from director.states import (
-    HTCONDOR_COMPLETED,
-    HTCONDOR_HELD,
-    HTCONDOR_HOLD_SPOOLING,
-    HTCONDOR_IDLE,
-    HTCONDOR_REMOVED,
-    HTCONDOR_RUNNING,
-    HTCONDOR_SUSPENDED,
-    HTCONDOR_TRANSFERRING_OUTPUT,
-    htcondor_status,
-)
 from server.models import PilotStatus
 
 _log = logging.getLogger(__name__)
@@ -77,6 +66,38 @@ QUEUE_ATTRIBUTE = "SiteDirectorQueue"
 TEMPLATE = "htcondor.sub.j2"
 OUTPUT_LIMIT = 4 * 1024 * 1024
 """At most this many bytes of a pilot's stdout or stderr are read back (the tail is kept)."""
+
+# HTCondor JobStatus -> pilot status, as DIRAC's HTCondorCEComputingElement maps it
+
+HTCONDOR_IDLE = 1
+HTCONDOR_RUNNING = 2
+HTCONDOR_REMOVED = 3
+HTCONDOR_COMPLETED = 4
+HTCONDOR_HELD = 5
+HTCONDOR_TRANSFERRING_OUTPUT = 6
+HTCONDOR_SUSPENDED = 7
+HTCONDOR_HOLD_SPOOLING = 16
+"""HoldReasonCode of a job waiting for its input sandbox to be spooled."""
+
+
+def htcondor_status(job_status: int, hold_reason_code: int | None = None) -> PilotStatus:
+    """HTCondor JobStatus -> pilot status, as DIRAC's HTCondorCEComputingElement maps it.
+
+    Held is Aborted, except hold code 16 (input still spooling), which is Waiting.
+    """
+    if job_status == HTCONDOR_HELD:
+        if hold_reason_code == HTCONDOR_HOLD_SPOOLING:
+            return PilotStatus.WAITING
+        return PilotStatus.ABORTED
+    return {
+        HTCONDOR_IDLE: PilotStatus.WAITING,
+        HTCONDOR_RUNNING: PilotStatus.RUNNING,
+        HTCONDOR_REMOVED: PilotStatus.ABORTED,
+        HTCONDOR_COMPLETED: PilotStatus.DONE,
+        HTCONDOR_TRANSFERRING_OUTPUT: PilotStatus.RUNNING,
+        HTCONDOR_SUSPENDED: PilotStatus.RUNNING,
+    }.get(job_status, PilotStatus.UNKNOWN)
+
 
 _JOB_PROJECTION = [
     "ClusterId",

@@ -48,7 +48,6 @@ from director.ce.base import (
 )
 from director.errors import CETemporaryError
 from director.render import TemplateRenderer
-from director.states import local_status
 from server.models import PilotStatus
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,17 @@ _JOB_SCRIPT = (
     'cd work || exit 111; "$1" ../pilot.sh >../stdout 2>../stderr; rc=$?; '
     'echo "$rc" >../exit_code.tmp && mv ../exit_code.tmp ../exit_code'
 )
+
+
+def local_status(started: bool, exit_code: int | None, killed: bool) -> PilotStatus:
+    """A local process -> pilot status: its exit code says Done or Failed, a kill Aborted."""
+    if killed:
+        return PilotStatus.ABORTED
+    if not started:
+        return PilotStatus.WAITING
+    if exit_code is None:
+        return PilotStatus.RUNNING
+    return PilotStatus.DONE if exit_code == 0 else PilotStatus.FAILED
 
 
 class LocalCEConfig(BaseModel):

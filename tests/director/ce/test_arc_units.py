@@ -187,3 +187,13 @@ def test_item_status_mapping() -> None:
     odd = ARCCE._status_of(ref, {"status-code": "500", "reason": "boom"}, None)
     assert odd.status is None
     assert odd.temporary
+
+
+def test_the_arc_state_map_is_the_backends_own() -> None:
+    from director.ce.arc import arc_status
+
+    assert arc_status("Queuing") is PilotStatus.WAITING
+    assert arc_status("FINISHED") is PilotStatus.DONE
+    assert arc_status("KILLED") is PilotStatus.ABORTED
+    assert arc_status("SOMETHING-NEW") is PilotStatus.UNKNOWN
+    assert arc_status(None) is PilotStatus.ABORTED  # A-REX no longer knows the job

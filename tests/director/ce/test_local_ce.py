@@ -136,3 +136,13 @@ async def test_unknown_and_foreign_references(ce: LocalCE) -> None:
     [again] = await ce.submit(QUEUE, [pilot("3" * 32, "exit 0")])
     assert dup.ok
     assert not again.ok
+
+
+def test_the_local_state_map_is_the_backends_own() -> None:
+    from director.ce.local import local_status
+
+    assert local_status(False, None, killed=False) is PilotStatus.WAITING
+    assert local_status(True, None, killed=False) is PilotStatus.RUNNING
+    assert local_status(True, 0, killed=False) is PilotStatus.DONE
+    assert local_status(True, 2, killed=False) is PilotStatus.FAILED
+    assert local_status(True, None, killed=True) is PilotStatus.ABORTED
