@@ -57,6 +57,7 @@ from director.ce.base import (
     QueueSpec,
     StatusResult,
     SubmitResult,
+    split_references,
 )
 from director.errors import CEError, CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
@@ -709,19 +710,7 @@ class ARCCE(ComputingElement):
 
     def _split(self, references: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
         """{reference: job id} of this CE, and {reference: error} for the others."""
-        ours: dict[str, str] = {}
-        bad: dict[str, str] = {}
-        for reference in references:
-            try:
-                netloc, job_id = parse_reference(reference)
-            except ValueError as exc:
-                bad[reference] = str(exc)
-                continue
-            if netloc != self.config.netloc:
-                bad[reference] = f"reference of another CE ({netloc})"
-            else:
-                ours[reference] = job_id
-        return ours, bad
+        return split_references(references, parse_reference, self.config.netloc)
 
     async def status(self, references: Sequence[str]) -> list[StatusResult]:
         ours, bad = self._split(references)

@@ -19,11 +19,13 @@ backend has its own; no suite runs unchanged against every kind), and an example
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from server.models import PilotStatus
+
+JobId = TypeVar("JobId")
 
 
 @dataclass(frozen=True)
@@ -171,3 +173,28 @@ class ComputingElement(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections; called once when the daemon stops."""
+
+
+def split_references(
+    references: Iterable[str], parse: Callable[[str], tuple[str, JobId]], endpoint: str
+) -> tuple[dict[str, JobId], dict[str, str]]:
+    """Sort pilot references into this CE's jobs and the rest, for one bulk call.
+
+    `parse(reference)` returns (the CE endpoint the reference names, the job's id there), or
+    raises ValueError for a string that is no reference of this kind. Returns `{reference:
+    job id}` for the references naming `endpoint`, and `{reference: why not}` for the others
+    (malformed, or another CE's), which the caller reports as per-item errors.
+    """
+    ours: dict[str, JobId] = {}
+    others: dict[str, str] = {}
+    for reference in references:
+        try:
+            where, job = parse(reference)
+        except ValueError as exc:
+            others[reference] = str(exc)
+            continue
+        if where == endpoint:
+            ours[reference] = job
+        else:
+            others[reference] = f"reference of another CE ({where}), not {endpoint}"
+    return ours, others

@@ -52,6 +52,7 @@ from director.ce.base import (
     QueueSpec,
     StatusResult,
     SubmitResult,
+    split_references,
 )
 from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
 from director.holds import HeldRelease, HoldAction, HoldDecision, decide_hold
@@ -527,18 +528,8 @@ class HTCondorCE(ComputingElement):
 
     def _parse(self, references: Sequence[str]) -> dict[str, JobId | str]:
         """reference -> its job id, or the reason it cannot be one of this CE's jobs."""
-        parsed: dict[str, JobId | str] = {}
-        for reference in references:
-            try:
-                host, job = parse_reference(reference)
-            except ValueError as exc:
-                parsed[reference] = str(exc)
-                continue
-            if host != self.config.host:
-                parsed[reference] = f"job of another CE ({host}), not {self.config.host}"
-            else:
-                parsed[reference] = job
-        return parsed
+        ours, others = split_references(references, parse_reference, self.config.host)
+        return {**others, **ours}
 
     @staticmethod
     def _fetch_ads(
