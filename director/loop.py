@@ -55,6 +55,7 @@ from director.backoff import Backoff
 from director.bans import BanList
 from director.batching import chunks
 from director.ce.base import ComputingElement, PilotSubmission, QueueSpec, SubmitResult
+from director.ce.credentials import CredentialSource, NoCredentials, ServerCredentials
 from director.client import ServerClient
 from director.config import QueueRef, Settings
 from director.demand import DemandSource, make_demand_source
@@ -228,6 +229,12 @@ class Director:
         self.backoff = Backoff(cfg.initial_seconds, cfg.max_seconds, cfg.factor, clock=clock)
         self.demand = demand or make_demand_source(settings)
         self._ces: dict[str, ComputingElement] = dict(ces or {})
+        self.credentials: CredentialSource = (
+            ServerCredentials(client)
+            if client is not None
+            else NoCredentials("the director has no server (dry run)")
+        )
+        """What the CEs present to their CEs: tokens bought from the server, cached."""
         self._prepared: dict[str, PreparedWrapper] = {}
         self.manifests = ManifestCache()
         """`pilot.manifest` folders' checksums (`director.pilot_files`), re-read when stale."""
@@ -249,7 +256,12 @@ class Director:
         ce = self._ces.get(key)
         if ce is None:
             work_dir = self.settings.director.work_dir / "ce" / _safe(ref.site) / _safe(ref.ce)
-            ce = ce_registry.make_ce(ref.entry.ce, renderer=self.renderer, work_dir=work_dir)
+            ce = ce_registry.make_ce(
+                ref.entry.ce,
+                renderer=self.renderer,
+                work_dir=work_dir,
+                credentials=self.credentials,
+            )
             self._ces[key] = ce
         return ce
 
@@ -375,6 +387,7 @@ class Director:
             except Exception:
                 log.exception("closing a CE failed")
         self._ces.clear()
+        await self.credentials.aclose()
         await self.demand.aclose()
 
     # --- server helpers -----------------------------------------------------------------------
@@ -826,10 +839,8 @@ class Director:
             path = folder / f"{pilot.stamp}.sh"
             path.write_text(pilot.wrapper)
             path.chmod(0o700)
-        describe = ce_registry.describe_submission(ce)
-        if describe is not None:
-            for name, text in describe(spec, pilots).items():
-                (folder / _safe(name)).write_text(text)
+        for name, text in ce.describe(spec, pilots).items():
+            (folder / _safe(name)).write_text(text)
 
     # --- reconciliation -----------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from director.ce.base import (
     SubmitResult,
     split_references,
 )
+from director.ce.credentials import CredentialSource
 from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
 from director.holds import HeldRelease, HoldAction, HoldDecision, decide_hold
 from director.render import TemplateRenderer
@@ -471,8 +472,12 @@ class HTCondorCE(ComputingElement):
         *,
         renderer: TemplateRenderer,
         work_dir: Path,
+        credentials: CredentialSource | None = None,
         schedd_factory: Callable[[], ScheddLike] | None = None,
     ) -> None:
+        """`credentials` is kept for issued tokens (HTCondor-CE SciTokens, a later step); today
+        the credential is the one `auth_parameters` names. `schedd_factory` replaces the
+        collector look-up (tests pass a FakeSchedd)."""
         if schedd_factory is None and importlib.util.find_spec("htcondor2") is None:
             raise ConfigError(
                 f"CE {config.host}: kind 'htcondor' needs the htcondor bindings "
@@ -483,6 +488,7 @@ class HTCondorCE(ComputingElement):
         self._work_dir = work_dir
         self._schedd_factory = schedd_factory or self._locate_schedd
         self._auth = auth_parameters(config)
+        self._credentials = credentials
 
     # ------------------------------------------------------------------ plumbing
 

@@ -46,6 +46,7 @@ from director.ce.base import (
     StatusResult,
     SubmitResult,
 )
+from director.ce.credentials import CredentialSource
 from director.errors import CETemporaryError
 from director.render import TemplateRenderer
 from server.models import PilotStatus
@@ -157,8 +158,10 @@ class LocalCE(ComputingElement):
         *,
         renderer: TemplateRenderer,
         work_dir: Path,
+        credentials: CredentialSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`credentials` is unused: local processes need none."""
         self.config = config
         self.renderer = renderer
         self.work_dir = work_dir
