@@ -57,6 +57,7 @@ from director.ce.base import (
     StatusResult,
     SubmitResult,
     split_references,
+    valid_stamp,
 )
 from director.ce.credentials import CredentialSource, NoCredentials
 from director.errors import CEError, CEPermanentError, CETemporaryError
@@ -576,8 +577,13 @@ class ARCCE(ComputingElement):
         self, queue: QueueSpec, pilots: Sequence[PilotSubmission]
     ) -> list[SubmitResult]:
         self._own_cache = None
-        results: dict[str, SubmitResult] = {}
-        for chunk in chunks(pilots, self.config.submit_chunk):
+        results = {
+            p.stamp: SubmitResult(p.stamp, error="invalid pilot stamp")
+            for p in pilots
+            if not valid_stamp(p.stamp)
+        }
+        valid = [p for p in pilots if valid_stamp(p.stamp)]
+        for number, chunk in enumerate(chunks(valid, self.config.submit_chunk)):
             try:
                 document = self.render_batch(queue, [p.stamp for p in chunk])
             except ValueError as exc:
@@ -587,7 +593,7 @@ class ARCCE(ComputingElement):
             try:
                 created = await self._create(document, len(chunk))
             except CEError as exc:
-                if not results:
+                if number == 0:
                     raise  # nothing submitted at all: the whole call failed
                 for pilot in chunk:
                     results[pilot.stamp] = SubmitResult(

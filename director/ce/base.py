@@ -36,6 +36,7 @@ HTCondor and ARC, real and fake), its own tests for what only it does, and an ex
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,14 @@ if TYPE_CHECKING:
     from director.render import TemplateRenderer
 
 JobId = TypeVar("JobId")
+
+_STAMP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def valid_stamp(stamp: str) -> bool:
+    """A stamp a backend may put in job names, attributes and file names (the director makes
+    32 hex characters; anything with a separator or a path in it is refused per item)."""
+    return _STAMP_RE.match(stamp) is not None
 
 
 @dataclass(frozen=True)

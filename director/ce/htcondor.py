@@ -53,6 +53,7 @@ from director.ce.base import (
     StatusResult,
     SubmitResult,
     split_references,
+    valid_stamp,
 )
 from director.ce.credentials import CredentialSource
 from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
@@ -133,7 +134,6 @@ _STATE_NAMES = {
     HTCONDOR_TRANSFERRING_OUTPUT: "TransferringOutput",
     HTCONDOR_SUSPENDED: "Suspended",
 }
-_STAMP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ATTRIBUTE_NAME_RE = re.compile(r"^\+?[A-Za-z_][A-Za-z0-9_.]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE_RE = re.compile(rf"^{REFERENCE_SCHEME}://([^/]+)/(\d+)\.(\d+)$")
@@ -603,7 +603,7 @@ class HTCondorCE(ComputingElement):
     ) -> list[SubmitResult]:
         if not pilots:
             return []
-        valid = [p for p in pilots if _STAMP_RE.match(p.stamp)]
+        valid = [p for p in pilots if valid_stamp(p.stamp)]
         batch_dir = (
             self._work_dir
             / "htcondor"
@@ -635,7 +635,7 @@ class HTCondorCE(ComputingElement):
         for pilot in pilots:
             if pilot.stamp in references:
                 results.append(SubmitResult(pilot.stamp, references[pilot.stamp]))
-            elif not _STAMP_RE.match(pilot.stamp):
+            elif not valid_stamp(pilot.stamp):
                 results.append(SubmitResult(pilot.stamp, error="invalid pilot stamp"))
             else:
                 results.append(

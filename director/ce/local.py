@@ -47,7 +47,7 @@ from director.ce.base import (
     SubmitResult,
 )
 from director.ce.credentials import CredentialSource
-from director.errors import CETemporaryError
+from director.errors import CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
 from server.models import PilotStatus
 
@@ -132,6 +132,10 @@ class _Job:
 
 def _queue_key(queue: QueueSpec) -> str:
     return f"{queue.site}/{queue.ce}/{queue.name}"
+
+
+def _not_ours(reference: str) -> str:
+    return f"not a local CE job reference: {reference!r}"
 
 
 def _proc_start_ticks(pid: int) -> str | None:
@@ -326,7 +330,10 @@ class LocalCE(ComputingElement):
         results: list[StatusResult] = []
         for reference in references:
             directory = self._job_dir(reference)
-            job = _Job.load(directory) if directory is not None else None
+            if directory is None:
+                results.append(StatusResult(reference, None, error=_not_ours(reference)))
+                continue
+            job = _Job.load(directory)
             if job is None:
                 results.append(
                     StatusResult(
@@ -345,6 +352,8 @@ class LocalCE(ComputingElement):
 
     async def output(self, reference: str) -> PilotOutput:
         directory = self._job_dir(reference)
+        if directory is None:
+            raise CEPermanentError(_not_ours(reference), "rejected")
 
         def tail(name: str) -> str:
             if directory is None:
@@ -363,9 +372,12 @@ class LocalCE(ComputingElement):
         results: list[ActionResult] = []
         for reference in references:
             directory = self._job_dir(reference)
-            job = _Job.load(directory) if directory is not None else None
+            if directory is None:
+                results.append(ActionResult(reference, error=_not_ours(reference)))
+                continue
+            job = _Job.load(directory)
             if job is None:
-                results.append(ActionResult(reference, error="job unknown to the local CE"))
+                results.append(ActionResult(reference))  # gone already: not running, as asked
                 continue
             if job.exit_code is None and job.killed_at is None:
                 (job.directory / "killed").write_text(f"{self._clock()}\n")
@@ -377,7 +389,10 @@ class LocalCE(ComputingElement):
         results: list[ActionResult] = []
         for reference in references:
             directory = self._job_dir(reference)
-            job = _Job.load(directory) if directory is not None else None
+            if directory is None:
+                results.append(ActionResult(reference, error=_not_ours(reference)))
+                continue
+            job = _Job.load(directory)
             if job is None:
                 results.append(ActionResult(reference))  # nothing left: already clean
                 continue
