@@ -88,3 +88,6 @@ class SinkCE(ComputingElement):
             CEJob(r, self.stats.jobs[r][1], PilotStatus.WAITING)
             for r in self._by_queue.get(key, [])
         ]
+
+    def describe(self, queue: QueueSpec, pilots: Sequence[PilotSubmission]) -> dict[str, str]:
+        return {}

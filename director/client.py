@@ -53,6 +53,7 @@ from server.models import (
     SearchParams,
     SecretRevocation,
     SummaryParams,
+    TokenResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,18 @@ class ServerClient:
             json=body.model_dump(mode="json"),
             ok=(HTTPStatus.OK, HTTPStatus.NO_CONTENT),
         )
+
+    # --- credentials for the CEs ------------------------------------------------------------
+
+    async def ce_token(self, audience: str, lifetime_s: int | None = None) -> TokenResponse:
+        """A short-lived token for the CE at `audience` (`POST /api/auth/ce-token`), which the
+        director's service token (TrustedHost) buys. Callers cache it
+        (`director.ce.credentials.ServerCredentials`); 403 when the token lacks TrustedHost."""
+        body: dict[str, Any] = {"audience": audience}
+        if lifetime_s is not None:
+            body["lifetime"] = lifetime_s
+        response = await self._call("POST", "/api/auth/ce-token", json=body)
+        return TokenResponse.model_validate(response.json())
 
     # --- leases -------------------------------------------------------------------------------
 

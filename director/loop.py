@@ -44,7 +44,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,9 @@ from typing import Any, TypeVar
 from director import ce as ce_registry
 from director.backoff import Backoff
 from director.bans import BanList
+from director.batching import chunks
 from director.ce.base import ComputingElement, PilotSubmission, QueueSpec, SubmitResult
+from director.ce.credentials import CredentialSource, NoCredentials, ServerCredentials
 from director.client import ServerClient
 from director.config import QueueRef, Settings
 from director.demand import DemandSource, make_demand_source
@@ -166,11 +168,6 @@ class _Batch:
             self.record_failure = error
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _log_unexpected(exc: Exception, what: str) -> None:
     if not isinstance(exc, (DirectorError, OSError)):
         log.error("%s: unexpected error", what, exc_info=exc)
@@ -232,6 +229,12 @@ class Director:
         self.backoff = Backoff(cfg.initial_seconds, cfg.max_seconds, cfg.factor, clock=clock)
         self.demand = demand or make_demand_source(settings)
         self._ces: dict[str, ComputingElement] = dict(ces or {})
+        self.credentials: CredentialSource = (
+            ServerCredentials(client)
+            if client is not None
+            else NoCredentials("the director has no server (dry run)")
+        )
+        """What the CEs present to their CEs: tokens bought from the server, cached."""
         self._prepared: dict[str, PreparedWrapper] = {}
         self.manifests = ManifestCache()
         """`pilot.manifest` folders' checksums (`director.pilot_files`), re-read when stale."""
@@ -253,7 +256,12 @@ class Director:
         ce = self._ces.get(key)
         if ce is None:
             work_dir = self.settings.director.work_dir / "ce" / _safe(ref.site) / _safe(ref.ce)
-            ce = ce_registry.make_ce(ref.entry.ce, renderer=self.renderer, work_dir=work_dir)
+            ce = ce_registry.make_ce(
+                ref.entry.ce,
+                renderer=self.renderer,
+                work_dir=work_dir,
+                credentials=self.credentials,
+            )
             self._ces[key] = ce
         return ce
 
@@ -379,6 +387,7 @@ class Director:
             except Exception:
                 log.exception("closing a CE failed")
         self._ces.clear()
+        await self.credentials.aclose()
         await self.demand.aclose()
 
     # --- server helpers -----------------------------------------------------------------------
@@ -686,7 +695,7 @@ class Director:
             constraints = SecretConstraints(
                 expiration_minutes=cfg.expiration_minutes, pilot_secret_use_count_max=uses
             )
-            for chunk in _chunks(pilots, BULK_MAX):  # the models of one chunk at a time
+            for chunk in chunks(pilots, BULK_MAX):  # the models of one chunk at a time
                 try:
                     registration = await client.register_bulk(
                         BulkRegistration(
@@ -765,7 +774,7 @@ class Director:
                 rows.extend((b, stamp, None, reason) for stamp in b.registered)
         failed = [row for row in rows if row[3] is not None]
         unrevoked: set[str] = set()
-        for chunk in _chunks(failed, BULK_MAX):
+        for chunk in chunks(failed, BULK_MAX):
             try:
                 await client.revoke_secrets([stamp for _, stamp, _, _ in chunk])
             except Exception as exc:
@@ -775,7 +784,7 @@ class Director:
                     b.record_error(f"{type(exc).__name__}: {exc}")
         if unrevoked:
             rows = [row for row in rows if row[1] not in unrevoked]
-        for chunk in _chunks(rows, BULK_MAX):
+        for chunk in chunks(rows, BULK_MAX):
             updates = {
                 stamp: PilotMetadata(pilot_job_reference=reference)
                 if reason is None
@@ -830,10 +839,8 @@ class Director:
             path = folder / f"{pilot.stamp}.sh"
             path.write_text(pilot.wrapper)
             path.chmod(0o700)
-        describe = ce_registry.describe_submission(ce)
-        if describe is not None:
-            for name, text in describe(spec, pilots).items():
-                (folder / _safe(name)).write_text(text)
+        for name, text in ce.describe(spec, pilots).items():
+            (folder / _safe(name)).write_text(text)
 
     # --- reconciliation -----------------------------------------------------------------------
 
@@ -845,7 +852,7 @@ class Director:
         reconciliation, so the others are dropped page by page (a busy site has many)."""
         wanted = {queue_id(r) for r in refs}
         found: dict[QueueId, list[dict[str, Any]]] = {}
-        for chunk in _chunks(sorted(wanted), SEARCH_QUEUES):
+        for chunk in chunks(sorted(wanted), SEARCH_QUEUES):
             params = SearchParams(
                 parameters=[
                     "PilotStamp",

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from director.ce.base import ComputingElement
+from director.ce.credentials import CredentialSource
 from director.ce.local import LocalCE, LocalCEConfig
 from director.render import TemplateRenderer
 
@@ -91,17 +92,17 @@ def config_union() -> Any:
     return Annotated[Union[classes], Field(discriminator="kind")]  # noqa: UP007
 
 
-def make_ce(config: BaseModel, *, renderer: TemplateRenderer, work_dir: Path) -> ComputingElement:
-    """A CE instance for one config block."""
+def make_ce(
+    config: BaseModel,
+    *,
+    renderer: TemplateRenderer,
+    work_dir: Path,
+    credentials: CredentialSource | None = None,
+) -> ComputingElement:
+    """A CE instance for one config block (the construction contract of `director.ce.base`)."""
     kind = str(getattr(config, "kind", ""))
     try:
         backend = BACKENDS[kind]
     except KeyError:
         raise ValueError(f"no CE backend for kind {kind!r}") from None
-    ce: ComputingElement = backend.ce_class(config, renderer=renderer, work_dir=work_dir)  # type: ignore[call-arg]
-    return ce
-
-
-def describe_submission(ce: ComputingElement) -> Any:
-    """The backend's optional `describe(queue, pilots) -> {file name: text}` for the dry run."""
-    return getattr(ce, "describe", None)
+    return backend.ce_class(config, renderer=renderer, work_dir=work_dir, credentials=credentials)

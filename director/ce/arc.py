@@ -19,10 +19,10 @@ How it talks to the CE, and why:
 
 Authentication, one of: a bearer token read from `token_file` (reread whenever the file changes,
 so an operator's refresh job just rewrites it), a bearer token from this project's server
-(`ce_token`: `POST /api/auth/ce-token` with a service token; a short-lived RS256 JWT whose `aud`
-is this CE, renewed before it expires), or an X.509 client certificate (`cert_file`/`key_file`).
-Fetching a CE token is the one place where a backend talks to the server: it is a credential
-source, like the token file, not pilot bookkeeping.
+(`ce_token`: a short-lived RS256 JWT whose `aud` is this CE, asked of the `CredentialSource` the
+director injects, which buys it with the director's service token and renews it before it
+expires), or an X.509 client certificate (`cert_file`/`key_file`). The backend never talks to
+the server itself.
 
 Errors (`director.errors`): 401/403 -> `CEPermanentError("auth")`; connection failures and
 timeouts -> `CETemporaryError("unreachable")`; another 4xx on submit -> `CEPermanentError(
@@ -36,16 +36,16 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from director.batching import chunks
 from director.ce.base import (
     ActionResult,
     CEJob,
@@ -56,10 +56,12 @@ from director.ce.base import (
     QueueSpec,
     StatusResult,
     SubmitResult,
+    split_references,
+    valid_stamp,
 )
+from director.ce.credentials import CredentialSource, NoCredentials
 from director.errors import CEError, CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
-from director.states import arc_status
 from server.models import PilotStatus
 
 _log = logging.getLogger(__name__)
@@ -80,20 +82,28 @@ _PRE_LRMS_STATES = frozenset(
     {"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING", "HELD"}
 )
 
-T = TypeVar("T")
-
 
 class CETokenSource(BaseModel):
-    """Where to get CE tokens from this project's server (it acts as the token issuer)."""
+    """`ce_token: {}`: bearer tokens for this CE from the director's own server (it acts as
+    the token issuer, `POST /api/auth/ce-token`), through the credential source the director
+    injects; the director's server token must carry TrustedHost."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    server_url: HttpUrl = Field(description="the server's base URL (https://...)")
-    service_token_file: Path = Field(
-        description="file holding the director's service token (TrustedHost); reread on change"
-    )
-    ca_file: Path | None = Field(default=None, description="CA bundle to verify the server")
     lifetime_s: int = Field(default=1200, ge=60, le=86400)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_server_of_its_own(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        moved = sorted({"server_url", "service_token_file", "ca_file"} & set(data))
+        if moved:
+            raise ValueError(
+                f"{', '.join(moved)}: no longer set here; CE tokens come from the director's "
+                "server (server.url, server.token_file, server.ca_bundle)"
+            )
+        return data
 
 
 class ARCCEConfig(BaseModel):
@@ -171,6 +181,41 @@ class ARCCEConfig(BaseModel):
         return self.token_audience or self.endpoint
 
 
+# ----------------------------------------------------------------------------- states
+
+# A-REX states -> pilot statuses, as DIRAC's AREX CE maps them, so a pilot shows the same status
+# whichever director submitted it; a state not listed is Unknown (the monitoring cycle Aborts
+# pilots that stay Unknown too long).
+_ARC: dict[str, PilotStatus] = {
+    # A-REX REST states (the `state` field of action=status)
+    "ACCEPTING": PilotStatus.WAITING,
+    "ACCEPTED": PilotStatus.WAITING,
+    "PREPARING": PilotStatus.WAITING,
+    "PREPARED": PilotStatus.WAITING,
+    "SUBMITTING": PilotStatus.WAITING,
+    "QUEUING": PilotStatus.WAITING,
+    "RUNNING": PilotStatus.RUNNING,
+    "HELD": PilotStatus.WAITING,
+    "EXITINGLRMS": PilotStatus.RUNNING,
+    "OTHER": PilotStatus.RUNNING,
+    "EXECUTED": PilotStatus.RUNNING,
+    "FINISHING": PilotStatus.RUNNING,
+    "FINISHED": PilotStatus.DONE,
+    "FAILED": PilotStatus.FAILED,
+    "KILLING": PilotStatus.RUNNING,
+    "KILLED": PilotStatus.ABORTED,
+    "WIPED": PilotStatus.ABORTED,
+    "DELETED": PilotStatus.ABORTED,
+}
+
+
+def arc_status(state: str | None) -> PilotStatus:
+    """A-REX REST state -> pilot status; a job A-REX no longer knows (None) is Aborted."""
+    if state is None:
+        return PilotStatus.ABORTED
+    return _ARC.get(state.upper(), PilotStatus.UNKNOWN)
+
+
 # ----------------------------------------------------------------------------- pure helpers
 
 
@@ -236,11 +281,6 @@ def _int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def glue2_shares(info: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -313,28 +353,24 @@ def classify_status(code: int, *, submitting: bool = False) -> CEError:
 # ----------------------------------------------------------------------------- credentials
 
 
-@dataclass
-class _CachedToken:
-    value: str
-    expires_at: float
-
-
 class _Credentials:
-    """The bearer token to send, if any: from a file (reread on change) or from our server."""
+    """The bearer token to send, if any: from a file (reread on change) or from the credential
+    source the director injected (tokens from its server, cached there)."""
 
-    def __init__(self, config: ARCCEConfig) -> None:
+    def __init__(self, config: ARCCEConfig, source: CredentialSource | None) -> None:
         self._config = config
+        self._source = source or NoCredentials("the director gave this CE no credential source")
         self._file_stamp: tuple[float, int] | None = None
         self._file_token = ""
-        self._server_token: _CachedToken | None = None
-        self._lock = asyncio.Lock()
-        self._server_client: httpx.AsyncClient | None = None
 
     async def header(self) -> dict[str, str]:
         if self._config.token_file is not None:
             return {"Authorization": f"Bearer {self._read_file(self._config.token_file)}"}
         if self._config.ce_token is not None:
-            return {"Authorization": f"Bearer {await self._from_server(self._config.ce_token)}"}
+            token = await self._source.token(
+                self._config.audience, lifetime_s=self._config.ce_token.lifetime_s
+            )
+            return {"Authorization": f"Bearer {token}"}
         return {}
 
     def _read_file(self, path: Path) -> str:
@@ -349,58 +385,6 @@ class _Credentials:
         if not self._file_token:
             raise CEPermanentError(f"the CE token file {path} is empty", "auth")
         return self._file_token
-
-    async def _from_server(self, source: CETokenSource) -> str:
-        async with self._lock:
-            cached = self._server_token
-            # renew once two thirds of the lifetime are gone: a token never expires in flight
-            if cached is not None and time.time() < cached.expires_at:
-                return cached.value
-            service_token = _read_token(source.service_token_file)
-            if self._server_client is None:
-                self._server_client = httpx.AsyncClient(
-                    verify=_ssl_context(source.ca_file, None, None, None),
-                    timeout=httpx.Timeout(self._config.timeout_s, connect=10.0),
-                )
-            url = str(source.server_url).rstrip("/") + "/api/auth/ce-token"
-            try:
-                response = await self._server_client.post(
-                    url,
-                    json={"audience": self._config.audience, "lifetime": source.lifetime_s},
-                    headers={"Authorization": f"Bearer {service_token}"},
-                )
-            except httpx.HTTPError as exc:
-                raise CETemporaryError(
-                    f"token issuer unreachable: {type(exc).__name__}", "auth"
-                ) from exc
-            if response.status_code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
-                raise CEPermanentError(
-                    f"the server refused a CE token (HTTP {response.status_code})", "auth"
-                )
-            if response.status_code != HTTPStatus.OK:
-                raise CETemporaryError(
-                    f"the server gave no CE token (HTTP {response.status_code})", "auth"
-                )
-            body = response.json()
-            lifetime = int(body.get("expires_in", source.lifetime_s))
-            self._server_token = _CachedToken(
-                value=str(body["access_token"]), expires_at=time.time() + lifetime * 2 / 3
-            )
-            return self._server_token.value
-
-    async def close(self) -> None:
-        if self._server_client is not None:
-            await self._server_client.aclose()
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise CEPermanentError(f"cannot read the service token file {path}: {exc}", "auth") from exc
-    if not token:
-        raise CEPermanentError(f"the service token file {path} is empty", "auth")
-    return token
 
 
 def _ssl_context(
@@ -426,12 +410,20 @@ class ARCCE(ComputingElement):
 
     kind = "arc"
 
-    def __init__(self, config: ARCCEConfig, *, renderer: TemplateRenderer, work_dir: Path) -> None:
+    def __init__(
+        self,
+        config: ARCCEConfig,
+        *,
+        renderer: TemplateRenderer,
+        work_dir: Path,
+        credentials: CredentialSource | None = None,
+    ) -> None:
+        """`credentials` gives the tokens of `ce_token`; `token_file` and `cert_file` need none."""
         self.config = config
         self._renderer = renderer
         self._work_dir = work_dir
         self._base = f"{config.endpoint}/{REST_PATH}"
-        self._credentials = _Credentials(config)
+        self._credentials = _Credentials(config, credentials)
         self._client: httpx.AsyncClient | None = None
         self._upload_slots = asyncio.Semaphore(config.upload_concurrency)
         self._client_auth: dict[str, str] | None = None
@@ -515,7 +507,7 @@ class ARCCE(ComputingElement):
     async def _bulk(self, action: str, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
         """`POST /jobs?action=<action>` over ids in chunks -> {id: item}."""
         items: dict[str, Mapping[str, Any]] = {}
-        for chunk in _chunks(ids, self.config.query_chunk):
+        for chunk in chunks(ids, self.config.query_chunk):
             body = await self._json(
                 "POST",
                 "/jobs",
@@ -585,8 +577,13 @@ class ARCCE(ComputingElement):
         self, queue: QueueSpec, pilots: Sequence[PilotSubmission]
     ) -> list[SubmitResult]:
         self._own_cache = None
-        results: dict[str, SubmitResult] = {}
-        for chunk in _chunks(pilots, self.config.submit_chunk):
+        results = {
+            p.stamp: SubmitResult(p.stamp, error="invalid pilot stamp")
+            for p in pilots
+            if not valid_stamp(p.stamp)
+        }
+        valid = [p for p in pilots if valid_stamp(p.stamp)]
+        for number, chunk in enumerate(chunks(valid, self.config.submit_chunk)):
             try:
                 document = self.render_batch(queue, [p.stamp for p in chunk])
             except ValueError as exc:
@@ -596,7 +593,7 @@ class ARCCE(ComputingElement):
             try:
                 created = await self._create(document, len(chunk))
             except CEError as exc:
-                if not results:
+                if number == 0:
                     raise  # nothing submitted at all: the whole call failed
                 for pilot in chunk:
                     results[pilot.stamp] = SubmitResult(
@@ -681,19 +678,7 @@ class ARCCE(ComputingElement):
 
     def _split(self, references: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
         """{reference: job id} of this CE, and {reference: error} for the others."""
-        ours: dict[str, str] = {}
-        bad: dict[str, str] = {}
-        for reference in references:
-            try:
-                netloc, job_id = parse_reference(reference)
-            except ValueError as exc:
-                bad[reference] = str(exc)
-                continue
-            if netloc != self.config.netloc:
-                bad[reference] = f"reference of another CE ({netloc})"
-            else:
-                ours[reference] = job_id
-        return ours, bad
+        return split_references(references, parse_reference, self.config.netloc)
 
     async def status(self, references: Sequence[str]) -> list[StatusResult]:
         ours, bad = self._split(references)
@@ -850,4 +835,3 @@ class ARCCE(ComputingElement):
         self._client_auth = None
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        await self._credentials.close()

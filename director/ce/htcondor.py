@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from director.batching import chunks
 from director.ce.base import (
     ActionResult,
     CEJob,
@@ -51,21 +52,13 @@ from director.ce.base import (
     QueueSpec,
     StatusResult,
     SubmitResult,
+    split_references,
+    valid_stamp,
 )
+from director.ce.credentials import CredentialSource
 from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
 from director.holds import HeldRelease, HoldAction, HoldDecision, decide_hold
 from director.render import TemplateRenderer
-from director.states import (
-    HTCONDOR_COMPLETED,
-    HTCONDOR_HELD,
-    HTCONDOR_HOLD_SPOOLING,
-    HTCONDOR_IDLE,
-    HTCONDOR_REMOVED,
-    HTCONDOR_RUNNING,
-    HTCONDOR_SUSPENDED,
-    HTCONDOR_TRANSFERRING_OUTPUT,
-    htcondor_status,
-)
 from server.models import PilotStatus
 
 _log = logging.getLogger(__name__)
@@ -76,6 +69,38 @@ QUEUE_ATTRIBUTE = "SiteDirectorQueue"
 TEMPLATE = "htcondor.sub.j2"
 OUTPUT_LIMIT = 4 * 1024 * 1024
 """At most this many bytes of a pilot's stdout or stderr are read back (the tail is kept)."""
+
+# HTCondor JobStatus -> pilot status, as DIRAC's HTCondorCEComputingElement maps it
+
+HTCONDOR_IDLE = 1
+HTCONDOR_RUNNING = 2
+HTCONDOR_REMOVED = 3
+HTCONDOR_COMPLETED = 4
+HTCONDOR_HELD = 5
+HTCONDOR_TRANSFERRING_OUTPUT = 6
+HTCONDOR_SUSPENDED = 7
+HTCONDOR_HOLD_SPOOLING = 16
+"""HoldReasonCode of a job waiting for its input sandbox to be spooled."""
+
+
+def htcondor_status(job_status: int, hold_reason_code: int | None = None) -> PilotStatus:
+    """HTCondor JobStatus -> pilot status, as DIRAC's HTCondorCEComputingElement maps it.
+
+    Held is Aborted, except hold code 16 (input still spooling), which is Waiting.
+    """
+    if job_status == HTCONDOR_HELD:
+        if hold_reason_code == HTCONDOR_HOLD_SPOOLING:
+            return PilotStatus.WAITING
+        return PilotStatus.ABORTED
+    return {
+        HTCONDOR_IDLE: PilotStatus.WAITING,
+        HTCONDOR_RUNNING: PilotStatus.RUNNING,
+        HTCONDOR_REMOVED: PilotStatus.ABORTED,
+        HTCONDOR_COMPLETED: PilotStatus.DONE,
+        HTCONDOR_TRANSFERRING_OUTPUT: PilotStatus.RUNNING,
+        HTCONDOR_SUSPENDED: PilotStatus.RUNNING,
+    }.get(job_status, PilotStatus.UNKNOWN)
+
 
 _JOB_PROJECTION = [
     "ClusterId",
@@ -109,7 +134,6 @@ _STATE_NAMES = {
     HTCONDOR_TRANSFERRING_OUTPUT: "TransferringOutput",
     HTCONDOR_SUSPENDED: "Suspended",
 }
-_STAMP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ATTRIBUTE_NAME_RE = re.compile(r"^\+?[A-Za-z_][A-Za-z0-9_.]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE_RE = re.compile(rf"^{REFERENCE_SCHEME}://([^/]+)/(\d+)\.(\d+)$")
@@ -448,8 +472,12 @@ class HTCondorCE(ComputingElement):
         *,
         renderer: TemplateRenderer,
         work_dir: Path,
+        credentials: CredentialSource | None = None,
         schedd_factory: Callable[[], ScheddLike] | None = None,
     ) -> None:
+        """`credentials` is kept for issued tokens (HTCondor-CE SciTokens, a later step); today
+        the credential is the one `auth_parameters` names. `schedd_factory` replaces the
+        collector look-up (tests pass a FakeSchedd)."""
         if schedd_factory is None and importlib.util.find_spec("htcondor2") is None:
             raise ConfigError(
                 f"CE {config.host}: kind 'htcondor' needs the htcondor bindings "
@@ -460,6 +488,7 @@ class HTCondorCE(ComputingElement):
         self._work_dir = work_dir
         self._schedd_factory = schedd_factory or self._locate_schedd
         self._auth = auth_parameters(config)
+        self._credentials = credentials
 
     # ------------------------------------------------------------------ plumbing
 
@@ -505,18 +534,8 @@ class HTCondorCE(ComputingElement):
 
     def _parse(self, references: Sequence[str]) -> dict[str, JobId | str]:
         """reference -> its job id, or the reason it cannot be one of this CE's jobs."""
-        parsed: dict[str, JobId | str] = {}
-        for reference in references:
-            try:
-                host, job = parse_reference(reference)
-            except ValueError as exc:
-                parsed[reference] = str(exc)
-                continue
-            if host != self.config.host:
-                parsed[reference] = f"job of another CE ({host}), not {self.config.host}"
-            else:
-                parsed[reference] = job
-        return parsed
+        ours, others = split_references(references, parse_reference, self.config.host)
+        return {**others, **ours}
 
     @staticmethod
     def _fetch_ads(
@@ -525,10 +544,9 @@ class HTCondorCE(ComputingElement):
         """The ads of these jobs from the queue, then from the history for those that left it."""
         wanted = set(jobs)
         found: dict[JobId, Mapping[str, Any]] = {}
-        clusters = sorted({job.cluster for job in wanted})
-        for start in range(0, len(clusters), _CLUSTERS_PER_QUERY):
-            chunk = set(clusters[start : start + _CLUSTERS_PER_QUERY])
-            subset = [job for job in wanted if job.cluster in chunk]
+        for chunk in chunks(sorted({job.cluster for job in wanted}), _CLUSTERS_PER_QUERY):
+            members = set(chunk)
+            subset = [job for job in wanted if job.cluster in members]
             for ad in schedd.query(job_constraint(subset), projection):
                 _remember(found, wanted, ad)
         missing = sorted(wanted - found.keys())
@@ -585,7 +603,7 @@ class HTCondorCE(ComputingElement):
     ) -> list[SubmitResult]:
         if not pilots:
             return []
-        valid = [p for p in pilots if _STAMP_RE.match(p.stamp)]
+        valid = [p for p in pilots if valid_stamp(p.stamp)]
         batch_dir = (
             self._work_dir
             / "htcondor"
@@ -617,7 +635,7 @@ class HTCondorCE(ComputingElement):
         for pilot in pilots:
             if pilot.stamp in references:
                 results.append(SubmitResult(pilot.stamp, references[pilot.stamp]))
-            elif not _STAMP_RE.match(pilot.stamp):
+            elif not valid_stamp(pilot.stamp):
                 results.append(SubmitResult(pilot.stamp, error="invalid pilot stamp"))
             else:
                 results.append(

@@ -46,9 +46,9 @@ from director.ce.base import (
     StatusResult,
     SubmitResult,
 )
-from director.errors import CETemporaryError
+from director.ce.credentials import CredentialSource
+from director.errors import CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
-from director.states import local_status
 from server.models import PilotStatus
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,17 @@ _JOB_SCRIPT = (
     'cd work || exit 111; "$1" ../pilot.sh >../stdout 2>../stderr; rc=$?; '
     'echo "$rc" >../exit_code.tmp && mv ../exit_code.tmp ../exit_code'
 )
+
+
+def local_status(started: bool, exit_code: int | None, killed: bool) -> PilotStatus:
+    """A local process -> pilot status: its exit code says Done or Failed, a kill Aborted."""
+    if killed:
+        return PilotStatus.ABORTED
+    if not started:
+        return PilotStatus.WAITING
+    if exit_code is None:
+        return PilotStatus.RUNNING
+    return PilotStatus.DONE if exit_code == 0 else PilotStatus.FAILED
 
 
 class LocalCEConfig(BaseModel):
@@ -123,6 +134,10 @@ def _queue_key(queue: QueueSpec) -> str:
     return f"{queue.site}/{queue.ce}/{queue.name}"
 
 
+def _not_ours(reference: str) -> str:
+    return f"not a local CE job reference: {reference!r}"
+
+
 def _proc_start_ticks(pid: int) -> str | None:
     """The process's start time in clock ticks (field 22 of /proc/pid/stat): tells a reused pid
     from ours. None when the process does not exist or is a zombie."""
@@ -147,8 +162,10 @@ class LocalCE(ComputingElement):
         *,
         renderer: TemplateRenderer,
         work_dir: Path,
+        credentials: CredentialSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`credentials` is unused: local processes need none."""
         self.config = config
         self.renderer = renderer
         self.work_dir = work_dir
@@ -313,7 +330,10 @@ class LocalCE(ComputingElement):
         results: list[StatusResult] = []
         for reference in references:
             directory = self._job_dir(reference)
-            job = _Job.load(directory) if directory is not None else None
+            if directory is None:
+                results.append(StatusResult(reference, None, error=_not_ours(reference)))
+                continue
+            job = _Job.load(directory)
             if job is None:
                 results.append(
                     StatusResult(
@@ -332,6 +352,8 @@ class LocalCE(ComputingElement):
 
     async def output(self, reference: str) -> PilotOutput:
         directory = self._job_dir(reference)
+        if directory is None:
+            raise CEPermanentError(_not_ours(reference), "rejected")
 
         def tail(name: str) -> str:
             if directory is None:
@@ -350,9 +372,12 @@ class LocalCE(ComputingElement):
         results: list[ActionResult] = []
         for reference in references:
             directory = self._job_dir(reference)
-            job = _Job.load(directory) if directory is not None else None
+            if directory is None:
+                results.append(ActionResult(reference, error=_not_ours(reference)))
+                continue
+            job = _Job.load(directory)
             if job is None:
-                results.append(ActionResult(reference, error="job unknown to the local CE"))
+                results.append(ActionResult(reference))  # gone already: not running, as asked
                 continue
             if job.exit_code is None and job.killed_at is None:
                 (job.directory / "killed").write_text(f"{self._clock()}\n")
@@ -364,7 +389,10 @@ class LocalCE(ComputingElement):
         results: list[ActionResult] = []
         for reference in references:
             directory = self._job_dir(reference)
-            job = _Job.load(directory) if directory is not None else None
+            if directory is None:
+                results.append(ActionResult(reference, error=_not_ours(reference)))
+                continue
+            job = _Job.load(directory)
             if job is None:
                 results.append(ActionResult(reference))  # nothing left: already clean
                 continue

@@ -87,3 +87,6 @@ class FakeCE(ComputingElement):
         if self.mode == "liar":
             return [CEJob(f"fake:{self.phantom}", self.phantom, PilotStatus.RUNNING)]
         return []
+
+    def describe(self, queue: QueueSpec, pilots: Sequence[PilotSubmission]) -> dict[str, str]:
+        return {"fake.txt": "".join(f"{p.stamp}\n" for p in pilots)}

@@ -53,11 +53,7 @@ def settings_for(infra: ARCInfra, server: LiveServer, work: Path, tag: str) -> A
         "kind": "arc",
         "url": infra.url,
         "ca_file": str(infra.ca_file),
-        "ce_token": {
-            "server_url": server.url,
-            "service_token_file": str(token_file),
-            "ca_file": str(infra.ca_file),
-        },
+        "ce_token": {},  # bought from the director's own server with its service token
     }
     limits = {
         "ce_queue": infra.queue,

@@ -24,6 +24,8 @@ from director.ce.arc import (
     parse_reference,
 )
 from director.ce.base import PilotSubmission, QueueSpec, StatusResult
+from director.ce.credentials import CredentialSource, ServerCredentials
+from director.client import ServerClient, TokenSource
 from director.errors import CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
 from server.models import FINAL_STATUSES, PilotStatus
@@ -52,8 +54,15 @@ def x509_config(infra: ARCInfra, **overrides: object) -> ARCCEConfig:
     )
 
 
-def make_ce(config: ARCCEConfig, tmp_path: Path) -> ARCCE:
-    return ARCCE(config, renderer=TemplateRenderer(), work_dir=tmp_path)
+def make_ce(
+    config: ARCCEConfig, tmp_path: Path, credentials: CredentialSource | None = None
+) -> ARCCE:
+    return ARCCE(config, renderer=TemplateRenderer(), work_dir=tmp_path, credentials=credentials)
+
+
+def server_credentials(server: LiveServer, token_file: Path, ca_file: Path) -> ServerCredentials:
+    """What the director injects: CE tokens bought with its service token from its server."""
+    return ServerCredentials(ServerClient(server.url, TokenSource(token_file), ca_bundle=ca_file))
 
 
 RUN = secrets.token_hex(3)
@@ -169,16 +178,8 @@ async def test_ce_token_from_our_server_submits_and_kills(
     service_token = tmp_path / "service.token"
     service_token.write_text(arc_issuer.director_token)
     service_token.chmod(0o600)
-    config = ARCCEConfig(
-        url=arc_infra.url,
-        ca_file=arc_infra.ca_file,
-        ce_token=CETokenSource(
-            server_url=arc_issuer.url,
-            service_token_file=service_token,
-            ca_file=arc_infra.ca_file,
-        ),
-    )
-    ce = make_ce(config, tmp_path)
+    config = ARCCEConfig(url=arc_infra.url, ca_file=arc_infra.ca_file, ce_token=CETokenSource())
+    ce = make_ce(config, tmp_path, server_credentials(arc_issuer, service_token, arc_infra.ca_file))
     try:
         queue = queue_for(arc_infra, "token")
         good, sleeper = stamp(), stamp()
@@ -292,16 +293,9 @@ async def test_a_service_token_without_trusted_host_gets_no_ce_token(
     user_token = tmp_path / "user.token"
     user_token.write_text(arc_issuer.token("alice", "lhcb"))
     ce = make_ce(
-        ARCCEConfig(
-            url=arc_infra.url,
-            ca_file=arc_infra.ca_file,
-            ce_token=CETokenSource(
-                server_url=arc_issuer.url,
-                service_token_file=user_token,
-                ca_file=arc_infra.ca_file,
-            ),
-        ),
+        ARCCEConfig(url=arc_infra.url, ca_file=arc_infra.ca_file, ce_token=CETokenSource()),
         tmp_path,
+        server_credentials(arc_issuer, user_token, arc_infra.ca_file),
     )
     try:
         with pytest.raises(CEPermanentError) as refused:

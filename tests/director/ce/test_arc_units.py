@@ -187,3 +187,25 @@ def test_item_status_mapping() -> None:
     odd = ARCCE._status_of(ref, {"status-code": "500", "reason": "boom"}, None)
     assert odd.status is None
     assert odd.temporary
+
+
+def test_the_arc_state_map_is_the_backends_own() -> None:
+    from director.ce.arc import arc_status
+
+    assert arc_status("Queuing") is PilotStatus.WAITING
+    assert arc_status("FINISHED") is PilotStatus.DONE
+    assert arc_status("KILLED") is PilotStatus.ABORTED
+    assert arc_status("SOMETHING-NEW") is PilotStatus.UNKNOWN
+    assert arc_status(None) is PilotStatus.ABORTED  # A-REX no longer knows the job
+
+
+def test_ce_token_names_no_server_of_its_own() -> None:
+    """CE tokens come from the director's server through its credential source; the keys that
+    once named another server are refused with where they went."""
+    from pydantic import ValidationError
+
+    from director.ce.arc import ARCCEConfig
+
+    assert ARCCEConfig(url="https://ce/arex", ce_token={}).ce_token.lifetime_s == 1200  # type: ignore[arg-type,union-attr]
+    with pytest.raises(ValidationError, match=r"server\.url"):
+        ARCCEConfig(url="https://ce/arex", ce_token={"server_url": "https://s"})  # type: ignore[arg-type]

@@ -311,11 +311,7 @@ async def test_the_stock_pilot_through_arc(
             "kind": "arc",
             "url": arc_infra.url,
             "ca_file": str(arc_infra.ca_file),
-            "ce_token": {
-                "server_url": server.url,
-                "service_token_file": str(tmp_path / "director.token"),
-                "ca_file": str(arc_infra.ca_file),
-            },
+            "ce_token": {},  # from the director's own server, with its service token
         },
         "queues": {
             "stock": {

@@ -522,3 +522,13 @@ def test_dry_run_description_is_a_complete_submit_file(ce: HTCondorCE) -> None:
     ]
     assert submit["executable"] == "$(Wrapper)"
     assert submit["request_cpus"] == "1"
+
+
+def test_the_htcondor_state_map_is_the_backends_own() -> None:
+    from director.ce.htcondor import HTCONDOR_HELD, HTCONDOR_HOLD_SPOOLING, htcondor_status
+
+    assert htcondor_status(1) is PilotStatus.WAITING
+    assert htcondor_status(4) is PilotStatus.DONE
+    assert htcondor_status(HTCONDOR_HELD, 3) is PilotStatus.ABORTED
+    assert htcondor_status(HTCONDOR_HELD, HTCONDOR_HOLD_SPOOLING) is PilotStatus.WAITING
+    assert htcondor_status(99) is PilotStatus.UNKNOWN

@@ -128,11 +128,28 @@ async def test_clean_removes_ended_jobs_only(ce: LocalCE) -> None:
 
 
 async def test_unknown_and_foreign_references(ce: LocalCE) -> None:
-    results = await ce.status(["local:" + "9" * 32, "arc:whatever", "local:../etc"])
-    assert all(r.status == PilotStatus.ABORTED for r in results)
-    [kill] = await ce.kill(["local:../etc"])
-    assert not kill.ok
+    unknown, foreign, escape = await ce.status(
+        ["local:" + "9" * 32, "arc:whatever", "local:../etc"]
+    )
+    assert (unknown.status, unknown.error) == (PilotStatus.ABORTED, None)
+    assert foreign.status is None
+    assert foreign.error
+    assert escape.status is None
+    assert escape.error
+    gone, bad = await ce.kill(["local:" + "9" * 32, "local:../etc"])
+    assert gone.ok  # not running, as asked
+    assert not bad.ok
     [dup] = await ce.submit(QUEUE, [pilot("3" * 32, "exit 0")])
     [again] = await ce.submit(QUEUE, [pilot("3" * 32, "exit 0")])
     assert dup.ok
     assert not again.ok
+
+
+def test_the_local_state_map_is_the_backends_own() -> None:
+    from director.ce.local import local_status
+
+    assert local_status(False, None, killed=False) is PilotStatus.WAITING
+    assert local_status(True, None, killed=False) is PilotStatus.RUNNING
+    assert local_status(True, 0, killed=False) is PilotStatus.DONE
+    assert local_status(True, 2, killed=False) is PilotStatus.FAILED
+    assert local_status(True, None, killed=True) is PilotStatus.ABORTED
