@@ -44,12 +44,18 @@ from server.models import (
     BanTarget,
     BulkRegistration,
     BulkRegistrationResult,
+    KillRequest,
     LeaseGrant,
     LeaseRelease,
     LeaseRequest,
+    OutputFetchRequest,
     PilotMetadata,
+    PilotOutput,
+    PilotOutputUpload,
+    PilotRequest,
     QueueEmptyPilots,
     QueuesReport,
+    RequestOutcomes,
     SearchParams,
     SecretRevocation,
     SummaryParams,
@@ -400,6 +406,68 @@ class ServerClient:
             "POST", "/api/bans/allow", json=body.model_dump(mode="json", exclude_none=True)
         )
         return [Ban.model_validate(item) for item in response.json()]
+
+    # --- kills and pilot outputs ---------------------------------------------------------------
+
+    async def request_kills(self, body: KillRequest) -> list[PilotRequest]:
+        """Ask for pilots to be killed (the token needs the Operator property)."""
+        response = await self._call(
+            "POST",
+            "/api/pilots/kills",
+            json=body.model_dump(mode="json", exclude_none=True),
+            ok=(HTTPStatus.CREATED,),
+        )
+        return [PilotRequest.model_validate(item) for item in response.json()]
+
+    async def request_outputs(self, body: OutputFetchRequest) -> list[PilotRequest]:
+        """Ask for pilots' CE output to be fetched (the token needs the Operator property)."""
+        response = await self._call(
+            "POST",
+            "/api/pilots/output-requests",
+            json=body.model_dump(mode="json", exclude_none=True),
+            ok=(HTTPStatus.CREATED,),
+        )
+        return [PilotRequest.model_validate(item) for item in response.json()]
+
+    async def list_requests(
+        self,
+        kind: str = "kill",
+        *,
+        state: str | None = None,
+        vo: str | None = None,
+        pilot_stamp: str | None = None,
+    ) -> list[PilotRequest]:
+        """Kill (`kind` "kill") or output-fetch ("output") requests of the token's VOs;
+        `state="pending"`: those due now, what a director carries out, oldest first."""
+        path = "/api/pilots/kills" if kind == "kill" else "/api/pilots/output-requests"
+        params = {
+            k: v for k, v in (("state", state), ("vo", vo), ("pilot_stamp", pilot_stamp)) if v
+        }
+        response = await self._call("GET", path, params=params)
+        return [PilotRequest.model_validate(item) for item in response.json()]
+
+    async def record_outcomes(self, kind: str, body: RequestOutcomes) -> list[PilotRequest]:
+        """Record what came of requests (a director's token); the requests as they now stand."""
+        path = "/api/pilots/kills" if kind == "kill" else "/api/pilots/output-requests"
+        response = await self._call("PATCH", path, json=body.model_dump(mode="json"))
+        return [PilotRequest.model_validate(item) for item in response.json()]
+
+    async def upload_output(self, body: PilotOutputUpload) -> PilotOutput:
+        """Upload one pilot's CE output, or that the CE no longer has it."""
+        response = await self._call(
+            "PUT", "/api/pilots/output", json=body.model_dump(mode="json", exclude_none=True)
+        )
+        return PilotOutput.model_validate(response.json())
+
+    async def pilot_output(self, stamp: str) -> PilotOutput | None:
+        """The pilot's stored CE output; None when none is stored (or not visible)."""
+        path = "/api/pilots/output"
+        response = await self._send("GET", path, params={"pilot_stamp": stamp})
+        if response.status_code == HTTPStatus.NOT_FOUND:
+            return None
+        if response.status_code != HTTPStatus.OK:
+            raise self._refusal("GET", path, response)
+        return PilotOutput.model_validate(response.json())
 
     async def health(self) -> dict[str, Any]:
         response = await self._call("GET", "/api/health")

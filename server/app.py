@@ -41,6 +41,8 @@ from server.routers import (
     leases,
     logs,
     monitor,
+    monitor_requests,
+    pilot_requests,
     pilots,
     responses,
     secrets,
@@ -323,9 +325,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         leases.router,
         director.router,
         bans.router,
+        pilot_requests.router,
         cetokens.router,
         wellknown.router,
         monitor.router,
+        monitor_requests.router,
         home.router,
     ):
         app.include_router(responses.document(router))

@@ -28,8 +28,13 @@ NORMAL_USER = "NormalUser"
 GENERIC_PILOT = "GenericPilot"
 #: DIRAC's property for banning and allowing sites, CEs and queues (of the token's VOs)
 SITE_MANAGER = "SiteManager"
+#: DIRAC's Operator property (WMSAdministrator's default rule): kill pilots and ask for their
+#: output (of the token's VOs)
+OPERATOR = "Operator"
 #: The properties this server gives meaning to; `site-director token` refuses any other.
-KNOWN_PROPERTIES = frozenset({ADMIN, TRUSTED_HOST, NORMAL_USER, GENERIC_PILOT, SITE_MANAGER})
+KNOWN_PROPERTIES = frozenset(
+    {ADMIN, TRUSTED_HOST, NORMAL_USER, GENERIC_PILOT, SITE_MANAGER, OPERATOR}
+)
 
 ACCESS_TYP = "at+jwt"
 REFRESH_TYP = "rt+jwt"

@@ -499,6 +499,146 @@ class Ban(BaseModel):
         return "queue" if self.queue is not None else "CE" if self.ce is not None else "site"
 
 
+# --- kills and pilot outputs ------------------------------------------------------------------
+
+
+class RequestState(StrEnum):
+    """Where an operator's request about one pilot stands (a kill, or a fetch of its output).
+
+    `requested` and `in_progress` are open: the director following the pilot picks them up at
+    its next monitoring step, and may be told to come back later (`next_attempt_at`). The
+    others are final: `done`; `failed` with `last_error` (attempts exhausted, or refused for
+    good by the CE); `already_ended` (a kill of a pilot that had ended: nothing to do)."""
+
+    REQUESTED = "requested"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    FAILED = "failed"
+    ALREADY_ENDED = "already_ended"
+
+
+OPEN_REQUEST_STATES: frozenset[RequestState] = frozenset(
+    {RequestState.REQUESTED, RequestState.IN_PROGRESS}
+)
+
+RequestReason = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_printable)]
+
+
+class QueueSelector(_Strict):
+    """All live pilots of one queue of a VO, named as the pilot records name it: `site`
+    GridSite, `ce` DestinationSite, `queue` Queue (the CE-side queue)."""
+
+    vo: VOName | None = None
+    site: BanName
+    ce: BanName
+    queue: BanName
+
+
+class KillRequest(_Strict):
+    """Body of `POST /api/pilots/kills`: the pilots by stamp, or every live pilot of one
+    queue (`queue`), and why (required: the pilot ends Aborted with "killed by <who>: <why>")."""
+
+    pilot_stamps: list[Stamp] | None = Field(None, min_length=1, max_length=10_000)
+    queue: QueueSelector | None = None
+    reason: RequestReason
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> KillRequest:
+        if (self.pilot_stamps is None) == (self.queue is None):
+            raise ValueError("give pilot_stamps or queue, not both")
+        return self
+
+
+class OutputFetchRequest(_Strict):
+    """Body of `POST /api/pilots/output-requests`: fetch these pilots' CE output (any status)."""
+
+    pilot_stamps: list[Stamp] = Field(min_length=1, max_length=1000)
+    reason: RequestReason | None = None
+
+
+class PilotRequest(BaseModel):
+    """A stored kill or output-fetch request, with the pilot as the director needs it."""
+
+    request_id: int
+    kind: Literal["kill", "output"]
+    pilot_stamp: str
+    vo: str
+    reason: str | None
+    requested_by: str
+    requested_at: datetime
+    state: RequestState
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    updated_at: datetime
+    # the pilot as now recorded (None once it was purged)
+    pilot_status: str | None = None
+    pilot_reference: str | None = None
+    grid_type: str | None = None
+    site: str | None = None
+    ce: str | None = None
+    queue: str | None = None
+
+
+class RequestOutcome(_Strict):
+    """What a director did about one request: `in_progress` (started; nothing else changes),
+    `done`, `already_ended` (the CE no longer runs the pilot), `retry` (a temporary failure:
+    the server sets the next attempt time, and fails the request after too many attempts)
+    or `failed` (for good), with `error` saying why for the last two."""
+
+    request_id: int = Field(ge=1)
+    outcome: Literal["in_progress", "done", "already_ended", "retry", "failed"]
+    error: str | None = Field(None, max_length=255)
+
+
+class RequestOutcomes(_Strict):
+    """Body of `PATCH /api/pilots/kills` and `PATCH /api/pilots/output-requests`."""
+
+    outcomes: list[RequestOutcome] = Field(min_length=1, max_length=1000)
+
+
+#: The largest stream an upload may carry (characters); the server keeps at most its
+#: `pilot_output_max_bytes` of each, the tail.
+MAX_OUTPUT_CHARS = 4 * 1024 * 1024
+
+
+class PilotOutputUpload(_Strict):
+    """Body of `PUT /api/pilots/output`: one pilot's CE output as its director fetched it
+    (secrets redacted and each stream cut to its tail by the server too), or, when the CE no
+    longer has it, `not_available` with the reason and no stream."""
+
+    pilot_stamp: Stamp
+    std_output: str | None = Field(None, max_length=MAX_OUTPUT_CHARS)
+    std_error: str | None = Field(None, max_length=MAX_OUTPUT_CHARS)
+    ce_log: str | None = Field(None, max_length=MAX_OUTPUT_CHARS)
+    not_available: RequestReason | None = None
+
+    @model_validator(mode="after")
+    def _output_or_reason(self) -> PilotOutputUpload:
+        streams = (self.std_output, self.std_error, self.ce_log)
+        if self.not_available is not None and any(s is not None for s in streams):
+            raise ValueError("not_available carries no output")
+        if self.not_available is None and all(s is None for s in streams):
+            raise ValueError("give at least one stream, or not_available with the reason")
+        return self
+
+
+class PilotOutput(BaseModel):
+    """A pilot's stored CE output (DiracX's PilotOutput: StdOutput, StdError; plus the CE's
+    own log), or the reason it is not available; `truncated` when a stream was cut (its
+    tail kept)."""
+
+    pilot_stamp: str
+    vo: str
+    std_output: str | None
+    std_error: str | None
+    ce_log: str | None
+    not_available: str | None
+    truncated: bool
+    uploaded_by: str
+    uploaded_at: datetime
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

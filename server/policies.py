@@ -13,6 +13,7 @@ test_policies.py` walks the route table so that no route escapes a policy.
     LegacyPilot     a user token with GenericPilot
     Admin           ServiceAdministrator
     SiteManager     SiteManager (its VOs) or ServiceAdministrator: bans sites, CEs, queues
+    PilotOperator   Operator (its VOs) or ServiceAdministrator: kills pilots, asks for outputs
     MonitorViewer   the pilot monitor's session cookie, then the Reader rule
 """
 
@@ -27,6 +28,7 @@ from server.errors import Forbidden, Unauthorized
 from server.identity import (
     ADMIN,
     GENERIC_PILOT,
+    OPERATOR,
     SITE_MANAGER,
     TRUSTED_HOST,
     Identity,
@@ -134,6 +136,22 @@ class _SiteManager(Policy):
             raise Forbidden("Banning and allowing needs the SiteManager property.")
 
 
+class _PilotOperator(Policy):
+    """DIRAC's Operator property (for the VOs of the token; the logic checks which) or an
+    administrator (every VO): kill pilots, ask for their CE output. DIRAC's PilotManager
+    leaves `killPilot` to any authenticated caller; its WMSAdministrator, where killPilot
+    began, defaults to Operator: the narrower rule. Not TrustedHost: a director carries
+    kills out, it does not order them."""
+
+    name = "pilot-operator"
+
+    def check(self, identity: Identity) -> None:
+        if identity.is_pilot:
+            raise Forbidden("Pilot tokens cannot call operator endpoints.")
+        if not identity.properties & {ADMIN, OPERATOR}:
+            raise Forbidden("Killing pilots and fetching their output need the Operator property.")
+
+
 class _Director(Policy):
     """Admins and TrustedHost service tokens: the director's own endpoints (leases, CE tokens)."""
 
@@ -176,6 +194,7 @@ LEGACY_PILOT = _LegacyPilot()
 ADMIN_ONLY = _Admin()
 DIRECTOR = _Director()
 SITE_MANAGER_ONLY = _SiteManager()
+PILOT_OPERATOR = _PilotOperator()
 MONITOR = _MonitorSession()
 
 Public = Annotated[None, Depends(PUBLIC)]
@@ -187,6 +206,7 @@ LegacyPilot = Annotated[Identity, Depends(LEGACY_PILOT)]
 AdminOnly = Annotated[Identity, Depends(ADMIN_ONLY)]
 Director = Annotated[Identity, Depends(DIRECTOR)]
 SiteManager = Annotated[Identity, Depends(SITE_MANAGER_ONLY)]
+PilotOperator = Annotated[Identity, Depends(PILOT_OPERATOR)]
 MonitorViewer = Annotated[Identity, Depends(MONITOR)]
 
 

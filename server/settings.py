@@ -116,6 +116,14 @@ class ServerSettings(BaseSettings):
     log_max_line_bytes: int = Field(16 * 1024, ge=64)
     log_max_bytes_per_pilot: int = Field(64 * 1024 * 1024, ge=1024)
     log_rate_lines_per_minute: int = Field(60_000, ge=1, description="Per pilot.")
+    pilot_output_max_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="Per stream of an uploaded pilot output (stdout, stderr, CE log): the tail "
+        "is kept.",
+    )
+
     search_timeout: float = Field(
         10.0,
         gt=0,

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.db.batch import chunks
-from server.db.schema import JOBS, PILOTS
+from server.db.schema import JOBS, OUTPUTS, PILOTS, REQUESTS
 from server.db.schema import SECRET_REGISTRATIONS as REGISTRATIONS
 from server.db.search import (
     SpecShape,
@@ -297,8 +297,9 @@ async def delete_pilots(
     statuses: Sequence[str] | None = None,
     vos: Iterable[str] | None = None,
 ) -> int:
-    """Delete pilots (their job mappings, and which secret registered them); returns how
-    many pilots went. A stamp registered again later starts with no secret's claim on it."""
+    """Delete pilots (their job mappings, kill and output requests, outputs, and which
+    secret registered them); returns how many pilots went. A stamp registered again later
+    starts with no secret's claim on it."""
     conditions: list[ColumnElement[bool]] = []
     if stamps is not None:
         conditions.append(T.c.PilotStamp.in_(stamps))
@@ -312,6 +313,8 @@ async def delete_pilots(
     ids = [r[0] for r in found]
     for chunk in chunks(ids):
         await conn.execute(delete(JOBS).where(JOBS.c.PilotID.in_(chunk)))
+        await conn.execute(delete(REQUESTS).where(REQUESTS.c.PilotID.in_(chunk)))
+        await conn.execute(delete(OUTPUTS).where(OUTPUTS.c.PilotID.in_(chunk)))
         await conn.execute(delete(T).where(T.c.PilotID.in_(chunk)))
     for stamps in chunks([r[1] for r in found]):
         await conn.execute(delete(REGISTRATIONS).where(REGISTRATIONS.c.PilotStamp.in_(stamps)))

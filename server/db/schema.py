@@ -277,6 +277,60 @@ class SiteBans(Base):
     )
 
 
+#: Pilot output streams: MEDIUMTEXT on MySQL/MariaDB (TEXT stops at 64 KiB), TEXT elsewhere.
+OutputText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class PilotRequests(Base):
+    """Operators' requests about one pilot, carried out by the director that follows it: a
+    kill (`Kind` "kill") or a fetch of its CE output ("output"). Kept when finished, as the
+    record of who asked what and what came of it. `OpenKey` is "<kind>:<stamp>" while the
+    request is open (requested, in progress), NULL after: its unique index keeps one open
+    request per pilot and kind, even against two concurrent requests."""
+
+    __tablename__ = "PilotRequests"
+
+    request_id: Mapped[int] = mapped_column(
+        "RequestID", BigID, primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column("Kind", String(16))
+    pilot_id: Mapped[int] = mapped_column("PilotID", BigInteger)
+    pilot_stamp: Mapped[str] = mapped_column("PilotStamp", String(32))
+    vo: Mapped[str] = mapped_column("VO", String(128))
+    reason: Mapped[str | None] = mapped_column("Reason", String(255))
+    requested_by: Mapped[str] = mapped_column("RequestedBy", String(255))
+    requested_at: Mapped[datetime] = mapped_column("RequestedAt", UTCDateTime)
+    state: Mapped[str] = mapped_column("State", String(16))
+    attempts: Mapped[int] = mapped_column("Attempts", Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column("LastError", String(255))
+    next_attempt_at: Mapped[datetime | None] = mapped_column("NextAttemptAt", UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column("UpdatedAt", UTCDateTime)
+    open_key: Mapped[str | None] = mapped_column("OpenKey", String(64))
+
+    __table_args__ = (
+        Index("idx_requests_open_key", "OpenKey", unique=True),
+        Index("idx_requests_kind_state", "Kind", "State", "NextAttemptAt"),
+        Index("idx_requests_pilot", "PilotID"),
+    )
+
+
+class PilotOutput(Base):
+    """A pilot's CE output, as DiracX's PilotOutput (PilotID, StdOutput, StdError) plus the
+    CE's own log, the reason when the CE no longer had it (`NotAvailable`, once), whether a
+    stream was cut to its tail, and who uploaded it when. Secrets redacted before storing."""
+
+    __tablename__ = "PilotOutput"
+
+    pilot_id: Mapped[int] = mapped_column("PilotID", BigID, primary_key=True, autoincrement=False)
+    std_output: Mapped[str | None] = mapped_column("StdOutput", OutputText)
+    std_error: Mapped[str | None] = mapped_column("StdError", OutputText)
+    ce_log: Mapped[str | None] = mapped_column("CELog", OutputText)
+    not_available: Mapped[str | None] = mapped_column("NotAvailable", String(255))
+    truncated: Mapped[bool] = mapped_column("Truncated", Boolean, default=False)
+    uploaded_by: Mapped[str] = mapped_column("UploadedBy", String(255))
+    uploaded_at: Mapped[datetime] = mapped_column("UploadedAt", UTCDateTime)
+
+
 metadata = Base.metadata
 
 
@@ -296,3 +350,5 @@ LOG_QUOTA = _table(PilotLogQuota)
 LEASES = _table(DirectorLeases)
 DIRECTOR_QUEUES = _table(DirectorQueues)
 BANS = _table(SiteBans)
+REQUESTS = _table(PilotRequests)
+OUTPUTS = _table(PilotOutput)

@@ -33,7 +33,9 @@ from server.errors import (
 from server.identity import Identity
 from server.logic import bans as bans_logic
 from server.logic import monitor as logic
-from server.models import BanRequest, BanTarget
+from server.logic import pilot_output
+from server.logic import pilot_requests as requests_logic
+from server.models import FINAL_STATUSES, BanRequest, BanTarget
 from server.monitor import chart
 from server.monitor.origin import CrossSiteRequest, same_origin
 from server.monitor.session import COOKIE, COOKIE_PATH, close_session, open_session
@@ -265,8 +267,13 @@ async def overview_fragment(ctx: Context, identity: MonitorViewer, request: Requ
     return response
 
 
-def _pilot_list_context(pilots: logic.PilotList) -> dict[str, Any]:
-    return {"pilots": pilots, "q": pilots.query, "sorts": LIST_SORTS}
+def _pilot_list_context(pilots: logic.PilotList, identity: Identity) -> dict[str, Any]:
+    return {
+        "pilots": pilots,
+        "q": pilots.query,
+        "sorts": LIST_SORTS,
+        "may_act": requests_logic.may_ask(identity),
+    }
 
 
 #: The list's sortable columns: (sort key, heading).
@@ -301,7 +308,7 @@ async def pilot_list_page(
         since_choices=SINCE_CHOICES,
         filters=query.filters,
         refresh=_refresh(refresh),
-        **_pilot_list_context(pilots),
+        **_pilot_list_context(pilots, identity),
         **_page_context(identity),
     )
 
@@ -313,7 +320,7 @@ async def pilot_list_fragment(ctx: Context, identity: MonitorViewer, request: Re
     except InvalidRequest as exc:
         return Response(str(exc.detail), HTTPStatus.BAD_REQUEST, headers=SECURITY_HEADERS)
     pilots = await logic.pilot_list(ctx, identity, query)
-    return _html("_pilots.html", **_pilot_list_context(pilots))
+    return _html("_pilots.html", **_pilot_list_context(pilots, identity))
 
 
 def _log_query(text: str) -> Any:
@@ -347,6 +354,10 @@ async def pilot_page(
         fields=[f for f in METADATA_FIELDS if f in view.pilot],
         log_query=_log_query(view.logs.query),
         refresh=_refresh(refresh),
+        output=await pilot_output.read_if_any(ctx, identity, stamp),
+        requests=await requests_logic.requests_of(ctx, identity, stamp),
+        may_act=requests_logic.may_ask(identity),
+        ended=view.pilot.get("Status") in {s.value for s in FINAL_STATUSES},
         **_page_context(identity),
     )
 

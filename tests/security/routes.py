@@ -26,6 +26,7 @@ OPERATOR_POLICIES = {
     policies.ADMIN_ONLY,
     policies.DIRECTOR,
     policies.SITE_MANAGER_ONLY,
+    policies.PILOT_OPERATOR,
 }
 KNOWN_POLICIES = {*OPERATOR_POLICIES, policies.PUBLIC, policies.PILOT_SELF, policies.PILOT_ONLY}
 
@@ -176,6 +177,32 @@ REQUESTS: dict[tuple[str, str], Factory] = {
     ),
     ("POST", "/api/bans/allow"): lambda t: Req(
         "/api/bans/allow", {"vo": t.vo, "site": f"Site.{t.vo}.org", "ce": t.queue.split("/")[0]}
+    ),
+    # kills and pilot outputs
+    ("POST", "/api/pilots/kills"): lambda t: Req(
+        "/api/pilots/kills", {"pilot_stamps": [t.stamp], "reason": "intruder"}
+    ),
+    ("GET", "/api/pilots/kills"): lambda t: Req(
+        "/api/pilots/kills", params={"vo": t.vo, "pilot_stamp": t.stamp}
+    ),
+    ("PATCH", "/api/pilots/kills"): lambda t: Req(
+        "/api/pilots/kills", {"outcomes": [{"request_id": 1, "outcome": "done"}]}
+    ),
+    ("POST", "/api/pilots/output-requests"): lambda t: Req(
+        "/api/pilots/output-requests", {"pilot_stamps": [t.stamp]}
+    ),
+    ("GET", "/api/pilots/output-requests"): lambda t: Req(
+        "/api/pilots/output-requests", params={"state": "pending"}
+    ),
+    ("PATCH", "/api/pilots/output-requests"): lambda t: Req(
+        "/api/pilots/output-requests",
+        {"outcomes": [{"request_id": 1, "outcome": "failed", "error": "intruder"}]},
+    ),
+    ("PUT", "/api/pilots/output"): lambda t: Req(
+        "/api/pilots/output", {"pilot_stamp": t.stamp, "std_output": "intruder"}
+    ),
+    ("GET", "/api/pilots/output"): lambda t: Req(
+        "/api/pilots/output", params={"pilot_stamp": t.stamp}
     ),
 }
 

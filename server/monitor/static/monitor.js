@@ -68,7 +68,10 @@
   function every(region, seconds) {
     if (!seconds) return;
     window.setInterval(function () {
-      if (!document.hidden) load(region, currentQuery());
+      // a selection in progress (the pilot list's checkboxes) is not swapped away
+      if (!document.hidden && !region.querySelector("input[type=checkbox]:checked")) {
+        load(region, currentQuery());
+      }
     }, seconds * 1000);
   }
 
