@@ -6,10 +6,11 @@ injects, so that no backend ever talks to the server itself.
     └── ServerCredentials     CE tokens from this project's server, cached per audience
 
 A backend asks `await credentials.token(audience)` for a bearer token whose `aud` is its CE
-(ARC's REST interface today; HTCondor-CE SciTokens next), or `await credentials.proxy()` for an
-X.509 proxy file. It never caches a token itself: the source keeps one per audience until
-shortly before it expires (a third of its lifetime is left), so a token never runs out in flight
-and many queues of one CE share one token.
+(ARC's REST interface; HTCondor-CE SciTokens, which the backend writes to a file for the
+HTCondor client with `write_private_file`), or `await credentials.proxy()` for an X.509 proxy
+file. It never caches a token itself: the source keeps one per audience until shortly before it
+expires (a third of its lifetime is left), so a token never runs out in flight and many queues
+of one CE share one token. A CE block opts in with `ce_token: {lifetime_s}` (`CETokenOptions`).
 
 Errors, as `director.errors` draws them, so a backend passes them on unchanged:
 `CETemporaryError("auth")` when the issuer cannot answer now (down, timed out, the director's
@@ -20,6 +21,8 @@ refuses (401/403): retrying will not help until the operator acts.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +30,23 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from director.errors import CEPermanentError, CETemporaryError, ServerError, TokenRefused
 from server.models import TokenResponse
 
 RENEW_FRACTION = 1 / 3
 """A cached token is renewed once less than this part of its lifetime is left."""
+
+
+class CETokenOptions(BaseModel):
+    """`ce_token: {}` in a CE block: present tokens for this CE issued by the director's own
+    server (`POST /api/auth/ce-token`, through the injected credential source); the director's
+    server token must carry TrustedHost."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lifetime_s: int = Field(default=1200, ge=60, le=86400, description="asked for; may be capped")
 
 
 @runtime_checkable
@@ -122,3 +137,21 @@ class ServerCredentials:
     async def aclose(self) -> None:
         """Nothing of its own: the director closes its server client."""
         self._tokens.clear()
+
+
+def write_private_file(path: Path, content: str) -> None:
+    """Replace `path` with `content`, mode 0600, atomically: a reader (the HTCondor client at
+    its next authentication) sees the old file or the new one, never a part of either. The
+    folder is made 0700 if missing. Raises OSError."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # made 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

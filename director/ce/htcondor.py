@@ -14,6 +14,11 @@ How it talks to the CE, and why:
   them. Their calls block, so they run in a worker thread. Which credential the client presents is
   process-wide HTCondor configuration (`htcondor2.param`), so one lock serialises setting it and
   the calls that use it.
+- With `ce_token`, the credential is a CE token from the director's server: before each call
+  the backend asks the injected `CredentialSource` for it (cached and renewed there) and, when
+  it changed, writes it atomically (0600) to `<work_dir>/credentials/scitoken`, the client's
+  SCITOKENS_FILE. The client reads that file at each new authentication only: a security
+  session it already has with the schedd lasts until HTCondor makes a new one.
 
 Errors: whatever the bindings raise is sorted by its message into the categories of
 `director.errors`: auth and rejected are permanent (`CEPermanentError`), unreachable and
@@ -55,7 +60,12 @@ from director.ce.base import (
     split_references,
     valid_stamp,
 )
-from director.ce.credentials import CredentialSource
+from director.ce.credentials import (
+    CETokenOptions,
+    CredentialSource,
+    NoCredentials,
+    write_private_file,
+)
 from director.errors import CECategory, CEError, CEPermanentError, CETemporaryError, ConfigError
 from director.holds import HeldRelease, HoldAction, HoldDecision, decide_hold
 from director.render import TemplateRenderer
@@ -148,12 +158,13 @@ T = TypeVar("T")
 class HTCondorCEConfig(BaseModel):
     """One HTCondor-CE: where it is, how to authenticate, and submit defaults for its queues.
 
-    Authentication: at most one of `scitoken_file` (a SciToken/WLCG token someone keeps fresh:
-    the director with a CE token from our server, `token_audience`, or the operator),
-    `idtoken_dir` (a folder of HTCondor IDTOKENs) and `x509_proxy` (an X.509 proxy, SSL method).
-    With none, the process's own HTCondor configuration decides. The bindings read the token
-    file at each new authentication; `ca_dir` must hold the CA of the CE's host certificate,
-    since SCITOKENS runs inside TLS.
+    Authentication: at most one of `ce_token` (SciTokens: CE tokens for `token_audience` from
+    the director's server, which the backend fetches through its credential source and keeps in
+    a file of its work dir), `scitoken_file` (a SciToken/WLCG token file the operator keeps
+    fresh), `idtoken_dir` (a folder of HTCondor IDTOKENs) and `x509_proxy` (an X.509 proxy, SSL
+    method). With none, the process's own HTCondor configuration decides. The bindings read the
+    token file at each new authentication; `ca_dir` must hold the CA of the CE's host
+    certificate, since SCITOKENS runs inside TLS.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -164,6 +175,12 @@ class HTCondorCEConfig(BaseModel):
     schedd_name: str | None = Field(default=None, description="defaults to `host`")
     pool: str | None = Field(
         default=None, description="collector address overriding host:port (tests, odd sites)"
+    )
+    ce_token: CETokenOptions | None = None
+    token_audience: str = Field(
+        default="",
+        max_length=512,
+        description="`aud` asked for CE tokens (`ce_token`); defaults to `host:port`",
     )
     scitoken_file: Path | None = None
     idtoken_dir: Path | None = None
@@ -191,15 +208,21 @@ class HTCondorCEConfig(BaseModel):
         check_submit_attributes(value)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_audience(cls, data: Any) -> Any:
+        """HTCondor-CE checks `aud` against its SCITOKENS_SERVER_AUDIENCE, whose usual form is
+        the CE's `host:port` (the collector's port, 9619 by default)."""
+        if isinstance(data, Mapping) and not data.get("token_audience") and data.get("host"):
+            return {**data, "token_audience": f"{data['host']}:{data.get('port', 9619)}"}
+        return data
+
     @model_validator(mode="after")
     def _one_credential(self) -> HTCondorCEConfig:
-        given = [
-            name
-            for name in ("scitoken_file", "idtoken_dir", "x509_proxy")
-            if getattr(self, name) is not None
-        ]
+        names = ("ce_token", "scitoken_file", "idtoken_dir", "x509_proxy")
+        given = [name for name in names if getattr(self, name) is not None]
         if len(given) > 1:
-            raise ValueError(f"give at most one of scitoken_file, idtoken_dir, x509_proxy: {given}")
+            raise ValueError(f"give at most one of {', '.join(names)}: {given}")
         return self
 
     @property
@@ -209,12 +232,6 @@ class HTCondorCEConfig(BaseModel):
     @property
     def schedd(self) -> str:
         return self.schedd_name or self.host
-
-    @property
-    def token_audience(self) -> str:
-        """The `aud` of a token for this CE: HTCondor-CE checks it against its
-        SCITOKENS_SERVER_AUDIENCE, whose usual form is the CE's `host:port`."""
-        return f"{self.host}:{self.port}"
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -241,12 +258,20 @@ def parse_reference(reference: str) -> tuple[str, JobId]:
     return match.group(1), JobId(int(match.group(2)), int(match.group(3)))
 
 
-def auth_parameters(config: HTCondorCEConfig) -> dict[str, str]:
-    """The HTCondor client settings that make the bindings present this CE's credential."""
+def auth_parameters(
+    config: HTCondorCEConfig, issued_token_file: Path | None = None
+) -> dict[str, str]:
+    """The HTCondor client settings that make the bindings present this CE's credential;
+    with `ce_token`, the token is the one the backend keeps in `issued_token_file`."""
     params: dict[str, str] = {}
-    if config.scitoken_file is not None:
+    token_file = config.scitoken_file
+    if config.ce_token is not None:
+        if issued_token_file is None:
+            raise ValueError("ce_token: the backend names the file of the issued token")
+        token_file = issued_token_file
+    if token_file is not None:
         params["SEC_CLIENT_AUTHENTICATION_METHODS"] = "SCITOKENS"
-        params["SCITOKENS_FILE"] = str(config.scitoken_file)
+        params["SCITOKENS_FILE"] = str(token_file)
     elif config.idtoken_dir is not None:
         params["SEC_CLIENT_AUTHENTICATION_METHODS"] = "IDTOKENS"
         params["SEC_TOKEN_DIRECTORY"] = str(config.idtoken_dir)
@@ -475,9 +500,8 @@ class HTCondorCE(ComputingElement):
         credentials: CredentialSource | None = None,
         schedd_factory: Callable[[], ScheddLike] | None = None,
     ) -> None:
-        """`credentials` is kept for issued tokens (HTCondor-CE SciTokens, a later step); today
-        the credential is the one `auth_parameters` names. `schedd_factory` replaces the
-        collector look-up (tests pass a FakeSchedd)."""
+        """`credentials` gives the tokens of `ce_token`; the other credentials need none.
+        `schedd_factory` replaces the collector look-up (tests pass a FakeSchedd)."""
         if schedd_factory is None and importlib.util.find_spec("htcondor2") is None:
             raise ConfigError(
                 f"CE {config.host}: kind 'htcondor' needs the htcondor bindings "
@@ -487,8 +511,16 @@ class HTCondorCE(ComputingElement):
         self._renderer = renderer
         self._work_dir = work_dir
         self._schedd_factory = schedd_factory or self._locate_schedd
-        self._auth = auth_parameters(config)
-        self._credentials = credentials
+        self.token_file: Path | None = None
+        """With `ce_token`: where the CE token is kept for the client (SCITOKENS_FILE)."""
+        if config.ce_token is not None:
+            self.token_file = work_dir / "credentials" / "scitoken"
+        self._auth = auth_parameters(config, self.token_file)
+        self._credentials = credentials or NoCredentials(
+            "the director gave this CE no credential source"
+        )
+        self._token_written: str | None = None
+        """The token this backend last wrote to `token_file` (guarded by _BINDINGS_LOCK)."""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -506,10 +538,52 @@ class HTCondorCE(ComputingElement):
         schedd: ScheddLike = htcondor2.Schedd(location)
         return schedd
 
-    def _blocking(self, what: str, operation: Callable[[ScheddLike], T]) -> T:
-        """Run one operation against the schedd in this thread, with this CE's credential."""
+    async def _issued_token(self, what: str) -> str | None:
+        """With `ce_token`, the CE token to present (the source caches and renews it); the
+        source's errors keep their kind and category, with this CE named."""
+        if self.config.ce_token is None:
+            return None
+        audience = self.config.token_audience
+        try:
+            token = await self._credentials.token(
+                audience, lifetime_s=self.config.ce_token.lifetime_s
+            )
+        except CEError as exc:
+            kind = CETemporaryError if exc.temporary else CEPermanentError
+            raise kind(f"{what} on {self.config.host}: {exc}", exc.category) from exc
+        if not token or any(c.isspace() for c in token):
+            raise CEPermanentError(
+                f"{what} on {self.config.host}: the CE token for {audience} is not one token",
+                "auth",
+            )
+        return token
+
+    def _present(self, what: str, token: str) -> None:
+        """Put `token` in the token file if it is not already there (under _BINDINGS_LOCK)."""
+        assert self.token_file is not None
+        if token == self._token_written and self.token_file.exists():
+            return
+        try:
+            write_private_file(self.token_file, token + "\n")
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CETemporaryError(
+                f"{what} on {self.config.host}: cannot write the CE token to "
+                f"{self.token_file}: {reason}",
+                "ce_error",
+            ) from exc
+        self._token_written = token
+        _log.debug("CE token for %s written to %s", self.config.token_audience, self.token_file)
+
+    def _blocking(
+        self, what: str, operation: Callable[[ScheddLike], T], token: str | None = None
+    ) -> T:
+        """Run one operation against the schedd in this thread, with this CE's credential
+        (`token`: the CE token of `ce_token`, written to its file first if it changed)."""
         try:
             with _BINDINGS_LOCK:
+                if token is not None:
+                    self._present(what, token)
                 if self._auth:
                     import htcondor2
 
@@ -523,9 +597,10 @@ class HTCondorCE(ComputingElement):
             raise ce_error(message, classify_error(str(exc))) from exc
 
     async def _call(self, what: str, operation: Callable[[ScheddLike], T], seconds: float) -> T:
+        token = await self._issued_token(what)
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._blocking, what, operation), seconds
+                asyncio.to_thread(self._blocking, what, operation, token), seconds
             )
         except TimeoutError as exc:
             raise CETemporaryError(
