@@ -1,4 +1,6 @@
-"""Shared parts of the benchmark scripts: server processes, their CPU and memory, and wrk.
+"""Shared parts of the benchmark scripts: server processes, their CPU and memory, wrk and an
+httpx load loop (the second workload: a Python client as the director is). Goals and the
+machine's load: bench/goals.py.
 
 Why this shape: the machines are small and shared, so a Python load generator measures
 itself, not the server (see docs/performance.md). Throughput is driven by `wrk`
@@ -13,6 +15,7 @@ summary that the script's done() prints.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,7 +24,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -305,6 +308,76 @@ def run_wrk(
     )
 
 
+# --- httpx ----------------------------------------------------------------------------------
+
+# an op's request number i (from 1) -> (method, path, JSON body)
+RequestMaker = Callable[[int], tuple[str, str, str]]
+
+
+def run_httpx(
+    op: str,
+    url: str,
+    make_request: RequestMaker,
+    *,
+    token: str,
+    limit: int,
+    server_pid: int | None,
+    connections: int = 16,
+    timeout_s: float = 60.0,
+) -> WrkResult:
+    """The second workload: `limit` requests from one `httpx.AsyncClient` with `connections`
+    requests in flight, as a Python client (the director) sends them; the server's CPU over
+    the phase as with wrk. The client itself costs more CPU than wrk and shares the cores, so
+    its requests/s say little here (benchmarking.md); the CPU per request is the figure."""
+
+    async def load() -> tuple[list[float], dict[str, int], int, float]:
+        latencies: list[float] = []
+        statuses: dict[str, int] = {}
+        errors = 0
+        counter = iter(range(1, limit + 1))
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(
+            base_url=url, headers=headers, limits=limits, timeout=timeout_s
+        ) as client:
+
+            async def worker() -> None:
+                nonlocal errors
+                for i in counter:
+                    method, path, body = make_request(i)
+                    t = time.perf_counter()
+                    try:
+                        resp = await client.request(method, path, content=body)
+                    except httpx.TransportError:
+                        errors += 1
+                        continue
+                    latencies.append(time.perf_counter() - t)
+                    key = str(resp.status_code)
+                    statuses[key] = statuses.get(key, 0) + 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            return latencies, statuses, errors, time.perf_counter() - started
+
+    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
+    latencies, statuses, errors, seconds = asyncio.run(load())
+    time.sleep(0.3)  # as after wrk
+    cpu1 = cpu_seconds(server_pid) if server_pid else 0.0
+    ms = [1000 * x for x in latencies]
+    return WrkResult(
+        op=op,
+        requests=len(latencies),
+        issued=limit,
+        seconds=seconds,
+        p50_ms=percentile(ms, 50),
+        p95_ms=percentile(ms, 95),
+        p99_ms=percentile(ms, 99),
+        statuses=statuses,
+        errors=errors,
+        cpu_s=cpu1 - cpu0,
+    )
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -375,14 +448,3 @@ def site_director_token(
     if issuer:
         cmd += ["--issuer", issuer]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def machine_state() -> dict[str, Any]:
-    """Load average and CPU pressure (PSI) now: how busy the shared machine was."""
-    state: dict[str, Any] = {"cpus": os.cpu_count()}
-    try:
-        state["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-        state["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        pass
-    return state
