@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from director.loop import ce_reference
+from director.client import ce_reference
 from tests.conftest import LiveServer
 from tests.director.conftest import (
     ManualClock,

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from director.client import ce_reference
 from director.errors import ServerUnavailable
-from director.loop import Director, ce_reference
+from director.loop import Director
 from tests.conftest import LiveServer
 from tests.director.conftest import queue_block, revoked_stamps, settings_for, write_config
 from tests.director.test_loop import pilots_of
@@ -106,7 +107,7 @@ async def test_a_queue_failing_after_registration_aborts_its_pilots_and_revokes_
         def render(self, stamp: str, secret: str) -> str:
             raise OSError("test: no space left for the wrapper")
 
-    director._prepared[bad.key] = Broken()  # type: ignore[assignment]
+    director.factory._prepared[bad.key] = Broken()  # type: ignore[assignment]
     outcomes = {o.queue: o for o in await director.run_cycle()}
     failed = outcomes.pop(bad.key)
     assert "no space left" in (failed.error or "")

@@ -124,7 +124,7 @@ async def test_a_failed_report_never_fails_the_cycle(
     [ref] = director.queues
     # Reported as a VO this director's token does not serve: the server answers 403.
     director.queues = [replace(ref, vo="dteam")]
-    caplog.set_level("WARNING", logger="director.loop")
+    caplog.set_level("WARNING", logger="director.cycle.report")
     [outcome] = await director.run_cycle()
     assert outcome.error is None
     assert outcome.why == "disabled"

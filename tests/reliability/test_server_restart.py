@@ -11,8 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from director.client import ce_reference
 from director.daemon import client_for
-from director.loop import Director, ce_reference
+from director.loop import Director
 from tests.conftest import TestCA as CAFiles
 from tests.conftest import free_port
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
