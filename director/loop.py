@@ -24,7 +24,7 @@ from director.cycle.submission import Submission
 from director.demand import DemandSource, make_demand_source
 from director.metrics import Metrics
 from director.pilot_files import ManifestCache
-from director.wrapper import PilotOptions, PreparedWrapper
+from director.wrapper import PreparedWrapper, WrapperOptions
 
 
 class Director:
@@ -127,7 +127,7 @@ class Director:
     def spec_for(ref: QueueRef) -> QueueSpec:
         return spec_for(ref)
 
-    def wrapper_options(self, ref: QueueRef) -> PilotOptions:
+    def wrapper_options(self, ref: QueueRef) -> WrapperOptions:
         return self.factory.wrapper_options(ref)
 
     def prepared(self, ref: QueueRef) -> PreparedWrapper:

@@ -18,7 +18,7 @@ from director.config import QueueRef, Settings
 from director.errors import ConfigError
 from director.pilot_files import ManifestCache, download_locations, resolve_files
 from director.render import TemplateRenderer, default_template_dir
-from director.wrapper import PilotFile, PilotOptions, PreparedWrapper, WrapperRenderer
+from director.wrapper import PreparedWrapper, WrapperFile, WrapperOptions, WrapperRenderer
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ class QueueFactory:
                 return folder / name
         raise ConfigError(f"pilot.files: {name!r} not found in the template folders")
 
-    def wrapper_options(self, ref: QueueRef) -> PilotOptions:
-        """The queue's pilot options in the wrapper's terms (`director.wrapper.PilotOptions`)."""
+    def wrapper_options(self, ref: QueueRef) -> WrapperOptions:
+        """The queue's pilot options in the wrapper's terms (`director.wrapper.WrapperOptions`)."""
         pilot = ref.pilot
         configured: list[tuple[str, str, bytes | None]] = []
         for item in pilot.files or []:
@@ -122,7 +122,7 @@ class QueueFactory:
         if pilot.manifest:  # the sums as DIRAC publishes them (a ManifestError fails this queue)
             manifest = self.manifests.get(pilot.manifest, self.manifest_ca(ref))
             configured = resolve_files(manifest, configured if pilot.files is not None else None)
-        files = [PilotFile(name, sha512, content) for name, sha512, content in configured]
+        files = [WrapperFile(name, sha512, content) for name, sha512, content in configured]
         ca_file = pilot.ca_file or self.settings.server.ca_bundle
         ca_pem = ca_file.read_text() if ca_file is not None and not pilot.ca_path else ""
         optional: dict[str, Any] = {}
@@ -138,7 +138,7 @@ class QueueFactory:
                 optional[name] = getattr(pilot, name)
         if pilot.python_commands:
             optional["python_commands"] = tuple(pilot.python_commands)
-        return PilotOptions(
+        return WrapperOptions(
             server_url=pilot.diracx_url or str(self.settings.server.url),
             vo=ref.vo,
             site=ref.site,
