@@ -17,7 +17,7 @@ from tests.director.conftest import (
     settings_for,
     write_config,
 )
-from tests.director.test_loop import only_queue, pilots_of
+from tests.director.cycle.conftest import only_queue, pilots_of
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -28,7 +28,7 @@ from director.daemon import client_for
 from director.loop import Director
 from tests.conftest import LiveServer, free_port, missing
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
-from tests.director.test_loop import pilots_of
+from tests.director.cycle.conftest import pilots_of
 from tests.reliability.swarm import Pilot, ServerProc, register, stored_lines
 
 DISK = "4m"  # room for the server's start (keys, schema, WAL) and a few hundred log lines

@@ -17,7 +17,7 @@ from director.loop import Director
 from tests.conftest import TestCA as CAFiles
 from tests.conftest import free_port
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
-from tests.director.test_loop import pilots_of
+from tests.director.cycle.conftest import pilots_of
 from tests.reliability.crash_trials import ce_jobs
 from tests.reliability.swarm import ServerProc, restart_under_load
 
