@@ -79,7 +79,9 @@ PER_PAGE = 1000
 SEARCH_QUEUES = 1000
 """Queues per search of unreferenced pilots (three lists of at most this many names)."""
 SEARCH_PAGE = 10_000
-LIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in PilotStatus if s not in FINAL_STATUSES)
+LIVE_STATUSES: tuple[str, ...] = tuple(
+    status.value for status in PilotStatus if status not in FINAL_STATUSES
+)
 """The statuses a pilot can still leave, as the server names them."""
 _WAITING = ("Submitted", "Waiting", "Unknown")
 _ROW_COLUMNS = ["PilotStamp", "PilotJobReference", "Status", "SubmissionTime"]
@@ -403,9 +405,9 @@ class ServerClient:
     async def pilot_counts(self, queue: QueueId) -> PilotCounts:
         """The queue's waiting and running pilots, by the server's records."""
         rows = await self.summary(SummaryParams(grouping=["Status"], search=queue.live_search()))
-        by_status = {str(r.get("Status")): int(r.get("count", 0)) for r in rows}
+        by_status = {str(row.get("Status")): int(row.get("count", 0)) for row in rows}
         return PilotCounts(
-            waiting=sum(by_status.get(s, 0) for s in _WAITING),
+            waiting=sum(by_status.get(status, 0) for status in _WAITING),
             running=by_status.get("Running", 0),
         )
 

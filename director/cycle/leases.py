@@ -22,7 +22,7 @@ class Leases:
     async def take(self, refs: Sequence[QueueRef]) -> set[str]:
         """The keys of the queues this instance may work now (all of them without leases).
         ServerError when the server cannot grant them."""
-        keys = [r.key for r in refs]
+        keys = [ref.key for ref in refs]
         cfg = self.context.settings.director
         if not cfg.leases or not keys:
             return set(keys)
@@ -38,7 +38,7 @@ class Leases:
         cfg = self.context.settings.director
         if client is None or not cfg.leases:
             return
-        keys = [r.key for r in self.context.queues]
+        keys = [ref.key for ref in self.context.queues]
         if keys:
             try:
                 await client.release_leases(cfg.name, keys)

@@ -44,13 +44,13 @@ class Monitoring:
         too: disabling stops submission, not the follow-up of live pilots."""
         context = self.context
         started = context.clock()
-        refs = [r for r in context.queues if only is None or only in (r.key, r.queue)]
+        refs = [ref for ref in context.queues if only is None or only in (ref.key, ref.queue)]
         try:
             granted = await self.leases.take(refs)
         except ServerError as exc:
             log.error("monitoring cycle: no queue can be followed: leases: %s", exc)
             context.cycle_done("monitoring", False)
-            return [MonitorOutcome(r.key, r.ce, error=str(exc)) for r in refs]
+            return [MonitorOutcome(ref.key, ref.ce, error=str(exc)) for ref in refs]
         semaphore = asyncio.Semaphore(context.settings.director.concurrency)
 
         async def one(ref: QueueRef) -> MonitorOutcome:
@@ -77,9 +77,9 @@ class Monitoring:
             )
             return outcome
 
-        outcomes = list(await asyncio.gather(*(one(r) for r in refs)))
+        outcomes = list(await asyncio.gather(*(one(ref) for ref in refs)))
         context.metrics.cycle_seconds.labels("monitoring").observe(context.clock() - started)
-        context.cycle_done("monitoring", not any(o.error for o in outcomes))
+        context.cycle_done("monitoring", not any(outcome.error for outcome in outcomes))
         return outcomes
 
     @staticmethod
@@ -92,7 +92,7 @@ class Monitoring:
         cleaned."""
         context = self.context
         live_pilots = await context.server().live_pilots(queue_id(ref))
-        by_reference = {p.reference: p for p in live_pilots if p.reference is not None}
+        by_reference = {pilot.reference: pilot for pilot in live_pilots if pilot.reference}
         if not by_reference and not ref.enabled:
             return  # nothing to follow, and a disabled CE may be gone: leave it alone
         ce = self.factory.ce_for(ref)
@@ -177,7 +177,7 @@ class Monitoring:
         between submission and the references' PATCH) is left for the reconciliation to
         register: cleaning it first would make that pilot look never submitted."""
         leftovers = set(ended)
-        live_stamps = {p.stamp for p in live_pilots}
+        live_stamps = {pilot.stamp for pilot in live_pilots}
         try:
             for job in await ce.list_jobs(spec):
                 if (
@@ -191,4 +191,4 @@ class Monitoring:
         if not leftovers:
             return 0
         results = await ce.clean(sorted(leftovers))
-        return sum(1 for r in results if r.ok)
+        return sum(1 for result in results if result.ok)

@@ -59,7 +59,9 @@ def log_outcome(cycle: str, outcome: QueueOutcome | MonitorOutcome, *, json_form
     level = logging.WARNING if outcome.error or failed else logging.INFO
     if not log.isEnabledFor(level):
         return  # a line per queue and cycle: 1,000 queues are worth not formatting them
-    values = {f.name: getattr(outcome, f.name) for f in fields(outcome) if f.name != "stamps"}
+    values = {
+        item.name: getattr(outcome, item.name) for item in fields(outcome) if item.name != "stamps"
+    }
     values = {"cycle": cycle, **values, "seconds": round(outcome.seconds, 3)}
     if json_format:
         log.log(level, "%s cycle of queue %s", cycle, outcome.queue, extra=values)
@@ -82,6 +84,6 @@ def log_unexpected(exc: Exception, what: str) -> None:
 def kv(value: Any) -> str:
     """A value of a `key=value` log line, quoted when it holds a space, quote, `=` or newline."""
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    if not text or any(char in text for char in ' "=\n'):
         return json.dumps(text)
     return text

@@ -28,7 +28,7 @@ GRID_TYPES = {"local": "Local", "arc": "ARC", "htcondor": "HTCondorCE"}
 
 def safe_name(name: str) -> str:
     """`name` with every character but letters, digits, `.`, `_` and `-` made `_`: a path part."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    return "".join(char if char.isalnum() or char in "._-" else "_" for char in name)
 
 
 def queue_id(ref: QueueRef) -> QueueId:

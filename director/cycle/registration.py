@@ -75,7 +75,7 @@ async def register(context: CycleContext, batches: Sequence[Batch]) -> None:
     by_vo: dict[tuple[str, int | None], list[tuple[Batch, str]]] = {}
     for batch in batches:
         uses = batch.prepared.secret_uses(cfg.use_count_max)
-        by_vo.setdefault((batch.ref.vo, uses), []).extend((batch, s) for s in batch.stamps)
+        by_vo.setdefault((batch.ref.vo, uses), []).extend((batch, stamp) for stamp in batch.stamps)
     for (vo, uses), pilots in by_vo.items():
         constraints = SecretConstraints(
             expiration_minutes=cfg.expiration_minutes, pilot_secret_use_count_max=uses
@@ -104,7 +104,7 @@ async def register(context: CycleContext, batches: Sequence[Batch]) -> None:
                 for batch, _ in chunk:
                     batch.fail(f"{type(exc).__name__}: {exc}")
                 continue
-            secret_of = {m.pilot_stamp: m.pilot_secret for m in registration.secrets}
+            secret_of = {minted.pilot_stamp: minted.pilot_secret for minted in registration.secrets}
             for batch, stamp in chunk:
                 batch.registered.append(stamp)
                 secret = secret_of.get(stamp)
@@ -173,7 +173,7 @@ def _count_submission(context: CycleContext, batch: Batch, results: list[SubmitR
     """Counts, metrics and back-off of a queue whose CE call answered; a failed PATCH or
     revocation is the queue's error (the reconciliation finishes the job next cycle)."""
     outcome, key = batch.outcome, batch.ref.key
-    failed = [r for r in results if not r.ok]
+    failed = [result for result in results if not result.ok]
     outcome.submitted = len(results) - len(failed)
     outcome.failed = len(failed)
     context.metrics.submitted.labels(key).inc(outcome.submitted)

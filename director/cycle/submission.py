@@ -88,14 +88,14 @@ class Submission:
         the module docstring describes; one outcome per queue, in configuration order."""
         context = self.context
         started = context.clock()
-        refs = [r for r in context.queues if only is None or only in (r.key, r.queue)]
+        refs = [ref for ref in context.queues if only is None or only in (ref.key, ref.queue)]
         if only is not None and not refs:
             raise ConfigError(f"--queue {only}: no such queue (site/ce/queue or queue name)")
         granted: set[str] = set()
         lease_error = ""
         if not dry_run:
             try:
-                granted = await self.leases.take([r for r in refs if r.enabled])
+                granted = await self.leases.take([ref for ref in refs if ref.enabled])
             except ServerError as exc:
                 lease_error = f"leases: {exc}"
                 log.error("submission cycle: no queue can submit: %s", lease_error)
@@ -104,7 +104,7 @@ class Submission:
             await self.demand.refresh()
         except DirectorError as exc:  # unknown demand: the source's demand() decides (0)
             log.warning("demand source: %s", exc)
-        outcomes = [QueueOutcome(queue=r.key, ce=r.ce, kind=ce_kind(r)) for r in refs]
+        outcomes = [QueueOutcome(queue=ref.key, ce=ref.ce, kind=ce_kind(ref)) for ref in refs]
         todo = [
             (ref, outcome)
             for ref, outcome in zip(refs, outcomes, strict=True)
@@ -130,8 +130,8 @@ class Submission:
                 semaphore, outcome, lambda: self._plan(ref, outcome, pilots, dry_run)
             )
 
-        planned = await asyncio.gather(*(plan_one(r, o) for r, o in todo))
-        batches = [b for b in planned if b is not None]
+        planned = await asyncio.gather(*(plan_one(ref, outcome) for ref, outcome in todo))
+        batches = [batch for batch in planned if batch is not None]
         if batches and context.stopping:
             for batch in batches:
                 batch.outcome.why = "stopping"
@@ -146,7 +146,9 @@ class Submission:
                 semaphore, batch.outcome, lambda: self._submit(batch, dry_run, output)
             )
 
-        await asyncio.gather(*(submit_one(b) for b in batches if b.outcome.error is None))
+        await asyncio.gather(
+            *(submit_one(batch) for batch in batches if batch.outcome.error is None)
+        )
         if not dry_run and batches:
             await record(context, batches)
         json_format = context.settings.director.log_format == "json"
@@ -158,7 +160,9 @@ class Submission:
         context.metrics.cycle_seconds.labels("submission").observe(context.clock() - started)
         if not dry_run:
             await self.reporter.report(started, outcomes)
-            context.cycle_done("submission", not any(o.error or o.failed for o in outcomes))
+            context.cycle_done(
+                "submission", not any(outcome.error or outcome.failed for outcome in outcomes)
+            )
         return outcomes
 
     def _may_submit(
@@ -290,7 +294,8 @@ class Submission:
                 self._write_dry_run(batch, output)
             return
         submissions = [
-            PilotSubmission(s, batch.prepared.render(s, batch.secrets[s])) for s in batch.stamps
+            PilotSubmission(stamp, batch.prepared.render(stamp, batch.secrets[stamp]))
+            for stamp in batch.stamps
         ]
         batch.secrets.clear()
         batch.submitting = True
@@ -298,7 +303,8 @@ class Submission:
             batch.results = await batch.ce.submit(batch.spec, submissions)
         except CEError as exc:
             batch.results = [
-                SubmitResult(s, error=exc.reason, temporary=exc.temporary) for s in batch.stamps
+                SubmitResult(stamp, error=exc.reason, temporary=exc.temporary)
+                for stamp in batch.stamps
             ]
         del submissions
 
@@ -310,7 +316,8 @@ class Submission:
         folder = output / safe_name(ref.site) / safe_name(ref.ce) / safe_name(ref.queue)
         folder.mkdir(parents=True, exist_ok=True)
         pilots = [
-            PilotSubmission(s, batch.prepared.render(s, DRY_RUN_SECRET)) for s in batch.stamps
+            PilotSubmission(stamp, batch.prepared.render(stamp, DRY_RUN_SECRET))
+            for stamp in batch.stamps
         ]
         for pilot in pilots:
             path = folder / f"{pilot.stamp}.sh"
