@@ -197,7 +197,7 @@ def timed_director(
 
     director.factory.prepared = timed_prepared  # type: ignore[method-assign]
     director.submission.count = timed_count  # type: ignore[method-assign]
-    submission_module.reconcile = timed_reconcile  # this process runs one director
+    submission_module.reconcile = timed_reconcile  # type: ignore[attr-defined]  # one director
     return director
 
 
