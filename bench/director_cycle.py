@@ -6,7 +6,7 @@ Each size runs in its own process (so its peak memory is its own) against a fres
 loopback (SQLite, one uvicorn worker): `Director.run_cycle()` over N queues that each want 10
 pilots (fill demand, 10 per cycle), with the packaged demo pilot embedded in each wrapper and
 every CE a `SinkCE` (bench/sink_ce.py) that accepts submissions in memory. The cycle is the
-real one (see `director/loop.py`): leases, one search for the reconciliation (per 1,000
+real one (see `director/cycle/`): leases, one search for the reconciliation (per 1,000
 queues), per queue the CE's list (only for queues with unreferenced pilots: none on a fresh
 server), CE counts and plan, one bulk registration with minted secrets per 10,000 pilots,
 render, submit, one patch of references per 10,000 pilots, the queue report.
@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,13 @@ from rich.table import Table
 from sink_ce import SinkCE, SinkStats
 
 from director.ce.base import ComputingElement, QueueSpec
-from director.client import ServerClient, TokenSource
+from director.client import LivePilot, PilotCounts, QueueId, ServerClient, TokenSource
 from director.config import QueueRef, Settings
-from director.loop import Director, QueueId, QueueOutcome
+from director.cycle import submission as submission_module
+from director.cycle.context import CycleContext
+from director.cycle.outcomes import QueueOutcome
+from director.cycle.reconcile import reconcile
+from director.loop import Director
 from server.models import (
     BulkRegistration,
     BulkRegistrationResult,
@@ -126,6 +130,15 @@ class TimedClient(ServerClient):
         finally:
             self.phases.add("report", t)
 
+    async def unreferenced_pilots(
+        self, queues: Iterable[QueueId]
+    ) -> dict[QueueId, list[LivePilot]]:
+        t = time.perf_counter()
+        try:
+            return await super().unreferenced_pilots(queues)
+        finally:
+            self.phases.add("search", t)
+
 
 class TimedPrepared:
     """A prepared wrapper whose render() is timed."""
@@ -145,47 +158,47 @@ class TimedPrepared:
         return getattr(self._inner, name)
 
 
-class TimedDirector(Director):
-    phases: Phases
+def timed_director(
+    settings: Settings, client: ServerClient, ces: dict[str, ComputingElement], phases: Phases
+) -> Director:
+    """The real director, its per-queue steps timed: prepare (the first call per queue builds
+    its wrapper, later calls hit the cache), reconcile and count."""
+    director = Director(settings, client=client, ces=ces)
+    prepared = director.factory.prepared
+    count = director.submission.count
 
-    async def unreferenced_pilots(
-        self, refs: Sequence[QueueRef]
-    ) -> dict[QueueId, list[dict[str, Any]]]:
+    def timed_prepared(ref: QueueRef) -> Any:
+        t = time.perf_counter()
+        inner = prepared(ref)
+        phases.add("prepare", t)
+        return TimedPrepared(inner, phases)
+
+    async def timed_count(
+        ref: QueueRef, ce: ComputingElement, dry_run: bool, outcome: QueueOutcome
+    ) -> PilotCounts:
         t = time.perf_counter()
         try:
-            return await super().unreferenced_pilots(refs)
+            return await count(ref, ce, dry_run, outcome)
         finally:
-            self.phases.add("search", t)
+            phases.add("count", t)
 
-    async def reconcile(
-        self,
+    async def timed_reconcile(
+        context: CycleContext,
         ref: QueueRef,
         ce: ComputingElement,
         spec: QueueSpec,
-        unreferenced: Sequence[dict[str, Any]],
+        unreferenced: Sequence[LivePilot],
     ) -> None:
         t = time.perf_counter()
         try:
-            await super().reconcile(ref, ce, spec, unreferenced)
+            await reconcile(context, ref, ce, spec, unreferenced)
         finally:
-            self.phases.add("reconcile", t)
+            phases.add("reconcile", t)
 
-    async def _counts(
-        self, ref: QueueRef, ce: ComputingElement, dry_run: bool, outcome: QueueOutcome
-    ) -> tuple[int, int]:
-        t = time.perf_counter()
-        try:
-            return await super()._counts(ref, ce, dry_run, outcome)
-        finally:
-            self.phases.add("count", t)
-
-    def prepared(self, ref: QueueRef) -> Any:
-        """Timed as "prepare": the first call per queue builds its wrapper (pilot files,
-        options); later calls hit the director's cache."""
-        t = time.perf_counter()
-        inner = super().prepared(ref)
-        self.phases.add("prepare", t)
-        return TimedPrepared(inner, self.phases)
+    director.factory.prepared = timed_prepared  # type: ignore[method-assign]
+    director.submission.count = timed_count  # type: ignore[method-assign]
+    submission_module.reconcile = timed_reconcile  # type: ignore[attr-defined]  # one director
+    return director
 
 
 def settings_for(queues: int, url: str, token: str, work_dir: Path, concurrency: int) -> Settings:
@@ -235,8 +248,7 @@ async def one_cycle(
         key = f"{ref.site}/{ref.ce}"
         if key not in ces:
             ces[key] = SinkCE(ref.ce, stats)
-    director = TimedDirector(settings, client=client, ces=ces)
-    director.phases = phases
+    director = timed_director(settings, client, ces, phases)
     cpu0 = time.process_time()
     started = time.perf_counter()
     outcomes = await director.run_cycle()

@@ -20,18 +20,18 @@ from harness import write_json
 from rich.console import Console
 
 from director.render import TemplateRenderer
-from director.wrapper import PilotFile, PilotOptions, WrapperRenderer
+from director.wrapper import WrapperFile, WrapperOptions, WrapperRenderer
 
 DOWNLOADED = (
-    PilotFile("dirac-pilot.py", sha512="0" * 128),
-    PilotFile("pilotTools.py", sha512="1" * 128),
-    PilotFile("pilotCommands.py", sha512="2" * 128),
+    WrapperFile("dirac-pilot.py", sha512="0" * 128),
+    WrapperFile("pilotTools.py", sha512="1" * 128),
+    WrapperFile("pilotCommands.py", sha512="2" * 128),
 )
-EMBEDDED = (PilotFile("dirac-pilot.py", content=secrets.token_bytes(100_000)),)
+EMBEDDED = (WrapperFile("dirac-pilot.py", content=secrets.token_bytes(100_000)),)
 
 
-def bench(label: str, files: tuple[PilotFile, ...], n: int) -> dict[str, Any]:
-    options = PilotOptions(
+def bench(label: str, files: tuple[WrapperFile, ...], n: int) -> dict[str, Any]:
+    options = WrapperOptions(
         server_url="https://diracx.example.org",
         vo="lhcb",
         site="LCG.Example.org",

@@ -12,6 +12,10 @@ message names the URL it was about, so an operator sees which server is down or 
 The token is read from its file on each request when the file changed (mtime or size), so an
 operator or a renewal job can replace it without restarting the daemon; its `exp` claim is
 read (not verified: the server does that) for the expiry metric.
+
+The director's own questions about pilots (a queue's live pilots, its counts, the live pilots
+without a CE reference of many queues) are methods here returning typed rows (`LivePilot`,
+`PilotCounts`), so the cycle never reads a search row by its DiracX column names.
 """
 
 from __future__ import annotations
@@ -21,16 +25,18 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from joserfc import jws
 from joserfc.errors import JoseError
 from pydantic import SecretStr
 
+from director.batching import chunks
 from director.errors import (
     ConfigError,
     ServerError,
@@ -39,6 +45,7 @@ from director.errors import (
     TokenUnavailable,
 )
 from server.models import (
+    FINAL_STATUSES,
     Ban,
     BanRequest,
     BanTarget,
@@ -53,19 +60,111 @@ from server.models import (
     PilotOutput,
     PilotOutputUpload,
     PilotRequest,
+    PilotStatus,
     QueueEmptyPilots,
     QueuesReport,
     RequestOutcomes,
+    ScalarSearch,
     SearchParams,
     SecretRevocation,
     SummaryParams,
     TokenResponse,
+    VectorSearch,
 )
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "site-director"
 PER_PAGE = 1000
+SEARCH_QUEUES = 1000
+"""Queues per search of unreferenced pilots (three lists of at most this many names)."""
+SEARCH_PAGE = 10_000
+LIVE_STATUSES: tuple[str, ...] = tuple(
+    status.value for status in PilotStatus if status not in FINAL_STATUSES
+)
+"""The statuses a pilot can still leave, as the server names them."""
+_WAITING = ("Submitted", "Waiting", "Unknown")
+_ROW_COLUMNS = ["PilotStamp", "PilotJobReference", "Status", "SubmissionTime"]
+_QUEUE_COLUMNS = ("GridSite", "DestinationSite", "Queue")
+
+
+class QueueId(NamedTuple):
+    """A queue as the server's pilot records name it."""
+
+    site: str
+    """GridSite"""
+    ce: str
+    """DestinationSite"""
+    queue: str
+    """Queue: the CE's name of the queue"""
+
+    def live_search(self) -> list[ScalarSearch | VectorSearch]:
+        """The search for this queue's pilots that are not final."""
+        return [
+            ScalarSearch(parameter="GridSite", operator="eq", value=self.site),
+            ScalarSearch(parameter="DestinationSite", operator="eq", value=self.ce),
+            ScalarSearch(parameter="Queue", operator="eq", value=self.queue),
+            VectorSearch(parameter="Status", operator="in", values=list(LIVE_STATUSES)),
+        ]
+
+
+def ce_reference(row: Mapping[str, Any]) -> str | None:
+    """The CE reference of a pilot search row, or None before the director patched it on (the
+    server stores the stamp as the reference of a pilot registered without one, as DiracX
+    does)."""
+    reference = row.get("PilotJobReference")
+    if not reference or reference == row.get("PilotStamp"):
+        return None
+    return str(reference)
+
+
+def _unix_time(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class LivePilot:
+    """A pilot that is not final, as the director reads it from the server."""
+
+    stamp: str
+    status: PilotStatus
+    """`Unknown` for a status this director does not know."""
+    reference: str | None
+    """The CE reference; None until the director patched it on (`ce_reference`)."""
+    submitted_at: float | None
+    """Unix time of the registration, None when the server did not say."""
+    queue: QueueId
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], queue: QueueId) -> LivePilot:
+        try:
+            status = PilotStatus(str(row.get("Status")))
+        except ValueError:
+            status = PilotStatus.UNKNOWN
+        return cls(
+            stamp=str(row.get("PilotStamp")),
+            status=status,
+            reference=ce_reference(row),
+            submitted_at=_unix_time(row.get("SubmissionTime")),
+            queue=queue,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PilotCounts:
+    """A queue's pilots as its slots count them."""
+
+    waiting: int
+    """Submitted, Waiting or Unknown."""
+    running: int
 
 
 def token_expiry(token: str) -> float | None:
@@ -297,6 +396,49 @@ class ServerClient:
         )
         result: list[dict[str, Any]] = response.json()
         return result
+
+    async def live_pilots(self, queue: QueueId) -> list[LivePilot]:
+        """The queue's pilots that are not final."""
+        params = SearchParams(parameters=list(_ROW_COLUMNS), search=queue.live_search())
+        return [LivePilot.from_row(row, queue) for row in await self.search(params)]
+
+    async def pilot_counts(self, queue: QueueId) -> PilotCounts:
+        """The queue's waiting and running pilots, by the server's records."""
+        rows = await self.summary(SummaryParams(grouping=["Status"], search=queue.live_search()))
+        by_status = {str(row.get("Status")): int(row.get("count", 0)) for row in rows}
+        return PilotCounts(
+            waiting=sum(by_status.get(status, 0) for status in _WAITING),
+            running=by_status.get("Running", 0),
+        )
+
+    async def unreferenced_pilots(
+        self, queues: Iterable[QueueId]
+    ) -> dict[QueueId, list[LivePilot]]:
+        """The live pilots without a CE reference of these queues, by queue: one search per
+        `SEARCH_QUEUES` queues instead of one per queue. Only those pilots matter to the
+        reconciliation, so the others are dropped page by page (a busy site has many)."""
+        wanted = sorted(set(queues))
+        found: dict[QueueId, list[LivePilot]] = {}
+        for chunk in chunks(wanted, SEARCH_QUEUES):
+            chunk_set = set(chunk)
+            params = SearchParams(
+                parameters=[*_ROW_COLUMNS, *_QUEUE_COLUMNS],
+                search=[
+                    VectorSearch(
+                        parameter=column,
+                        operator="in",
+                        values=sorted({queue[index] for queue in chunk}),
+                    )
+                    for index, column in enumerate(_QUEUE_COLUMNS)
+                ]
+                + [VectorSearch(parameter="Status", operator="in", values=list(LIVE_STATUSES))],
+            )
+            async for rows in self.search_pages(params, SEARCH_PAGE):
+                for row in rows:
+                    queue = QueueId(*(str(row.get(column)) for column in _QUEUE_COLUMNS))
+                    if queue in chunk_set and ce_reference(row) is None:
+                        found.setdefault(queue, []).append(LivePilot.from_row(row, queue))
+        return found
 
     async def search_logs(self, params: SearchParams, per_page: int = 100) -> list[dict[str, Any]]:
         response = await self._call(

@@ -48,8 +48,9 @@ _TAG = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 
 
 @dataclass(frozen=True)
-class PilotFile:
-    """One file the pilot needs: embedded when `content` is set, else downloaded.
+class WrapperFile:
+    """One file the pilot needs, as the wrapper gets it: embedded when `content` is set, else
+    downloaded (the configuration's entry is `director.config.PilotFile`).
 
     `sha512` (lowercase hex) is required for downloaded files; for embedded ones it is computed
     from `content` when empty.
@@ -82,15 +83,16 @@ class WrapperTuning:
 
 
 @dataclass(frozen=True)
-class PilotOptions:
-    """What a queue says about its pilots; `director.config` maps the YAML onto this."""
+class WrapperOptions:
+    """What a queue says about its pilots, in the wrapper's terms: `director.cycle.queues`
+    maps the configuration's `pilot` block (`director.config.PilotOptions`) onto this."""
 
     server_url: str
     vo: str
     site: str
     ce: str
     queue: str
-    pilot_files: tuple[PilotFile, ...]
+    pilot_files: tuple[WrapperFile, ...]
     pilot_locations: tuple[str, ...] = ()
     setup: str = ""
     release: str = ""
@@ -123,7 +125,7 @@ class PilotOptions:
     template: str = WRAPPER_TEMPLATE
 
 
-def pilot_arguments(options: PilotOptions) -> list[str]:
+def pilot_arguments(options: WrapperOptions) -> list[str]:
     """The pilot's DIRAC options, in DIRAC's SiteDirector order; empty values left out.
 
     Only options the stock pilot's parser knows (`pilotTools.py`, `cmdOpts`): it stops at an
@@ -160,7 +162,7 @@ def pilot_arguments(options: PilotOptions) -> list[str]:
 PILOT_EXCHANGE_REQUESTS = 20
 
 
-def secret_uses(options: PilotOptions, configured: int | None) -> int | None:
+def secret_uses(options: WrapperOptions, configured: int | None) -> int | None:
     """The use count to mint each of this queue's secrets with (None = unlimited).
 
     The wrapper alone: `configured` (the director's `secret.use_count_max`) as it is. With
@@ -185,7 +187,7 @@ def _python_literal_json(value: Any) -> str:
     return text.replace("'", "\\u0027")
 
 
-def _file_entry(item: PilotFile) -> dict[str, str]:
+def _file_entry(item: WrapperFile) -> dict[str, str]:
     name = item.name
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         raise ConfigError(f"pilot file name {name!r}: a plain file name is required")
@@ -204,7 +206,7 @@ def _file_entry(item: PilotFile) -> dict[str, str]:
     return {"name": name, "sha512": sha512, "data": data}
 
 
-def _check(options: PilotOptions) -> None:
+def _check(options: WrapperOptions) -> None:
     url = urlsplit(options.server_url)
     if url.scheme != "https" or not url.netloc:
         raise ConfigError(f"server_url {options.server_url!r}: an https:// URL is required")
@@ -246,7 +248,7 @@ def _check(options: PilotOptions) -> None:
         raise ConfigError("ca_pem: PEM certificates expected")
 
 
-def wrapper_config(options: PilotOptions) -> dict[str, Any]:
+def wrapper_config(options: WrapperOptions) -> dict[str, Any]:
     """The `config` template variable: everything the embedded program reads from the queue."""
     _check(options)
     tuning = options.tuning
@@ -304,7 +306,7 @@ class PreparedWrapper:
         template: jinja2.Template,
         config: dict[str, Any],
         python: str,
-        options: PilotOptions | None = None,
+        options: WrapperOptions | None = None,
     ) -> None:
         self._template = template
         self._options = options
@@ -334,7 +336,7 @@ class WrapperRenderer:
     def __init__(self, renderer: TemplateRenderer) -> None:
         self._renderer = renderer
 
-    def prepare(self, options: PilotOptions) -> PreparedWrapper:
+    def prepare(self, options: WrapperOptions) -> PreparedWrapper:
         """Checks the options and serialises them once; raises ConfigError with the reason."""
         config = wrapper_config(options)
         try:

@@ -29,11 +29,12 @@ from typing import Any
 import httpx
 from rich.live import Live
 
+from director.client import LIVE_STATUSES
 from director.commands.common import console, quiet_http_logs, table
 from director.config import load_config
 from director.daemon import client_for
 from director.errors import ConfigError, DirectorError
-from director.loop import LIVE, Director
+from director.loop import Director
 from director.render import example_config_path
 from server.models import PilotStatus, ScalarSearch, SearchParams, SortSpec, SummaryParams
 
@@ -328,7 +329,7 @@ async def _follow(director: Director, args: argparse.Namespace, out: Any) -> int
             await director.monitor_cycle()
             counts = await _counts(director)
             live.update(_progress(counts, submitted, "monitoring"))
-            if not any(counts.get(s, 0) for s in LIVE):
+            if not any(counts.get(s, 0) for s in LIVE_STATUSES):
                 break
             await asyncio.sleep(interval)
     out.print()

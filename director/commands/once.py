@@ -27,9 +27,10 @@ from director.commands.common import (
     settings_from,
     table,
 )
+from director.cycle.outcomes import MonitorOutcome, QueueOutcome
 from director.daemon import client_for
 from director.errors import ConfigError
-from director.loop import Director, MonitorOutcome, QueueOutcome
+from director.loop import Director
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from director.cycle.outcomes import QueueOutcome
 from director.errors import ServerUnavailable
-from director.loop import Director, QueueOutcome
+from director.loop import Director
 from server.identity import SITE_MANAGER
 from tests.conftest import LiveServer
 from tests.director.conftest import queue_block, settings_for, write_config

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from director.loop import DRY_RUN_SECRET
+from director.cycle.submission import DRY_RUN_SECRET
 from tests.conftest import LiveServer, wait_until
 from tests.director.conftest import queue_block, write_config
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from director.loop import ce_reference
+from director.client import ce_reference
 from tests.conftest import LiveServer
 from tests.director.conftest import (
     ManualClock,
@@ -17,7 +17,7 @@ from tests.director.conftest import (
     settings_for,
     write_config,
 )
-from tests.director.test_loop import only_queue, pilots_of
+from tests.director.cycle.conftest import only_queue, pilots_of
 
 ROOT = Path(__file__).resolve().parents[2]
 

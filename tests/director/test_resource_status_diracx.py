@@ -26,7 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from director.loop import Director, QueueOutcome
+from director.cycle.outcomes import QueueOutcome
+from director.loop import Director
 from tests.conftest import LiveServer, missing
 from tests.director.conftest import queue_block, settings_for, write_config
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from director.wrapper import PILOT_EXCHANGE_REQUESTS, PilotFile, secret_uses
+from director.wrapper import PILOT_EXCHANGE_REQUESTS, WrapperFile, secret_uses
 from tests.conftest import LiveServer, missing
 from tests.director.test_wrapper_run import (
     FAST,
@@ -78,10 +78,10 @@ def test_the_stock_pilot_exchanges_the_secret_itself_logs_and_ends_done(
     cvmfs = tmp_path / "cvmfs"
     cvmfs.mkdir()
     files = [
-        PilotFile(name, sha512=hashlib.sha512((pilot_dir / name).read_bytes()).hexdigest())
+        WrapperFile(name, sha512=hashlib.sha512((pilot_dir / name).read_bytes()).hexdigest())
         for name in PILOT_FILES
     ]
-    files.append(PilotFile("pilot.json", content=json.dumps(PILOT_JSON).encode()))
+    files.append(WrapperFile("pilot.json", content=json.dumps(PILOT_JSON).encode()))
     uses = FAST.exchange_attempts + PILOT_EXCHANGE_REQUESTS  # the wrapper's and the pilot's
     stamp, secret = new_pilot(server, uses=uses)
     options = replace(

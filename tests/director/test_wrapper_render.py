@@ -23,8 +23,8 @@ from director.errors import ConfigError
 from director.render import TemplateRenderer
 from director.wrapper import (
     PILOT_EXCHANGE_REQUESTS,
-    PilotFile,
-    PilotOptions,
+    WrapperFile,
+    WrapperOptions,
     WrapperRenderer,
     embedded_program,
     pilot_arguments,
@@ -73,20 +73,20 @@ def assert_valid_wrapper(text: str, folder: Path) -> None:
         shutil.rmtree(folder / "__pycache__", ignore_errors=True)
 
 
-def options(**changes: object) -> PilotOptions:
-    base = PilotOptions(
+def options(**changes: object) -> WrapperOptions:
+    base = WrapperOptions(
         server_url="https://diracx.example.org/",
         vo="lhcb",
         site="LCG.Example.org",
         ce="ce.example.org",
         queue="long",
         pilot_files=(
-            PilotFile("dirac-pilot.py", content=b"print('pilot')\n"),
-            PilotFile("pilot.json", sha512="a" * 128),
+            WrapperFile("dirac-pilot.py", content=b"print('pilot')\n"),
+            WrapperFile("pilot.json", sha512="a" * 128),
         ),
         pilot_locations=("https://files.example.org/pilot", "file:///cvmfs/lhcb.cern.ch/pilot"),
     )
-    return PilotOptions(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return WrapperOptions(**{**base.__dict__, **changes})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +209,13 @@ def test_a_ca_bundle_and_options_render(renderer: WrapperRenderer, tmp_path: Pat
         (
             {
                 "pilot_files": (
-                    PilotFile("dirac-pilot.py", content=b""),
-                    PilotFile("../x", content=b""),
+                    WrapperFile("dirac-pilot.py", content=b""),
+                    WrapperFile("../x", content=b""),
                 )
             },
             "file name",
         ),
-        ({"pilot_files": (PilotFile("dirac-pilot.py", sha512="xyz"),)}, "sha512"),
+        ({"pilot_files": (WrapperFile("dirac-pilot.py", sha512="xyz"),)}, "sha512"),
         ({"ca_pem": "not a pem"}, "ca_pem"),
     ],
 )

@@ -33,9 +33,9 @@ import pytest
 
 from director.render import TemplateRenderer
 from director.wrapper import (
-    PilotFile,
-    PilotOptions,
     PreparedWrapper,
+    WrapperFile,
+    WrapperOptions,
     WrapperRenderer,
     WrapperTuning,
     pilot_arguments,
@@ -261,10 +261,10 @@ def pilot_options(
     pilot_extra: tuple[str, ...] = (),
     server_url: str | None = None,
     **changes: Any,
-) -> PilotOptions:
+) -> WrapperOptions:
     """A queue's options with the test pilot; it checks the DIRAC options it gets against
     TEST_PILOT_EXPECTED_ARGS, computed here from the same options."""
-    options = PilotOptions(
+    options = WrapperOptions(
         server_url=server_url or server.url,
         vo="lhcb",
         site="LCG.Test.ch",
@@ -274,7 +274,7 @@ def pilot_options(
         release="v9r0",
         project="TestProject",
         extensions=("TestExt",),
-        pilot_files=(PilotFile("dirac-pilot.py", sha512=PILOT_SHA512),),
+        pilot_files=(WrapperFile("dirac-pilot.py", sha512=PILOT_SHA512),),
         pilot_locations=locations,
         ca_pem=Path(str(server.ca_file)).read_text(),
         extra_options=("--tag", stamp[:8], *pilot_extra),
@@ -317,7 +317,7 @@ class Run:
         return self.stderr_path.read_text()
 
 
-def render(options: PilotOptions, stamp: str, secret: str, folder: Path) -> str:
+def render(options: WrapperOptions, stamp: str, secret: str, folder: Path) -> str:
     prepared: PreparedWrapper = WrapperRenderer(TemplateRenderer()).prepare(options)
     text = prepared.render(stamp, secret)
     assert_valid_wrapper(text, folder)
@@ -692,8 +692,8 @@ def test_the_secret_appears_in_no_output_log_line_file_or_process_argument(
     stamp, secret = new_pilot(server)
     good = file_server.folder(f"scan-{shell}", TEST_PILOT.read_bytes())
     files = (  # an embedded file makes the here-document larger than a pipe's buffer
-        PilotFile("dirac-pilot.py", sha512=PILOT_SHA512),
-        PilotFile("payload.bin", content=secrets.token_bytes(200_000)),
+        WrapperFile("dirac-pilot.py", sha512=PILOT_SHA512),
+        WrapperFile("payload.bin", content=secrets.token_bytes(200_000)),
     )
     saved = tmp_path / "credentials-seen-by-the-pilot.json"
     options = pilot_options(
@@ -745,7 +745,7 @@ def test_the_wrapper_runs_on_the_oldest_and_newest_python(
         pytest.skip(f"no python{version} on this machine (~/.pyenv/versions)")
     server = live_server_tls
     stamp, secret = new_pilot(server)
-    embedded = (PilotFile("dirac-pilot.py", content=TEST_PILOT.read_bytes()),)
+    embedded = (WrapperFile("dirac-pilot.py", content=TEST_PILOT.read_bytes()),)
     too_old = _pyenv_python("2.7", "python")  # found, but passed over
     candidates = ("python0", *([too_old] if too_old else []), python)
     options = pilot_options(server, stamp, (), pilot_files=embedded, python_commands=candidates)

@@ -13,7 +13,7 @@ end. SEED picks the hook's parameters (how many pilots reach the CE, which call,
 every trial is reproducible. Before dying it prints `KILLED <point>` on stderr, so the trial
 report can say where the process really died.
 
-Points (they mirror the cycle's steps, see `director/loop.py`):
+Points (they mirror the cycle's steps, see `director/cycle/submission.py`):
 
 - after-mint       the server registered the pilots and minted their secrets; nothing submitted
 - mid-submit       k of the n pilots reached the CE, the others not

@@ -34,9 +34,10 @@ from typing import Any
 
 import httpx
 
+from director.client import ce_reference
 from director.config import Settings, load_config
 from director.daemon import client_for
-from director.loop import Director, ce_reference
+from director.loop import Director
 from server.models import FINAL_STATUSES, ScalarSearch, SearchParams
 from tests.director.conftest import queue_block, write_config
 from tests.reliability.crash_driver import POINTS

@@ -15,7 +15,7 @@ from director.daemon import client_for
 from director.loop import Director
 from tests.conftest import LiveServer
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
-from tests.director.test_loop import pilots_of
+from tests.director.cycle.conftest import pilots_of
 from tests.reliability.fake_ce import FakeCE
 
 FAULTY = ("hang", "error", "liar")

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
+from director.client import ce_reference
 from director.daemon import client_for
-from director.loop import Director, ce_reference
+from director.loop import Director
 from tests.conftest import TestCA as CAFiles
 from tests.conftest import free_port, missing
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
-from tests.director.test_loop import pilots_of
+from tests.director.cycle.conftest import pilots_of
 from tests.reliability.crash_trials import ce_jobs
 from tests.reliability.load import pg_create, pg_drop, pg_name, pg_url
 from tests.reliability.proxy import TcpProxy

@@ -23,11 +23,12 @@ import httpx
 import pytest
 import yaml
 
+from director.cycle.queues import safe_name
 from director.daemon import client_for
-from director.loop import Director, _safe
+from director.loop import Director
 from tests.conftest import LiveServer, free_port, missing
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
-from tests.director.test_loop import pilots_of
+from tests.director.cycle.conftest import pilots_of
 from tests.reliability.swarm import Pilot, ServerProc, register, stored_lines
 
 DISK = "4m"  # room for the server's start (keys, schema, WAL) and a few hundred log lines
@@ -222,7 +223,7 @@ async def test_a_full_work_directory_fails_its_queue_alone(
     }
     path.write_text(yaml.safe_dump(config))
     settings = settings_for(path)
-    full = settings.director.work_dir / "ce" / _safe(site) / "full"
+    full = settings.director.work_dir / "ce" / safe_name(site) / "full"
     small_disk(full)
     director = Director(settings, client=client_for(settings), clock=clock)
     try:

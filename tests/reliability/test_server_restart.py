@@ -11,12 +11,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from director.client import ce_reference
 from director.daemon import client_for
-from director.loop import Director, ce_reference
+from director.loop import Director
 from tests.conftest import TestCA as CAFiles
 from tests.conftest import free_port
 from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
-from tests.director.test_loop import pilots_of
+from tests.director.cycle.conftest import pilots_of
 from tests.reliability.crash_trials import ce_jobs
 from tests.reliability.swarm import ServerProc, restart_under_load
 

@@ -1,5 +1,5 @@
 """One HTCondor-CE backend session with a SciToken file as its only credential, run as a
-process of its own by test_htcondor_scitokens.
+process of its own by test_htcondor_scitokens_live.
 
 Its own process, because the HTCondor client caches security sessions per process: once any
 test of the pytest process has authenticated to the pool's schedd (with the pool's IDTOKEN),

@@ -2,7 +2,7 @@
 transport: CE-side errors (5xx), a failed wrapper upload, an answer for fewer jobs than asked,
 timeouts. The fake mirrors the REST calls the backend makes (`/arex/rest/1.0/jobs?action=...`,
 `PUT /jobs/<id>/session/<file>`) with the answer shapes the real one gives (see
-test_arc_real.py for the real thing)."""
+test_arc_live.py for the real thing)."""
 
 from __future__ import annotations
 

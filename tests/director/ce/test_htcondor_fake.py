@@ -2,7 +2,7 @@
 
 Covered here: job router states, refused credentials, rejected submissions, a schedd that stops
 answering, refused removals, the submit description's content, and the pure helpers. The normal
-life of jobs is tested against the real pool in test_htcondor_pool.py.
+life of jobs is tested against the real pool in test_htcondor_live.py.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ async def test_empty_batch_does_nothing(ce: HTCondorCE, fake: FakeSchedd) -> Non
             "Held(16)",
             "Spooling",
         ),
-        (  # a transient hold is released instead: test_htcondor_holds.py
+        (  # a transient hold is released instead: test_htcondor_holds_fake.py
             {"JobStatus": 5, "HoldReasonCode": 34, "HoldReason": "Memory usage exceeds a limit"},
             PilotStatus.ABORTED,
             "Held(34)",

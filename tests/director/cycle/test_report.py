@@ -1,20 +1,20 @@
-"""After a submission cycle the server knows the director's queues: limits, enabled, back-off
-and the last cycle, read back through `GET /api/director/queues` (real server over HTTPS on
-loopback, local CE running real processes)."""
+"""After a submission cycle the server knows the director's queues (`director.cycle.report`):
+limits, enabled, back-off and the last cycle, read back through `GET /api/director/queues`
+(real server over HTTPS on loopback, local CE running real processes)."""
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from director.loop import Director
 from tests.conftest import LiveServer
-from tests.director.conftest import ManualClock, queue_block, settings_for, write_config
+from tests.director.conftest import ManualClock, queue_block
+from tests.director.cycle.conftest import DirectorOnSite
 
 
 async def reported(live: LiveServer, site: str) -> dict[str, dict[str, Any]]:
@@ -35,19 +35,14 @@ def utc(seconds: float) -> datetime:
 
 
 async def test_one_cycle_reports_every_configured_queue(
-    live_server_tls: LiveServer, tmp_path: Path, make_director: Any, clock: ManualClock
+    director_on_site: DirectorOnSite, live_server_tls: LiveServer, clock: ManualClock
 ) -> None:
-    path, site = write_config(
-        tmp_path,
-        server_url=live_server_tls.url,
-        ca_file=live_server_tls.ca_file,
-        token=live_server_tls.director_token,
+    director, site = director_on_site(
         queues={
             "default": queue_block(max_total_pilots=6, max_waiting_pilots=3, pilots_per_cycle=2),
             "off": queue_block(enabled=False, max_total_pilots=1, max_waiting_pilots=1),
         },
     )
-    director: Director = make_director(settings_for(path))
     outcomes = {o.queue.rsplit("/", 1)[1]: o for o in await director.run_cycle()}
     assert outcomes["default"].submitted == 2, outcomes["default"].why
 
@@ -75,15 +70,9 @@ async def test_one_cycle_reports_every_configured_queue(
 
 
 async def test_a_backed_off_queue_reports_its_failures_and_rest(
-    live_server_tls: LiveServer, tmp_path: Path, make_director: Any, clock: ManualClock
+    director_on_site: DirectorOnSite, live_server_tls: LiveServer, clock: ManualClock
 ) -> None:
-    path, site = write_config(
-        tmp_path,
-        server_url=live_server_tls.url,
-        ca_file=live_server_tls.ca_file,
-        token=live_server_tls.director_token,
-    )
-    director: Director = make_director(settings_for(path))
+    director, site = director_on_site()
     [ref] = director.queues
     ce = director.ce_for(ref)
     # The CE cannot write its job folder: every submission fails, as on a full disk.
@@ -109,22 +98,15 @@ async def test_a_backed_off_queue_reports_its_failures_and_rest(
 
 
 async def test_a_failed_report_never_fails_the_cycle(
-    live_server_tls: LiveServer, tmp_path: Path, make_director: Any, caplog: Any
+    director_on_site: DirectorOnSite, live_server_tls: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A token the server refuses for the report's VO: the cycle's outcome is untouched and
     the failure is one key=value warning."""
-    path, site = write_config(
-        tmp_path,
-        server_url=live_server_tls.url,
-        ca_file=live_server_tls.ca_file,
-        token=live_server_tls.director_token,
-        queues={"default": queue_block(enabled=False)},
-    )
-    director: Director = make_director(settings_for(path))
+    director, site = director_on_site(queues={"default": queue_block(enabled=False)})
     [ref] = director.queues
     # Reported as a VO this director's token does not serve: the server answers 403.
     director.queues = [replace(ref, vo="dteam")]
-    caplog.set_level("WARNING", logger="director.loop")
+    caplog.set_level("WARNING", logger="director.cycle.report")
     [outcome] = await director.run_cycle()
     assert outcome.error is None
     assert outcome.why == "disabled"

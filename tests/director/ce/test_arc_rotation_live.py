@@ -22,7 +22,7 @@ from director.render import TemplateRenderer
 from server.keys import activate_keyset, rotate_keyset
 from tests.conftest import LiveServer
 from tests.director.ce.arc_infra import ARCInfra, arc_env_file, arc_infra, arc_issuer, poll  # noqa: F401
-from tests.director.ce.test_arc_real import queue_for
+from tests.director.ce.test_arc_live import queue_for
 
 pytestmark = [pytest.mark.arc, pytest.mark.slow]
 

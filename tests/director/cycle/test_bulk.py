@@ -1,61 +1,33 @@
-"""The submission cycle in bulk: a few server calls per cycle whatever the number of queues,
-and the failures between them (registration refused, a queue failing after its pilots were
-registered, references lost) still leave every pilot accounted for. Real server over HTTPS on
-loopback, local CE running real processes."""
+"""The submission cycle in bulk (`director.cycle.registration`, `director.cycle.reconcile`): a
+few server calls per cycle whatever the number of queues, and the failures between them
+(registration refused, a queue failing after its pilots were registered, references lost)
+still leave every pilot accounted for. Real server over HTTPS on loopback, local CE running
+real processes."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
+from director.client import ce_reference
 from director.errors import ServerUnavailable
-from director.loop import Director, ce_reference
 from tests.conftest import LiveServer
-from tests.director.conftest import queue_block, revoked_stamps, settings_for, write_config
-from tests.director.test_loop import pilots_of
+from tests.director.conftest import queue_block, revoked_stamps
+from tests.director.cycle.conftest import DirectorOnSite, count_calls, pilots_of
 
-CALLS = ("search_page", "register_bulk", "patch_metadata", "revoke_secrets")
-
-
-def count_calls(director: Director) -> Counter[str]:
-    """Counts the director's calls of the server's bulk routes from now on."""
-    client = director.client
-    assert client is not None
-    calls: Counter[str] = Counter()
-
-    def counted(name: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            calls[name] += 1
-            return await call(*args, **kwargs)
-
-        return wrapper
-
-    for name in CALLS:
-        setattr(client, name, counted(name, getattr(client, name)))
-    return calls
-
-
-def three_queues(live: LiveServer, folder: Path) -> tuple[Path, str]:
-    return write_config(
-        folder,
-        server_url=live.url,
-        ca_file=live.ca_file,
-        token=live.director_token,
-        slots=8,
-        queues={
-            name: queue_block(pilots_per_cycle=2, environment={"TEST_PILOT_SLEEP": "60"})
-            for name in ("q1", "q2", "q3")
-        },
-    )
+THREE_QUEUES = {
+    "slots": 8,
+    "queues": {
+        name: queue_block(pilots_per_cycle=2, environment={"TEST_PILOT_SLEEP": "60"})
+        for name in ("q1", "q2", "q3")
+    },
+}
 
 
 async def test_one_cycle_over_three_queues_is_one_search_one_registration_one_patch(
-    live_server_tls: LiveServer, tmp_path: Path, make_director: Any
+    director_on_site: DirectorOnSite,
 ) -> None:
-    path, site = three_queues(live_server_tls, tmp_path)
-    director = make_director(settings_for(path))
+    director, site = director_on_site(**THREE_QUEUES)
     calls = count_calls(director)
     outcomes = await director.run_cycle()
     assert [(o.error, o.submitted) for o in outcomes] == [(None, 2)] * 3
@@ -69,10 +41,9 @@ async def test_one_cycle_over_three_queues_is_one_search_one_registration_one_pa
 
 
 async def test_a_refused_registration_submits_nothing_and_the_next_cycle_does(
-    live_server_tls: LiveServer, tmp_path: Path, make_director: Any
+    director_on_site: DirectorOnSite,
 ) -> None:
-    path, site = three_queues(live_server_tls, tmp_path)
-    director = make_director(settings_for(path))
+    director, site = director_on_site(**THREE_QUEUES)
     client = director.client
     assert client is not None
     register = client.register_bulk
@@ -94,19 +65,23 @@ async def test_a_refused_registration_submits_nothing_and_the_next_cycle_does(
 
 
 async def test_a_queue_failing_after_registration_aborts_its_pilots_and_revokes_them(
-    live_server_tls: LiveServer, tmp_path: Path, make_director: Any
+    director_on_site: DirectorOnSite, live_server_tls: LiveServer
 ) -> None:
     """One queue's wrappers cannot be rendered: its registered pilots are Aborted with the
     reason and their secrets revoked in the cycle's bulk calls; the other queues submit."""
-    path, site = three_queues(live_server_tls, tmp_path)
-    director = make_director(settings_for(path))
+    director, site = director_on_site(**THREE_QUEUES)
     bad = director.queues[1]
+
+    real = director.prepared(bad)
 
     class Broken:
         def render(self, stamp: str, secret: str) -> str:
             raise OSError("test: no space left for the wrapper")
 
-    director._prepared[bad.key] = Broken()  # type: ignore[assignment]
+        def secret_uses(self, configured: int | None) -> int | None:
+            return real.secret_uses(configured)
+
+    director.factory._prepared[bad.key] = Broken()  # type: ignore[assignment]
     outcomes = {o.queue: o for o in await director.run_cycle()}
     failed = outcomes.pop(bad.key)
     assert "no space left" in (failed.error or "")
@@ -124,12 +99,11 @@ async def test_a_queue_failing_after_registration_aborts_its_pilots_and_revokes_
 
 
 async def test_lost_references_of_several_queues_come_back_from_one_search(
-    live_server_tls: LiveServer, tmp_path: Path, make_director: Any
+    director_on_site: DirectorOnSite,
 ) -> None:
     """The references' PATCH is lost (as in a crash right after submission): the next cycle's
     one search finds every queue's unreferenced pilots and the CE's jobs put them back."""
-    path, site = three_queues(live_server_tls, tmp_path)
-    director = make_director(settings_for(path))
+    director, site = director_on_site(**THREE_QUEUES)
     client = director.client
     assert client is not None
     patch = client.patch_metadata

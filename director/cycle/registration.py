@@ -1,0 +1,188 @@
+"""The server's side of a submission cycle, in bulk across queues: phase 2 registers every
+planned pilot and mints its bound secret before anything is submitted; phase 4 records what
+the CEs answered (references patched on, failed pilots Aborted after their secrets are
+revoked) and counts each queue's submissions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from director.batching import chunks
+from director.ce.base import ComputingElement, QueueSpec, SubmitResult
+from director.config import QueueRef
+from director.cycle.context import CycleContext
+from director.cycle.outcomes import QueueOutcome, log_unexpected
+from director.cycle.queues import GRID_TYPES
+from director.wrapper import PreparedWrapper
+from server.models import (
+    BulkPilot,
+    BulkRegistration,
+    PilotMetadata,
+    PilotStatus,
+    SecretConstraints,
+)
+
+BULK_MAX = 10_000
+"""Pilots per registration, revocation or PATCH call (the server takes 10,000 at most)."""
+
+
+@dataclass(eq=False)
+class Batch:
+    """One queue's pilots on their way through phases 2-4 of a submission cycle."""
+
+    ref: QueueRef
+    outcome: QueueOutcome
+    ce: ComputingElement
+    spec: QueueSpec
+    prepared: PreparedWrapper
+    stamps: list[str]
+    registered: list[str] = field(default_factory=list)
+    """The stamps the server registered (all of them, unless a registration call failed)."""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Stamp -> minted secret, from phase 2 until the wrappers are rendered."""
+    submitting: bool = False
+    """The CE call started: from then on, only the CE knows which pilots it holds."""
+    results: list[SubmitResult] | None = None
+    record_failure: str | None = None
+
+    def fail(self, error: str) -> None:
+        if self.outcome.error is None:
+            self.outcome.error = self.outcome.why = error
+
+    def record_error(self, error: str) -> None:
+        if self.record_failure is None:
+            self.record_failure = error
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One pilot of phase 4: its reference, or the reason it is Aborted."""
+
+    batch: Batch
+    stamp: str
+    reference: str | None
+    reason: str | None
+
+
+async def register(context: CycleContext, batches: Sequence[Batch]) -> None:
+    """Phase 2: register every planned pilot and mint its secret, one call per VO and secret
+    use count (per `BULK_MAX` pilots). A failed call fails the queues it carried; the others
+    go on."""
+    client = context.server()
+    cfg = context.settings.director.secret
+    # one call per VO and use count (a queue that hands the secret to the pilot needs more)
+    by_vo: dict[tuple[str, int | None], list[tuple[Batch, str]]] = {}
+    for batch in batches:
+        uses = batch.prepared.secret_uses(cfg.use_count_max)
+        by_vo.setdefault((batch.ref.vo, uses), []).extend((batch, stamp) for stamp in batch.stamps)
+    for (vo, uses), pilots in by_vo.items():
+        constraints = SecretConstraints(
+            expiration_minutes=cfg.expiration_minutes, pilot_secret_use_count_max=uses
+        )
+        for chunk in chunks(pilots, BULK_MAX):  # the models of one chunk at a time
+            try:
+                registration = await client.register_bulk(
+                    BulkRegistration(
+                        vo=vo,
+                        pilots=[
+                            BulkPilot(
+                                pilot_stamp=stamp,
+                                grid_type=GRID_TYPES.get(batch.outcome.kind, batch.outcome.kind),
+                                grid_site=batch.ref.site,
+                                destination_site=batch.ref.ce,
+                                queue=batch.ref.ce_queue,
+                            )
+                            for batch, stamp in chunk
+                        ],
+                        mint_secrets=True,
+                        secret_constraints=constraints,
+                    )
+                )
+            except Exception as exc:
+                log_unexpected(exc, "registration")
+                for batch, _ in chunk:
+                    batch.fail(f"{type(exc).__name__}: {exc}")
+                continue
+            secret_of = {minted.pilot_stamp: minted.pilot_secret for minted in registration.secrets}
+            for batch, stamp in chunk:
+                batch.registered.append(stamp)
+                secret = secret_of.get(stamp)
+                if secret is None:
+                    batch.fail(f"ServerError: the server minted no secret for pilot {stamp}")
+                else:
+                    batch.secrets[stamp] = secret
+            del secret_of
+
+
+async def record(context: CycleContext, batches: Sequence[Batch]) -> None:
+    """Phase 4: references patched on, failed pilots Aborted with their reason, their secrets
+    revoked, all queues at once (per `BULK_MAX` pilots); then each queue's counts.
+
+    Pilots registered for a queue that failed before its CE call are Aborted too; a queue that
+    failed during its CE call (a timeout) is left to the next reconciliation, which finds out
+    from the CE what it holds. Secrets are revoked before the Aborted status is patched on, so
+    a pilot the server shows as Aborted never keeps a usable secret."""
+    client = context.server()
+    # the models are made one chunk at a time: 100,000 of them at once would be the
+    # director's largest allocation
+    rows: list[_Row] = []
+    for batch in batches:
+        if batch.results is not None:
+            for result in batch.results:
+                if result.ok:
+                    rows.append(_Row(batch, result.stamp, result.reference, None))
+                else:
+                    reason = (result.error or "submission failed")[:255]
+                    rows.append(_Row(batch, result.stamp, None, reason))
+        elif not batch.submitting:
+            reason = f"not submitted: {batch.outcome.error or 'unknown'}"[:255]
+            rows.extend(_Row(batch, stamp, None, reason) for stamp in batch.registered)
+    failed = [row for row in rows if row.reason is not None]
+    unrevoked: set[str] = set()
+    for chunk in chunks(failed, BULK_MAX):
+        try:
+            await client.revoke_secrets([row.stamp for row in chunk])
+        except Exception as exc:
+            log_unexpected(exc, "revoking secrets")
+            for row in chunk:  # left live: the reconciliation Aborts them later
+                unrevoked.add(row.stamp)
+                row.batch.record_error(f"{type(exc).__name__}: {exc}")
+    if unrevoked:
+        rows = [row for row in rows if row.stamp not in unrevoked]
+    for chunk in chunks(rows, BULK_MAX):
+        updates = {
+            row.stamp: PilotMetadata(pilot_job_reference=row.reference)
+            if row.reason is None
+            else PilotMetadata(status=PilotStatus.ABORTED, status_reason=row.reason)
+            for row in chunk
+        }
+        try:
+            await client.patch_metadata(updates)
+        except Exception as exc:
+            log_unexpected(exc, "patching references")
+            for row in chunk:
+                row.batch.record_error(f"{type(exc).__name__}: {exc}")
+        del updates
+    for batch in batches:
+        if batch.results is not None:
+            _count_submission(context, batch, batch.results)
+
+
+def _count_submission(context: CycleContext, batch: Batch, results: list[SubmitResult]) -> None:
+    """Counts, metrics and back-off of a queue whose CE call answered; a failed PATCH or
+    revocation is the queue's error (the reconciliation finishes the job next cycle)."""
+    outcome, key = batch.outcome, batch.ref.key
+    failed = [result for result in results if not result.ok]
+    outcome.submitted = len(results) - len(failed)
+    outcome.failed = len(failed)
+    context.metrics.submitted.labels(key).inc(outcome.submitted)
+    context.metrics.failed.labels(key).inc(outcome.failed)
+    if failed:
+        reason = (failed[0].error or "submission failed")[:255]
+        rest = context.backoff.failure(key, reason)
+        outcome.why = f"{len(failed)} failed ({reason}); backing off {rest:.0f}s"
+    else:
+        context.backoff.success(key)
+    if batch.record_failure is not None:
+        outcome.error = outcome.why = batch.record_failure
