@@ -29,9 +29,9 @@ from server.context import ServerContext
 from server.db.engine import Database
 from server.db.migrate import upgrade
 from server.errors import RateLimited, ServerDomainError, status_of
+from server.http.policies import LoginRequired
 from server.installation import open_server_keys, record_vos
 from server.monitor.origin import CrossSiteRequest
-from server.policies import LoginRequired
 from server.routers import (
     auth,
     bans,

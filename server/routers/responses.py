@@ -34,8 +34,8 @@ from server.errors import (
     TooLarge,
     Unauthorized,
 )
+from server.http.policies import PUBLIC, Policy
 from server.models import HTTPError
-from server.policies import PUBLIC, Policy
 
 Responses = dict[int | str, dict[str, Any]]
 

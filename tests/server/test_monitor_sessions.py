@@ -11,7 +11,7 @@ import pytest
 
 from server.app import create_app
 from server.identity import NORMAL_USER
-from server.monitor.session import COOKIE
+from server.logic.monitor_sessions import COOKIE
 from tests.conftest import Roles
 from tests.server.test_monitor import operator, operator_without_login
 
