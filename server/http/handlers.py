@@ -1,12 +1,12 @@
 """The exception handlers: domain errors through the one table (`server.errors.STATUS_OF`),
 request validation errors, and values Python itself refuses.
 
-`install(app)` registers them all.
+Driver errors never get here as such: the database layer translates them into domain errors
+(`server.db.driver_errors`). `install(app)` registers the handlers.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from http import HTTPStatus
@@ -16,68 +16,14 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from server.errors import RateLimited, ServerDomainError, status_of
+from server.errors import ServerDomainError, status_of
 
 
 def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServerDomainError)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
     return _AsciiJSONResponse({"detail": exc.detail}, status_of(exc), headers=headers)
-
-
-def _is_bad_value(exc: Exception) -> bool:
-    """A driver error caused by a value (SQLSTATE class 22, data exception), not by the
-    database being away: asyncpg reports those as a generic DBAPI error with the code."""
-    if isinstance(exc, DataError):
-        return True
-    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return isinstance(code, str) and code.startswith("22")
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """No space left for the database: SQLite's SQLITE_FULL ("database or disk is full"),
-    ENOSPC, PostgreSQL's disk_full (SQLSTATE 53100), MySQL's "table is full" (1114)."""
-    orig = getattr(exc, "orig", None)
-    for error in (exc, orig, exc.__cause__, getattr(orig, "__cause__", None)):
-        if error is None:
-            continue
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if getattr(error, "sqlite_errorcode", None) == 13:  # sqlite3.SQLITE_FULL
-            return True
-        if getattr(error, "sqlstate", None) == "53100" or getattr(error, "pgcode", None) == "53100":
-            return True
-        text = str(error)
-        if "database or disk is full" in text or "No space left on device" in text:
-            return True
-        args = getattr(error, "args", ())
-        if args and args[0] == 1114:  # MySQL ER_RECORD_FILE_FULL
-            return True
-    return False
-
-
-def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """The database is down or overloaded: 503 so clients retry, never a bare 500. Its disk
-    full: 507 naming that (clients retry 5xx alike; nothing was stored)."""
-    if _is_bad_value(exc):
-        return _bad_value(request, exc)
-    if _is_disk_full(exc):
-        reason = str(getattr(exc, "orig", None) or exc)[:200]  # the driver's words, no SQL
-        logging.getLogger("server").error("storage full, a write was refused: %s", reason)
-        return JSONResponse(
-            {"detail": "Server storage full: no space left on the database's disk, retry later"},
-            HTTPStatus.INSUFFICIENT_STORAGE,
-            headers={"Retry-After": "30"},
-        )
-    logging.getLogger("server").warning("database unavailable: %s", type(exc).__name__)
-    return JSONResponse(
-        {"detail": "Database unavailable, retry later"},
-        HTTPStatus.SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "5"},
-    )
 
 
 class _AsciiJSONResponse(JSONResponse):
@@ -115,16 +61,14 @@ def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _bad_value(_: Request, exc: Exception) -> JSONResponse:
-    """A value the database or its driver cannot take (an unpaired surrogate, an integer
-    beyond 64 bits, a NUL in PostgreSQL text...): the client's fault, so 400, not 500/503."""
+    """A value Python cannot encode or convert outside the database (an unpaired surrogate,
+    an integer beyond any range): the client's fault, so 400, not 500 (as InvalidValue)."""
     logging.getLogger("server").info("refused a value: %s", type(exc).__name__)
     return JSONResponse({"detail": "Invalid value in the request"}, HTTPStatus.BAD_REQUEST)
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ServerDomainError, _domain_error)
-    for db_error in (OperationalError, PoolTimeout, DBAPIError, ConnectionError, OSError):
-        app.add_exception_handler(db_error, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     for bad_value in (UnicodeEncodeError, OverflowError):
         app.add_exception_handler(bad_value, _bad_value)
