@@ -18,9 +18,9 @@ from server.db.migrate import upgrade
 from server.http import handlers
 from server.http.bodyguard import AuthBeforeBody
 from server.http.middleware import AccessLog, BodyLimit
+from server.http.origin import CrossSiteRequest
 from server.http.policies import LoginRequired
 from server.installation import open_server_keys, record_vos
-from server.monitor.origin import CrossSiteRequest
 from server.routers import (
     auth,
     bans,
