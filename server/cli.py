@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from server.context import ServerContext
+from server.db.engine import Database, check_database
+from server.db.migrate import upgrade
 from server.identity import ADMIN, KNOWN_PROPERTIES, NORMAL_USER, TRUSTED_HOST, mint_user_token
-from server.installation import default_issuer, key_grace, recorded_vos
+from server.installation import default_issuer, key_grace, open_server_keys, recorded_vos
 from server.keys import (
     KeySetError,
     KeyStatus,
@@ -23,6 +26,7 @@ from server.keys import (
     rotate_keyset,
     settle_issuer,
 )
+from server.maintenance import MaintenanceReport, run_maintenance
 from server.settings import (
     CONFIG_VARIABLE,
     ServerConfigError,
@@ -145,9 +149,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     k.set_defaults(func=keys_command)
 
-    from server import maintenance  # purge dead secrets and tokens, log retention
-
-    maintenance.add_parsers(sub)
+    _add_maintenance_parser(sub)  # purge dead secrets and tokens, log retention
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -162,8 +164,6 @@ def run_server(args: argparse.Namespace) -> int:
     if args.change_issuer and not settings.issuer:
         raise SystemExit2("--change-issuer needs --issuer (or SITE_DIRECTOR_ISSUER)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from server.db.engine import check_database
-
     asyncio.run(check_database(settings.database_url))  # down: one line, not a traceback
     # The issuer is the installation's, recorded with the key set: a token printed from this
     # data directory is accepted whatever host, port or TLS the server runs with.
@@ -279,9 +279,6 @@ def print_token(args: argparse.Namespace) -> int:
 
 
 def db_command(args: argparse.Namespace) -> int:
-    from server.db.engine import Database
-    from server.db.migrate import upgrade
-
     settings = _settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -355,3 +352,62 @@ def time_text(moment: int) -> str:
 
 class SystemExit2(Exception):
     """Bad usage: the CLI prints the message and exits with status 2."""
+
+
+def _add_maintenance_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    m = sub.add_parser(
+        "maintenance",
+        help="purge old pilots, dead secrets and tokens; apply log retention (what the server"
+        " runs on its own schedule)",
+    )
+    m.add_argument("--db", help="database URL (default: SQLite under --data-dir)")
+    m.add_argument("--data-dir", help="keys and the SQLite database (default: ./data)")
+    m.add_argument(
+        "--log-retention-days",
+        type=int,
+        default=None,
+        help="delete log lines received more than N days ago (default: the server's setting,"
+        " unset: keep them as long as their pilot)",
+    )
+    m.add_argument(
+        "--pilot-retention-days",
+        type=int,
+        default=None,
+        help="delete pilots submitted more than N days ago, any status (default 30; 0 keeps)",
+    )
+    m.add_argument(
+        "--aborted-retention-days",
+        type=int,
+        default=None,
+        help="delete Aborted pilots submitted more than N days ago (default 7; 0 keeps)",
+    )
+    m.set_defaults(func=maintenance_command)
+
+
+def maintenance_command(args: argparse.Namespace) -> int:
+    flags = {
+        "--log-retention-days": args.log_retention_days,
+        "--pilot-retention-days": args.pilot_retention_days,
+        "--aborted-retention-days": args.aborted_retention_days,
+    }
+    for flag, value in flags.items():
+        if value is not None and value < 0:
+            print(f"{flag} must be 0 or more", file=sys.stderr)
+            return 2
+    settings: ServerSettings = _settings_from(args)
+
+    async def _run() -> MaintenanceReport:
+        db = Database(settings.database_url)
+        try:
+            ctx = ServerContext(settings=settings, db=db, keys=open_server_keys(settings))
+            return await run_maintenance(
+                ctx,
+                args.log_retention_days,
+                pilot_retention_days=args.pilot_retention_days,
+                aborted_pilot_retention_days=args.aborted_retention_days,
+            )
+        finally:
+            await db.close()
+
+    print(asyncio.run(_run()))
+    return 0

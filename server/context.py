@@ -1,11 +1,13 @@
-"""What every request needs, built once at start-up and kept on `app.state`."""
+"""What the logic needs besides plain values: the settings, the database and the key set.
+
+Built once at start-up (the app keeps it on `app.state`; the CLI builds its own) and passed
+to the logic as it is; nothing here knows about HTTP.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
-
-from fastapi import Depends, Request
+from typing import Any
 
 from server.db.engine import Database
 from server.errors import InvalidRequest
@@ -26,12 +28,3 @@ class ServerContext:
         """A VO this server does not serve is a 400 (DiracX's answer), before anything is stored."""
         if vo not in self.settings.vos:
             raise InvalidRequest(f"Unknown VO {vo!r}")
-
-
-async def _context(request: Request) -> ServerContext:
-    # async on purpose: FastAPI runs a sync dependency in a worker thread, on every request
-    ctx: ServerContext = request.app.state.ctx
-    return ctx
-
-
-Context = Annotated[ServerContext, Depends(_context)]

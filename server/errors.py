@@ -2,15 +2,19 @@
 
     ServerDomainError
     ├── InvalidRequest       400  bad search, unknown VO, contradictory fields
+    │   └── InvalidValue     400  a value the database or its driver cannot take
     ├── Unauthorized         401  no, bad or expired credentials (secret, token)
     ├── Forbidden            403  authenticated, but not allowed to do this
     ├── NotFound             404  e.g. unknown pilot stamps
     ├── AlreadyExists        409  e.g. stamps already registered
     ├── TooLarge             413  over a size or count limit: nothing was stored
     ├── SearchTimeout        422  a search ran past the server's time budget and was stopped
-    └── RateLimited          429  over a rate limit: nothing was stored
+    ├── RateLimited          429  over a rate limit: nothing was stored (Retry-After)
+    ├── DatabaseUnavailable  503  the database does not answer (Retry-After)
+    └── StorageFull          507  no space left for the database (Retry-After)
 
-Logic never imports FastAPI; the app installs one exception handler that reads STATUS_OF.
+Logic never imports FastAPI; the database layer translates its driver's errors into these
+(`server.db.driver_errors`); the app installs one exception handler that reads STATUS_OF.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import Any
 class ServerDomainError(Exception):
     """`detail` is what the client sees, in DiracX's `{"detail": ...}` shape."""
 
+    #: Seconds a client should wait before trying again (a `Retry-After` header), or None.
+    retry_after: int | None = None
+
     def __init__(self, detail: Any) -> None:
         super().__init__(detail if isinstance(detail, str) else repr(detail))
         self.detail = detail
@@ -29,6 +36,11 @@ class ServerDomainError(Exception):
 
 class InvalidRequest(ServerDomainError):
     """A bad search, an unknown VO, contradictory fields, or a value the database cannot store."""
+
+
+class InvalidValue(InvalidRequest):
+    """A value the database or its driver cannot take (an unpaired surrogate, an integer
+    beyond 64 bits, a NUL in PostgreSQL text...): the client's fault, not an outage."""
 
 
 class Unauthorized(ServerDomainError):
@@ -64,6 +76,18 @@ class RateLimited(ServerDomainError):
         self.retry_after = retry_after
 
 
+class DatabaseUnavailable(ServerDomainError):
+    """The database does not answer: retry later"""
+
+    retry_after = 5
+
+
+class StorageFull(ServerDomainError):
+    """No space left for the database: nothing was stored, retry later"""
+
+    retry_after = 30
+
+
 STATUS_OF: dict[type[ServerDomainError], HTTPStatus] = {
     InvalidRequest: HTTPStatus.BAD_REQUEST,
     Unauthorized: HTTPStatus.UNAUTHORIZED,
@@ -73,6 +97,8 @@ STATUS_OF: dict[type[ServerDomainError], HTTPStatus] = {
     TooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     SearchTimeout: HTTPStatus.UNPROCESSABLE_ENTITY,
     RateLimited: HTTPStatus.TOO_MANY_REQUESTS,
+    DatabaseUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+    StorageFull: HTTPStatus.INSUFFICIENT_STORAGE,
 }
 
 

@@ -7,16 +7,13 @@ and old family revocations, log lines older than `log_retention_days` and those 
 pilots. Each part is its own transaction, so an interrupted run loses nothing.
 
 The server runs it on a schedule (`server.scheduler`); `site-director maintenance` runs the same
-`run_maintenance` once, for cron or a systemd timer. Each run logs one line with what it removed
-and feeds the Prometheus figures below.
+`run_maintenance` once, for cron or a systemd timer (the command is in `server.cli`). Each run
+logs one line with what it removed and feeds the Prometheus figures below.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
-import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -25,13 +22,10 @@ from prometheus_client import Counter, Gauge
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilots as pilots_db
-from server.db.engine import Database
-from server.installation import open_server_keys
 from server.logic import auth as auth_logic
 from server.logic import logs as logs_logic
 from server.logic import secrets as secrets_logic
 from server.models import PilotStatus
-from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -108,64 +102,3 @@ async def run_maintenance(
     LAST_RUN.set_to_current_time()
     log.info("maintenance done: %s", report)
     return report
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    m = sub.add_parser(
-        "maintenance",
-        help="purge old pilots, dead secrets and tokens; apply log retention (what the server"
-        " runs on its own schedule)",
-    )
-    m.add_argument("--db", help="database URL (default: SQLite under --data-dir)")
-    m.add_argument("--data-dir", help="keys and the SQLite database (default: ./data)")
-    m.add_argument(
-        "--log-retention-days",
-        type=int,
-        default=None,
-        help="delete log lines received more than N days ago (default: the server's setting,"
-        " unset: keep them as long as their pilot)",
-    )
-    m.add_argument(
-        "--pilot-retention-days",
-        type=int,
-        default=None,
-        help="delete pilots submitted more than N days ago, any status (default 30; 0 keeps)",
-    )
-    m.add_argument(
-        "--aborted-retention-days",
-        type=int,
-        default=None,
-        help="delete Aborted pilots submitted more than N days ago (default 7; 0 keeps)",
-    )
-    m.set_defaults(func=maintenance_command)
-
-
-def maintenance_command(args: argparse.Namespace) -> int:
-    from server.cli import _settings_from
-
-    flags = {
-        "--log-retention-days": args.log_retention_days,
-        "--pilot-retention-days": args.pilot_retention_days,
-        "--aborted-retention-days": args.aborted_retention_days,
-    }
-    for flag, value in flags.items():
-        if value is not None and value < 0:
-            print(f"{flag} must be 0 or more", file=sys.stderr)
-            return 2
-    settings: ServerSettings = _settings_from(args)
-
-    async def _run() -> MaintenanceReport:
-        db = Database(settings.database_url)
-        try:
-            ctx = ServerContext(settings=settings, db=db, keys=open_server_keys(settings))
-            return await run_maintenance(
-                ctx,
-                args.log_retention_days,
-                pilot_retention_days=args.pilot_retention_days,
-                aborted_pilot_retention_days=args.aborted_retention_days,
-            )
-        finally:
-            await db.close()
-
-    print(asyncio.run(_run()))
-    return 0

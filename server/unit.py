@@ -1,9 +1,10 @@
 """`site-director unit --server`: the server's systemd unit, rendered from
 `templates/site-director-server.service.j2` for the server's settings file.
 
-The `unit` command is the director's (director/commands/unit.py); the entry point gives it this
-option, so that neither package imports the other. The unit starts `site-director server
---config F`: every setting lives in that file, none on the unit's command line.
+The `unit` command is the director's (director/commands/unit.py); the entry point
+(site_director/cli.py) gives it this option, so that neither package imports the other. The
+unit starts `site-director server --config F`: every setting lives in that file, none on the
+unit's command line.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _executable() -> str:
     beside = Path(sys.executable).parent / "site-director"
     if beside.is_file():
         return str(beside)
-    return shutil.which("site-director") or f"{sys.executable} -m director.cli"
+    return shutil.which("site-director") or f"{sys.executable} -m site_director"
 
 
 def _environment() -> jinja2.Environment:

@@ -2,7 +2,7 @@
 allow and bans, and kill, kills and pilots (a module may add several).
 
 Each module has `add_parser(subparsers)` and `main(args) -> exit code`; `add_parsers` registers
-them all (called by `director/cli.py`).
+them all (called by `site_director/cli.py`).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def use_log_format(log_format: str) -> None:
         formatter = logging.Formatter(KEYVALUE_FORMAT)
     for handler in logging.getLogger().handlers:
         current = handler.formatter
-        # only the handler `site-director` set up (in director/cli.py), never a test harness's
+        # only the handler `site-director` set up (in site_director/cli.py), never a test harness's
         if isinstance(current, JsonFormatter) or getattr(current, "_fmt", "") == KEYVALUE_FORMAT:
             handler.setFormatter(formatter)
 

@@ -144,7 +144,7 @@ def make_test_ca(folder: Path) -> tuple[Path, Path, Path]:
 
 
 def _site_director(*args: str) -> list[str]:
-    return [sys.executable, "-m", "director.cli", *args]
+    return [sys.executable, "-m", "site_director", *args]
 
 
 def _token(data_dir: Path, issuer: str, sub: str, prop: str) -> str:

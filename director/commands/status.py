@@ -1,7 +1,7 @@
 """`site-director status`: the configured queues and their pilots by status, from the server.
 
 A server that cannot be asked, or refuses the director's token, is exit code 1 with one line on
-stderr naming the URL and the reason (`director/cli.py` prints it)."""
+stderr naming the URL and the reason (`site_director/cli.py` prints it)."""
 
 from __future__ import annotations
 

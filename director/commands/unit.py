@@ -34,7 +34,7 @@ def render_unit(args: argparse.Namespace) -> str:
     beside = Path(sys.executable).parent / "site-director"
     executable = (
         str(beside) if beside.is_file() else shutil.which("site-director")
-    ) or f"{sys.executable} -m director.cli"
+    ) or f"{sys.executable} -m site_director"
     read_paths = [config]
     for path in (
         settings.server.token_file,

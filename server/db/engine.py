@@ -4,7 +4,11 @@ SQLite is tuned for a server (WAL so readers never wait for the writer, synchron
 a short busy timeout) and runs its statements inline on the event loop (`sqlite_inline`).
 Writes on SQLite go through one lock in this process: SQLite allows one writer, so queueing
 here is cheaper than spinning on SQLITE_BUSY. Another process holding the write lock longer
-than the busy timeout gives "database is locked", which the app answers with 503 (retry).
+than the busy timeout gives "database is locked", a DatabaseUnavailable (503, retry).
+
+Every connection handed out (`read`, `transaction`, `bounded_read`) translates the driver's
+errors into the project's own (`server.db.driver_errors`): nothing above this layer sees a
+SQLAlchemy or driver exception.
 
 Searches run on `bounded_read` connections: each statement has a time budget on every backend
 (SQLite: a progress handler, in a worker thread; MariaDB: `max_statement_time`; PostgreSQL:
@@ -24,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from server.db.driver_errors import translated
 from server.db.regex import sqlite_regexp
 from server.db.sqlite_inline import InlineConnection, inline_creator
 from server.errors import SearchTimeout
@@ -91,38 +96,41 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            yield conn
+        with translated():
+            async with self.engine.connect() as conn:
+                yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed when the block ends, rolled back on any exception."""
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
+        with translated():
+            if self._write_lock is None:
+                async with self.engine.begin() as conn:
+                    yield conn
+                return
+            async with self._write_lock, self.engine.begin() as conn:
                 yield conn
-            return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
 
     @asynccontextmanager
     async def bounded_read(self, seconds: float) -> AsyncIterator[AsyncConnection]:
         """A read connection on which each statement may run `seconds` at most: past that it
         is stopped and the block raises SearchTimeout. On SQLite its statements also leave
         the event loop for a worker thread, so one search never holds up other requests."""
-        async with self.engine.connect() as conn:
-            inline = await self._limit_time(conn, seconds)
-            try:
-                yield conn
-            except DBAPIError as exc:
-                if self._timed_out(exc, inline):
-                    raise SearchTimeout(
-                        f"The search ran past this server's time budget of {seconds:g} s per "
-                        "statement and was stopped: narrow the conditions or simplify the "
-                        "regular expression"
-                    ) from exc
-                raise
-            finally:
-                await self._unlimit_time(conn, inline)
+        with translated():
+            async with self.engine.connect() as conn:
+                inline = await self._limit_time(conn, seconds)
+                try:
+                    yield conn
+                except DBAPIError as exc:
+                    if self._timed_out(exc, inline):
+                        raise SearchTimeout(
+                            f"The search ran past this server's time budget of {seconds:g} s per "
+                            "statement and was stopped: narrow the conditions or simplify the "
+                            "regular expression"
+                        ) from exc
+                    raise
+                finally:
+                    await self._unlimit_time(conn, inline)
 
     async def _limit_time(self, conn: AsyncConnection, seconds: float) -> InlineConnection | None:
         if self.dialect == "sqlite":
@@ -170,6 +178,7 @@ class Database:
         return getattr(orig, "sqlstate", None) == _PG_TIMEOUT
 
     async def ping(self) -> None:
+        """One round trip, with the driver's own errors (for `check_database` and health)."""
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 

@@ -13,13 +13,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import bans as db
 from server.errors import Forbidden, InvalidRequest, NotFound
 from server.identity import Identity
 from server.models import Ban, BanRequest, BanTarget
-from server.policies import vo_scope
 
 #: The BannedBy and AllowedBy columns' size: a longer token `sub` cannot be recorded.
 MAX_SUB = 255

@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from server.access import require_vo, vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import director_queues as db
 from server.errors import InvalidRequest
 from server.identity import Identity
 from server.models import QueueReport, QueuesReport
-from server.policies import require_vo, vo_scope
 
 #: The Director column's size: a longer token `sub` cannot be stored, so it is refused.
 MAX_DIRECTOR = 255

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import empty_pilots as db
 from server.errors import InvalidRequest
 from server.identity import Identity
 from server.models import QueueEmptyPilots
-from server.policies import vo_scope
 
 #: The window when the caller names none: the director's default (`empty_pilots.window_s`).
 DEFAULT_WINDOW = timedelta(hours=1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import logs as db
@@ -32,7 +33,6 @@ from server.identity import Identity, refused
 from server.keys import REASON_REVOKED
 from server.logic.job_lines import received_job_ids
 from server.models import LogLine, SearchParams, VectorOperator, VectorSearch
-from server.policies import vo_scope
 
 SEVERITIES = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "COMMAND"})
 RATE_WINDOW = timedelta(minutes=1)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import activity as db_activity
@@ -41,7 +42,6 @@ from server.models import (
     VectorOperator,
     VectorSearch,
 )
-from server.policies import vo_scope
 
 #: Matrix columns, in the order a pilot lives through them.
 STATUS_COLUMNS: tuple[str, ...] = (

@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
+from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilot_requests as db
@@ -26,7 +27,6 @@ from server.identity import Identity
 from server.logic.logs import redact, storable
 from server.logic.pilot_requests import MAX_SUB, OUTPUT
 from server.models import PilotOutput, PilotOutputUpload, RequestState
-from server.policies import vo_scope
 
 
 def tail(text: str, max_bytes: int) -> tuple[str, bool]:

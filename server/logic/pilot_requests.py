@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilot_requests as db
@@ -35,7 +36,6 @@ from server.models import (
     RequestOutcomes,
     RequestState,
 )
-from server.policies import vo_scope
 
 Kind = Literal["kill", "output"]
 KILL: Kind = "kill"

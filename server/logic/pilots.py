@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.access import require_vo, vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilots as db
@@ -37,7 +38,6 @@ from server.models import (
     VectorOperator,
     VectorSearch,
 )
-from server.policies import require_vo, vo_scope
 
 MAX_PER_PAGE = 10_000
 JOB_ID = "JobID"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from server.access import require_vo, vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilots as db_pilots
@@ -26,7 +27,6 @@ from server.models import (
     SecretRevocation,
     SecretUpdate,
 )
-from server.policies import require_vo, vo_scope
 
 
 def _no_legacy(identity: Identity) -> None:

@@ -8,11 +8,11 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request, Response
 
-from server.context import Context
 from server.errors import InvalidRequest, Unauthorized
+from server.http.dependencies import Context
+from server.http.policies import Public
 from server.logic import auth as logic
 from server.models import PilotTokenRefresh, SecretExchange, TokenResponse
-from server.policies import Public
 from server.routers.responses import DATABASE, raises
 
 router = APIRouter(prefix="/api/auth", tags=["auth"], responses=DATABASE)

@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from server.context import Context
 from server.errors import AlreadyExists, NotFound
+from server.http.dependencies import Context
+from server.http.policies import Reader, SiteManager
 from server.logic import bans as logic
 from server.models import Ban, BanRequest, BanTarget
-from server.policies import Reader, SiteManager
 from server.routers.responses import DATABASE, raises
 
 router = APIRouter(prefix="/api/bans", tags=["bans"], responses=DATABASE)

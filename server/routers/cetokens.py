@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from server.context import Context
+from server.http.dependencies import Context
+from server.http.policies import Director
 from server.logic import cetokens as logic
 from server.models import TokenResponse
-from server.policies import Director
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 

@@ -8,12 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from server.context import Context
 from server.errors import AlreadyExists, InvalidRequest
+from server.http.dependencies import Context
+from server.http.policies import Director, Reader
 from server.logic import director_queues as logic
 from server.logic import empty_pilots
 from server.models import QueueEmptyPilots, QueuesReport
-from server.policies import Director, Reader
 from server.routers.pilots import json_response
 from server.routers.responses import DATABASE, raises
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from server.policies import Public
+from server.http.policies import Public
 
 router = APIRouter(tags=["home"])
 

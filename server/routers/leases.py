@@ -6,10 +6,10 @@ from http import HTTPStatus
 
 from fastapi import APIRouter
 
-from server.context import Context
+from server.http.dependencies import Context
+from server.http.policies import Director
 from server.logic import leases as logic
 from server.models import LeaseGrant, LeaseRelease, LeaseRequest
-from server.policies import Director
 from server.routers.responses import DATABASE
 
 router = APIRouter(prefix="/api/director", tags=["director"], responses=DATABASE)

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from server.context import Context
 from server.errors import InvalidRequest, NotFound, RateLimited, SearchTimeout, TooLarge
+from server.http.dependencies import Context
+from server.http.policies import LegacyPilot, PilotOnly, Reader
 from server.logic import logs as logic
 from server.models import LegacyLogBatch, LogBatch, SearchParams
-from server.policies import LegacyPilot, PilotOnly, Reader
 from server.routers.pilots import paged
 from server.routers.responses import DATABASE, raises
 from server.routers.responses import paged as paged_responses

@@ -5,7 +5,7 @@ depends on the `MonitorViewer` policy (a session cookie, then the Reader rule); 
 expired or logged-out session sends a page to the login form and gives a fragment a 401, which
 the script turns into the same redirect. Every route of this router also depends on
 `same_origin`, which refuses a cross-site request with any method but GET, HEAD and OPTIONS
-(see `server.monitor.origin`): a state-changing route added here is covered by construction.
+(see `server.http.origin`): a state-changing route added here is covered by construction.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import ValidationError
 
-from server.context import Context
 from server.errors import (
     Forbidden,
     InvalidRequest,
@@ -30,16 +29,17 @@ from server.errors import (
     Unauthorized,
     status_of,
 )
+from server.http.dependencies import Context
+from server.http.origin import CrossSiteRequest, same_origin
+from server.http.policies import LoginRequired, MonitorViewer
 from server.identity import Identity
 from server.logic import bans as bans_logic
 from server.logic import monitor as logic
 from server.logic import pilot_output
 from server.logic import pilot_requests as requests_logic
+from server.logic.monitor_sessions import COOKIE, COOKIE_PATH, close_session, open_session
 from server.models import FINAL_STATUSES, BanRequest, BanTarget
 from server.monitor import chart
-from server.monitor.origin import CrossSiteRequest, same_origin
-from server.monitor.session import COOKIE, COOKIE_PATH, close_session, open_session
-from server.policies import LoginRequired, MonitorViewer
 
 router = APIRouter(prefix="/monitor", include_in_schema=False, dependencies=[Depends(same_origin)])
 

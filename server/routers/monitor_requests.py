@@ -17,14 +17,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
-from server.context import Context
 from server.errors import InvalidRequest, NotFound, ServerDomainError
+from server.http.dependencies import Context
+from server.http.origin import same_origin
+from server.http.policies import MonitorViewer
 from server.identity import Identity
 from server.logic import monitor as monitor_logic
 from server.logic import pilot_requests as logic
 from server.models import FINAL_STATUSES, KillRequest, OutputFetchRequest
-from server.monitor.origin import same_origin
-from server.policies import MonitorViewer
 from server.routers.monitor import _html, _message, _page_context, _refused
 
 router = APIRouter(prefix="/monitor", include_in_schema=False, dependencies=[Depends(same_origin)])

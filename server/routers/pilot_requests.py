@@ -9,8 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from server.context import Context
 from server.errors import AlreadyExists, Forbidden, InvalidRequest, NotFound
+from server.http.dependencies import Context
+from server.http.policies import Director, PilotOperator, Reader
 from server.logic import pilot_output
 from server.logic import pilot_requests as logic
 from server.models import (
@@ -22,7 +23,6 @@ from server.models import (
     PilotRequest,
     RequestOutcomes,
 )
-from server.policies import Director, PilotOperator, Reader
 from server.routers.responses import DATABASE, raises
 
 router = APIRouter(prefix="/api/pilots", tags=["pilot requests"], responses=DATABASE)

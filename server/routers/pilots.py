@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Body, Query, Response
 
-from server.context import Context
 from server.errors import AlreadyExists, InvalidRequest, NotFound, SearchTimeout, TooLarge
+from server.http.dependencies import Context
+from server.http.policies import PilotManager, PilotSelf, Reader
 from server.logic import pilots as logic
 from server.models import (
     STAMP_PATTERN,
@@ -27,7 +28,6 @@ from server.models import (
     Stamp,
     SummaryParams,
 )
-from server.policies import PilotManager, PilotSelf, Reader
 from server.routers.responses import DATABASE, raises
 from server.routers.responses import paged as paged_responses
 

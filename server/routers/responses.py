@@ -27,15 +27,16 @@ from fastapi.routing import APIRoute
 
 from server.errors import (
     STATUS_OF,
+    DatabaseUnavailable,
     Forbidden,
     InvalidRequest,
-    RateLimited,
     ServerDomainError,
+    StorageFull,
     TooLarge,
     Unauthorized,
 )
+from server.http.policies import PUBLIC, Policy
 from server.models import HTTPError
-from server.policies import PUBLIC, Policy
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -69,7 +70,7 @@ def raises(*errors: type[ServerDomainError]) -> Responses:
         if STATUS_OF[error] == HTTPStatus.UNPROCESSABLE_ENTITY:
             # shared with FastAPI's validation errors: either body
             answer = {"description": answer["description"], "content": _EITHER_422}
-        if issubclass(error, RateLimited):
+        if error.retry_after is not None:
             answer["headers"] = _RETRY_AFTER
         answers[int(STATUS_OF[error])] = answer
     return answers
@@ -128,16 +129,4 @@ def _description(error: type[ServerDomainError]) -> str:
 
 
 #: For `APIRouter(responses=...)` of the routers whose routes read the database.
-DATABASE: Responses = {
-    **raises(InvalidRequest),
-    int(HTTPStatus.SERVICE_UNAVAILABLE): {
-        "model": HTTPError,
-        "description": "The database does not answer: retry later",
-        "headers": _RETRY_AFTER,
-    },
-    int(HTTPStatus.INSUFFICIENT_STORAGE): {
-        "model": HTTPError,
-        "description": "No space left for the database: nothing was stored, retry later",
-        "headers": _RETRY_AFTER,
-    },
-}
+DATABASE: Responses = raises(InvalidRequest, DatabaseUnavailable, StorageFull)

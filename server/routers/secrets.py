@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from server.context import Context
 from server.errors import InvalidRequest, NotFound
+from server.http.dependencies import Context
+from server.http.policies import AdminOnly, PilotManager
 from server.logic import secrets as logic
 from server.models import (
     STAMP_PATTERN,
@@ -19,7 +20,6 @@ from server.models import (
     SecretRevocation,
     SecretUpdate,
 )
-from server.policies import AdminOnly, PilotManager
 from server.routers.responses import DATABASE, raises
 
 router = APIRouter(prefix="/api/pilots/secrets", tags=["secrets"], responses=DATABASE)

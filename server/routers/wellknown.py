@@ -10,8 +10,8 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from server.context import Context
-from server.policies import Public
+from server.http.dependencies import Context
+from server.http.policies import Public
 
 router = APIRouter(tags=["well-known"])
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def site_director(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SITE_DIRECTOR_")}
     return subprocess.run(
-        [sys.executable, "-m", "director.cli", *args],
+        [sys.executable, "-m", "site_director", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -157,7 +157,7 @@ def test_run_submits_reloads_on_sighup_and_stops_on_sigterm(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SITE_DIRECTOR_")}
     with log_file.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "director.cli", "run", "--config", str(path)],
+            [sys.executable, "-m", "site_director", "run", "--config", str(path)],
             cwd=ROOT,
             env=env,
             stdout=log,

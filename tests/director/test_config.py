@@ -176,8 +176,8 @@ def test_a_missing_backend_module_leaves_the_others_loadable(
 def test_command_line_flags_override_file_and_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from director.cli import build_parser
     from director.commands.common import settings_from
+    from site_director.cli import build_parser
 
     path = write(tmp_path, MINIMAL)
     monkeypatch.setenv("SITE_DIRECTOR_DIRECTOR__CONCURRENCY", "7")

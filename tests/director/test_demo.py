@@ -17,7 +17,7 @@ def test_demo_runs_real_pilots_to_done(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "director.cli",
+            "site_director",
             "demo",
             "--cycles",
             "1",

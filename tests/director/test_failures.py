@@ -156,7 +156,7 @@ def test_a_bad_environment_variable_is_named(tmp_path: Path) -> None:
         ("SITE_DIRECTOR_DIRECTOR", "{not json"),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "director.cli", "once", "--dry-run", "--config", str(path)],
+            [sys.executable, "-m", "site_director", "once", "--dry-run", "--config", str(path)],
             cwd=ROOT,
             env={**env, name: value},
             capture_output=True,
@@ -215,7 +215,7 @@ def test_run_without_its_token_file_logs_one_line_per_cycle_and_goes_on(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SITE_DIRECTOR_")}
     with log_file.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "director.cli", "run", "--config", str(path)],
+            [sys.executable, "-m", "site_director", "run", "--config", str(path)],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -43,7 +43,7 @@ def notify() -> Iterator[NotifySocket]:
 def start(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "director.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "site_director", "run", "--config", str(config)],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -213,7 +213,7 @@ def test_director_unit_is_notify_with_a_watchdog(tmp_path: Path) -> None:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SITE_DIRECTOR_")}
     done = subprocess.run(
-        [sys.executable, "-m", "director.cli", "unit", "--config", str(path)],
+        [sys.executable, "-m", "site_director", "unit", "--config", str(path)],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from server import policies
-from server.policies import Policy
+from server.http import policies
+from server.http.policies import Policy
 
 #: Policies a pilot token (from the secret exchange) must never pass.
 OPERATOR_POLICIES = {

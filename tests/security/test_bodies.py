@@ -70,7 +70,7 @@ def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
         [
             sys.executable,
             "-m",
-            "director.cli",
+            "site_director",
             "server",
             "--host",
             "127.0.0.1",

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from server import policies
+from server.http import policies
 from server.identity import ADMIN, REFRESH_TYP, mint_refresh_token
 from tests.conftest import Roles
 from tests.security.forge import (

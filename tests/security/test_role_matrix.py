@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from server import policies
+from server.http import policies
 from tests.conftest import Roles
 from tests.security.pilots import Pilot, make_pilot
 from tests.security.routes import (

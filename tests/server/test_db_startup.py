@@ -44,7 +44,7 @@ def test_a_database_that_is_down_stops_the_server_with_one_line(tmp_path: Path) 
             [
                 sys.executable,
                 "-m",
-                "director.cli",
+                "site_director",
                 "server",
                 "--port",
                 "0",

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from director.cli import main
 from server.identity import TRUSTED_HOST, mint_user_token
 from server.installation import VOS_FILE, default_issuer
 from server.keys import IssuerMismatch, KeyStore, recorded_issuer, rotate_keyset, settle_issuer
+from site_director.cli import main
 from tests.conftest import Roles, free_port, wait_until
 from tests.conftest import TestCA as CA
 from tests.server.test_tokens import REVOKE, can_log, pilot_tokens

@@ -15,11 +15,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from server.app import create_app
+from server.cli import maintenance_command
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db.engine import Database
 from server.db.schema import LEASES, PILOTS
-from server.maintenance import maintenance_command, run_maintenance
+from server.maintenance import run_maintenance
 from server.scheduler import LEASE_KEY, MaintenanceRunner
 from server.settings import ServerSettings
 from tests.conftest import ISSUER, TEST_VOS, Roles

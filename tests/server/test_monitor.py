@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from server.identity import ADMIN, GENERIC_PILOT, NORMAL_USER
-from server.monitor.session import COOKIE
+from server.logic.monitor_sessions import COOKIE
 from tests.conftest import Roles
 from tests.server.html_tree import Node, parse
 
@@ -348,7 +348,7 @@ def monitor_routes() -> list[tuple[str, str, Any]]:
 
 
 def test_every_monitor_page_needs_a_session() -> None:
-    from server.policies import MONITOR, Policy
+    from server.http.policies import MONITOR, Policy
 
     open_routes = {
         ("GET", "/monitor/login"),

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from server.identity import ADMIN, NORMAL_USER
-from server.monitor.session import COOKIE
+from server.logic.monitor_sessions import COOKIE
 from tests.conftest import Roles
 from tests.server.html_tree import Node, parse
 from tests.server.test_monitor import operator

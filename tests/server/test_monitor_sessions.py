@@ -11,7 +11,7 @@ import pytest
 
 from server.app import create_app
 from server.identity import NORMAL_USER
-from server.monitor.session import COOKIE
+from server.logic.monitor_sessions import COOKIE
 from tests.conftest import Roles
 from tests.server.test_monitor import operator, operator_without_login
 
@@ -174,7 +174,7 @@ async def test_without_origin_or_fetch_site_only_a_cookieless_request_passes(api
 def test_the_cross_site_rule(
     method: str, headers: dict[str, str], has_cookie: bool, refused: bool
 ) -> None:
-    from server.monitor.origin import cross_site_reason
+    from server.http.origin import cross_site_reason
 
     reason = cross_site_reason(method, headers, has_cookie)
     assert (reason is not None) == refused, reason
@@ -183,7 +183,7 @@ def test_the_cross_site_rule(
 
 
 def test_every_monitor_route_goes_through_the_one_cross_site_check() -> None:
-    from server.monitor.origin import same_origin
+    from server.http.origin import same_origin
     from tests.server.test_monitor import monitor_routes
 
     for method, path, route in monitor_routes():

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from server.app import create_app
-from server.policies import PUBLIC, Policy
+from server.http.policies import PUBLIC, Policy
 from server.settings import ServerSettings
 from tests.conftest import Roles
 from tests.security import routes as security_routes

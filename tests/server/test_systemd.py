@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def site_director(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "director.cli", *args],
+        [sys.executable, "-m", "site_director", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -39,7 +39,7 @@ def site_director(*args: str, env: dict[str, str] | None = None) -> subprocess.P
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "director.cli", *args],
+        [sys.executable, "-m", "site_director", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -92,7 +92,7 @@ def _serve(data_dir: Path, host: str, tls: SciTokensSetup) -> Iterator[Issuer]:
             [
                 sys.executable,
                 "-m",
-                "director.cli",
+                "site_director",
                 "server",
                 "--host",
                 "127.0.0.1",

@@ -15,6 +15,7 @@ from http import HTTPStatus
 from typing import Any
 
 from server.errors import Unauthorized
+from server.http.middleware import BodyLimit, send_json
 from server.identity import identity_from_token
 
 PUBLIC_BODY_PATHS = frozenset(
@@ -36,8 +37,6 @@ class AuthBeforeBody:
         ):
             await self.app(scope, receive, send)
             return
-        from server.app import BodyLimit, _send_json
-
         if scope["path"].rstrip("/") in PUBLIC_BODY_PATHS:
             await BodyLimit(self.app, PUBLIC_BODY_LIMIT)(scope, receive, send)
             return
@@ -52,6 +51,6 @@ class AuthBeforeBody:
             identity_from_token(scope["app"].state.ctx.keys, token.strip())
         except Unauthorized as exc:
             body = json.dumps({"detail": exc.detail}).encode()
-            await _send_json(send, HTTPStatus.UNAUTHORIZED, body)
+            await send_json(send, HTTPStatus.UNAUTHORIZED, body)
             return
         await self.app(scope, receive, send)

@@ -2,7 +2,7 @@
 
 A route declares who may call it by depending on exactly one policy; the policy authenticates
 the bearer token and returns the caller's `Identity`, or raises 401/403. Finer checks (which
-VO, which stamps) are made by the logic with the identity in hand. `tests/server/
+VO, which stamps) are made by the logic with the identity in hand (`server.access`). `tests/server/
 test_policies.py` walks the route table so that no route escapes a policy.
 
     Public          no credentials (secret exchange, refresh, revoke, discovery, health)
@@ -23,6 +23,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from server.access import check_reader
 from server.context import ServerContext
 from server.errors import Forbidden, Unauthorized
 from server.identity import (
@@ -34,6 +35,7 @@ from server.identity import (
     Identity,
     identity_from_token,
 )
+from server.logic.monitor_sessions import COOKIE, session_identity
 
 
 def bearer_token(request: Request) -> str:
@@ -74,10 +76,7 @@ class _Reader(Policy):
     name = "reader"
 
     def check(self, identity: Identity) -> None:
-        if identity.is_pilot:
-            raise Forbidden("Pilot tokens cannot call operator endpoints.")
-        if GENERIC_PILOT in identity.properties and not identity.is_admin:
-            raise Forbidden("Pilots cannot read other pilots' metadata.")
+        check_reader(identity)
 
 
 class _PilotManager(Policy):
@@ -167,14 +166,12 @@ class LoginRequired(Unauthorized):
 
 
 class _MonitorSession(Policy):
-    """The pilot monitor's pages: a session cookie (see `server.monitor.session`) instead of
+    """The pilot monitor's pages: a session cookie (see `server.logic.monitor_sessions`) instead of
     a bearer header, and then exactly what the Reader policy allows."""
 
     name = "monitor-session"
 
     async def __call__(self, request: Request) -> Identity:
-        from server.monitor.session import COOKIE, session_identity
-
         ctx: ServerContext = request.app.state.ctx
         try:
             return await session_identity(ctx, request.cookies.get(COOKIE))
@@ -208,13 +205,3 @@ Director = Annotated[Identity, Depends(DIRECTOR)]
 SiteManager = Annotated[Identity, Depends(SITE_MANAGER_ONLY)]
 PilotOperator = Annotated[Identity, Depends(PILOT_OPERATOR)]
 MonitorViewer = Annotated[Identity, Depends(MONITOR)]
-
-
-def vo_scope(identity: Identity) -> frozenset[str] | None:
-    """The VOs whose records this caller sees; None = all (administrators)."""
-    return None if identity.is_admin else identity.vos
-
-
-def require_vo(identity: Identity, vo: str) -> None:
-    if not identity.is_admin and vo not in identity.vos:
-        raise Forbidden("Pilots can only be managed within your own VO.")

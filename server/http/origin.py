@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 
 from server.errors import Forbidden
-from server.monitor.session import COOKIE
+from server.logic.monitor_sessions import COOKIE
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})

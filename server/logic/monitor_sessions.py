@@ -17,13 +17,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from server.access import check_reader
 from server.clock import utcnow
 from server.context import ServerContext
 from server.db import monitor_sessions as db
 from server.errors import Forbidden, Unauthorized
 from server.identity import ACCESS_TYP, Identity, identity_from_token
 from server.keys import InvalidToken
-from server.policies import READER
 
 COOKIE = "sd_monitor"
 COOKIE_PATH = "/monitor"
@@ -44,7 +44,7 @@ async def open_session(ctx: ServerContext, pasted: str) -> tuple[str, int]:
     """
     keys = ctx.keys
     identity = identity_from_token(keys, pasted.strip(), ACCESS_TYP)
-    READER.check(identity)
+    check_reader(identity)
     claims = keys.verify(pasted.strip(), typ=ACCESS_TYP)
     moment = int(time.time())
     expires = min(int(claims["exp"]), moment + SESSION_LIFETIME)
@@ -79,7 +79,7 @@ async def session_identity(ctx: ServerContext, cookie: str | None) -> Identity:
         raise Unauthorized("No monitor session")
     identity = identity_from_token(ctx.keys, cookie, SESSION_TYP)
     try:
-        READER.check(identity)
+        check_reader(identity)
     except Forbidden as exc:  # cannot happen for a session we minted; refuse all the same
         raise Unauthorized("Invalid session") from exc
     async with ctx.db.read() as conn:
