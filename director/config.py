@@ -144,6 +144,18 @@ class SecretConfig(_Model):
     use_count_max: int | None = Field(None, ge=1, description="null: unlimited uses")
 
 
+class PilotOutputConfig(_Model):
+    """Pilots' CE output, fetched when a pilot ends Failed or Aborted and on an operator's
+    request, uploaded to the server before the pilot is cleaned from the CE."""
+
+    max_bytes: int = Field(
+        1024 * 1024, ge=1024, le=4 * 1024 * 1024, description="per stream, its tail kept"
+    )
+    attempts: int = Field(
+        3, ge=1, le=100, description="monitoring cycles that try a failed pilot's output"
+    )
+
+
 class DirectorConfig(_Model):
     name: str = Field(
         default_factory=socket.gethostname,
@@ -172,6 +184,7 @@ class DirectorConfig(_Model):
     unknown_timeout_seconds: float = Field(3600.0, gt=0)
     held_timeout_seconds: float = Field(3600.0, gt=0)
     clean_finished: bool = Field(True, description="remove CE leftovers of ended pilots")
+    pilot_output: PilotOutputConfig = Field(default_factory=PilotOutputConfig)
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus; null: off")
     metrics_host: str = "127.0.0.1"
     log_format: Literal["keyvalue", "json"] = "keyvalue"

@@ -1,11 +1,13 @@
 """The monitoring cycle: per queue, the status of its live pilots from the CE, patched on the
-server in bulk; pilots Unknown or held too long Aborted (and killed); ended jobs' leftovers
-cleaned from the CE."""
+server in bulk; pilots Unknown or held too long Aborted (and killed); operators' kill and
+output requests carried out, and the output of pilots ended Failed or Aborted uploaded
+(`director.cycle.requests`); then ended jobs' leftovers cleaned from the CE."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from director.ce.base import ComputingElement, QueueSpec
@@ -15,6 +17,7 @@ from director.cycle.context import CycleContext
 from director.cycle.leases import Leases
 from director.cycle.outcomes import MonitorOutcome, log_outcome
 from director.cycle.queues import QueueFactory, queue_id, spec_for
+from director.cycle.requests import Pending, PilotRequests
 from director.errors import CEError, ServerError
 from server.models import FINAL_STATUSES, PilotMetadata, PilotStatus
 
@@ -38,6 +41,7 @@ class Monitoring:
         self.leases = leases
         self._unknown_since: dict[str, float] = {}
         self._held_since: dict[str, float] = {}
+        self.requests = PilotRequests(context)
 
     async def run(self, *, only: str | None = None) -> list[MonitorOutcome]:
         """One monitoring cycle over every queue (or the queue named `only`), disabled ones
@@ -51,6 +55,7 @@ class Monitoring:
             log.error("monitoring cycle: no queue can be followed: leases: %s", exc)
             context.cycle_done("monitoring", False)
             return [MonitorOutcome(ref.key, ref.ce, error=str(exc)) for ref in refs]
+        pending = await self.requests.pending() if granted else Pending()
         semaphore = asyncio.Semaphore(context.settings.director.concurrency)
 
         async def one(ref: QueueRef) -> MonitorOutcome:
@@ -65,7 +70,7 @@ class Monitoring:
             async with semaphore:
                 try:
                     async with asyncio.timeout(context.settings.director.queue_timeout_seconds):
-                        await self.follow(ref, outcome)
+                        await self.follow(ref, outcome, pending.of_queue(queue_id(ref)))
                 except (ServerError, CEError, OSError, TimeoutError) as exc:
                     outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
                 except Exception as exc:
@@ -87,14 +92,19 @@ class Monitoring:
         since = trackers.setdefault(stamp, now)
         return now - since > limit
 
-    async def follow(self, ref: QueueRef, outcome: MonitorOutcome) -> None:
-        """One queue: statuses from the CE to the server, stuck pilots Aborted, leftovers
-        cleaned."""
+    async def follow(
+        self, ref: QueueRef, outcome: MonitorOutcome, pending: Pending | None = None
+    ) -> None:
+        """One queue: statuses from the CE to the server, stuck pilots Aborted, kill and
+        output requests carried out, leftovers cleaned (those whose output is still to
+        fetch kept)."""
         context = self.context
+        pending = pending or Pending()
         live_pilots = await context.server().live_pilots(queue_id(ref))
         by_reference = {pilot.reference: pilot for pilot in live_pilots if pilot.reference}
-        if not by_reference and not ref.enabled:
+        if not by_reference and not ref.enabled and not pending.kills and not pending.outputs:
             return  # nothing to follow, and a disabled CE may be gone: leave it alone
+        killed_by_us = self.requests.killed_by_us(pending)
         ce = self.factory.ce_for(ref)
         spec = spec_for(ref)
         results = await ce.status(list(by_reference)) if by_reference else []
@@ -103,6 +113,8 @@ class Monitoring:
         updates: dict[str, PilotMetadata] = {}
         to_kill: list[str] = []
         ended: list[str] = []
+        ended_now: set[str] = set()
+        ended_badly: dict[str, str] = {}
         aborted_by_ce: list[str] = []
         live_counts: dict[str, int] = {}
         for result in results:
@@ -135,7 +147,12 @@ class Monitoring:
             else:
                 self._unknown_since.pop(stamp, None)
                 self._held_since.pop(stamp, None)
+            if new in FINAL_STATUSES and stamp in killed_by_us:
+                continue  # our kill of an earlier cycle: its request records the end
             if new in FINAL_STATUSES:
+                ended_now.add(stamp)
+                if new in (PilotStatus.FAILED, PilotStatus.ABORTED):
+                    ended_badly[result.reference] = stamp
                 meta: dict[str, Any] = {"status": new}
                 if result.reason:
                     meta["status_reason"] = result.reason[:255]
@@ -159,8 +176,19 @@ class Monitoring:
             log.warning("queue %s: backing off %.0fs: %s", ref.key, rest, reason)
         for status in LIVE_STATUSES:
             context.metrics.live_pilots.labels(ref.key, status).set(live_counts.get(status, 0))
-        if cfg.clean_finished:
-            outcome.cleaned = await self._clean(ref, ce, spec, ended, by_reference, live_pilots)
+        outcome.aborted += await self.requests.kill(ref, ce, pending.kills, live_pilots, ended_now)
+        hold = await self.requests.outputs(ref, ce, pending.outputs, ended_badly)
+        if cfg.clean_finished and pending.complete:
+            outcome.cleaned = await self._clean(
+                ref,
+                ce,
+                spec,
+                [r for r in ended if r not in hold],
+                by_reference,
+                live_pilots,
+                hold,
+                pending.waiting_outputs,
+            )
 
     async def _clean(
         self,
@@ -170,12 +198,15 @@ class Monitoring:
         ended: list[str],
         by_reference: dict[str, LivePilot],
         live_pilots: list[LivePilot],
+        hold: AbstractSet[str] = frozenset(),
+        waiting_outputs: AbstractSet[str] = frozenset(),
     ) -> int:
         """Remove CE leftovers: jobs that ended now, and ended jobs the server has as final.
 
         An ended job whose pilot the server still has as live without its reference (a crash
         between submission and the references' PATCH) is left for the reconciliation to
-        register: cleaning it first would make that pilot look never submitted."""
+        register: cleaning it first would make that pilot look never submitted. Jobs whose
+        output is still to fetch (`hold`, by reference; `waiting_outputs`, by stamp) are kept."""
         leftovers = set(ended)
         live_stamps = {pilot.stamp for pilot in live_pilots}
         try:
@@ -184,6 +215,8 @@ class Monitoring:
                     job.status in FINAL_STATUSES
                     and job.reference not in by_reference
                     and job.stamp not in live_stamps
+                    and job.reference not in hold
+                    and job.stamp not in waiting_outputs
                 ):
                     leftovers.add(job.reference)
         except CEError as exc:
