@@ -195,6 +195,7 @@ def test_keys_command_rotates_the_file_a_setting_names(
 
     def run(action: str, **flags: object) -> str:
         args: dict[str, object] = {"data_dir": None, "keys_file": str(shared), "delay": None}
+        args |= {"config": None}  # the parser's --config (the server settings file), unset
         args |= {"grace": None, "retire_now": False, **flags}
         assert keys_command(argparse.Namespace(action=action, **args)) == 0
         return capsys.readouterr().out
