@@ -2,6 +2,10 @@
 runs one data-store suite against every store: the tests take `harness` and never ask which
 backend they have.
 
+`director_backend` (further down) does the same for the director-level case
+(test_director_e2e.py): a real CE as the director's configuration names it, with the real
+server its pilots report to.
+
 Backends: the local CE (real processes), HTCondor against the test pool, ARC against the test
 A-REX, and HTCondor against the FakeSchedd. The real ones skip by hand when their service is
 absent and fail in CI, as their own tests do. The other fakes are not here on purpose:
@@ -19,16 +23,22 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from director.ce.base import ComputingElement, QueueSpec
 from director.render import TemplateRenderer
-from tests.conftest import free_port
-from tests.director.ce.arc_infra import ARCInfra, arc_infra
+from server.models import PilotStatus
+from tests.conftest import LiveServer, free_port
+from tests.director.ce.arc_infra import ARCInfra, arc_infra, arc_issuer
 from tests.director.ce.htcondor_infra import HTCondorPool, htcondor_pool
 
-__all__ = ["arc_infra", "htcondor_pool"]  # the session fixtures, imported so pytest finds them
+__all__ = [
+    "arc_infra",
+    "arc_issuer",
+    "htcondor_pool",
+]  # the session fixtures, imported so pytest finds them
 
 BACKENDS = [
     "local",
@@ -216,3 +226,113 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         finally:
             for ce in (made.ce, *made.closing):
                 await ce.close()
+
+
+# --- the director-level case (test_director_e2e.py) --------------------------------------------
+
+DIRECTOR_BACKENDS = [
+    pytest.param("htcondor-pool", marks=[pytest.mark.htcondor, pytest.mark.slow]),
+    pytest.param("arc", marks=[pytest.mark.arc, pytest.mark.slow]),
+]
+"""The real CEs only: the director runs real pilots that report to the real server. The local
+CE is not here: its kill signals the wrapper, which reports its own end (Failed, "stopped by
+signal") before the director sees the kill, so its killed pilot cannot end Aborted."""
+
+# A-REX's fork back-end kills only the job's top process (cancel-fork-job): the wrapper and
+# this pilot live on and report their own end later, after the test's checks.
+SLEEPY_PILOT = """import sys, time
+print("sleepy pilot: runs until someone kills it")
+sys.stdout.flush()
+time.sleep(150)
+"""
+
+
+@dataclass
+class DirectorBackend:
+    """One real CE as the director's configuration names it, and how its pilots end there."""
+
+    name: str
+    server: LiveServer
+    """The real server over TLS that the pilots on this CE can reach."""
+    ce: str
+    ce_block: dict[str, Any]
+    queue_options: dict[str, Any]
+    """Options every queue of the test takes (the CE-side queue, say)."""
+    killed_options: dict[str, Any]
+    """Options of the queue whose pilot the operator kills on the CE: the job must stay on the
+    CE, its wrapper unable to report first, until the director has seen the kill."""
+    kill_when: PilotStatus
+    """The CE status the killed pilot's job reaches before the operator kills it."""
+    kill_word: str
+    """What the killed pilot's StatusReason says."""
+    failed_statuses: frozenset[PilotStatus]
+    """What a pilot exiting non-zero ends as (the backend's documented mapping)."""
+    reference_prefix: str
+    grid_type: str
+
+
+def _pool_backend(pool: HTCondorPool, server: LiveServer) -> DirectorBackend:
+    return DirectorBackend(
+        "htcondor-pool",
+        server,
+        ce=pool.host,
+        ce_block={
+            "kind": "htcondor",
+            "host": pool.host,
+            "port": pool.port,
+            "schedd_name": pool.schedd_name,
+            "idtoken_dir": str(pool.token_dir),
+        },
+        queue_options={},
+        # matches no slot: the job stays idle until removed (a running one's wrapper would
+        # report its own end on the signal, before the director sees the removal)
+        killed_options={"extra_attributes": {"requirements": "False"}},
+        kill_when=PilotStatus.WAITING,
+        kill_word="removed",
+        # the wrapper reports Failed, then exits 2; the CE holds the job (Held(3) -> Aborted,
+        # director/ce/htcondor.py): whichever the server hears first stays
+        failed_statuses=frozenset({PilotStatus.FAILED, PilotStatus.ABORTED}),
+        reference_prefix="htcondorce://",
+        grid_type="HTCondorCE",
+    )
+
+
+def _arc_backend(infra: ARCInfra, server: LiveServer, tmp_path: Path) -> DirectorBackend:
+    sleepy = tmp_path / "sleepy-pilot.py"
+    sleepy.write_text(SLEEPY_PILOT)
+    return DirectorBackend(
+        "arc",
+        server,
+        ce="localhost",
+        ce_block={
+            "kind": "arc",
+            "url": infra.url,
+            "ca_file": str(infra.ca_file),
+            "cert_file": str(infra.user_cert),
+            "key_file": str(infra.user_key),
+        },
+        # GLUE2 counts every job on the shared queue, leftovers of other tests too: limits
+        # they cannot exhaust, pilots_per_cycle says how many
+        queue_options={
+            "ce_queue": infra.queue,
+            "max_total_pilots": 10_000,
+            "max_waiting_pilots": 10_000,
+        },
+        killed_options={"pilot": {"files": [{"name": "dirac-pilot.py", "path": str(sleepy)}]}},
+        kill_when=PilotStatus.RUNNING,
+        kill_word="killed",
+        failed_statuses=frozenset({PilotStatus.FAILED}),
+        reference_prefix="arc://",
+        grid_type="ARC",
+    )
+
+
+@pytest.fixture(params=DIRECTOR_BACKENDS)
+def director_backend(request: pytest.FixtureRequest, tmp_path: Path) -> DirectorBackend:
+    if request.param == "htcondor-pool":
+        return _pool_backend(
+            request.getfixturevalue("htcondor_pool"), request.getfixturevalue("live_server_tls")
+        )
+    return _arc_backend(
+        request.getfixturevalue("arc_infra"), request.getfixturevalue("arc_issuer"), tmp_path
+    )
