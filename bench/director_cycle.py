@@ -8,14 +8,17 @@ pilots (fill demand, 10 per cycle), with the packaged demo pilot embedded in eac
 every CE a `SinkCE` (bench/sink_ce.py) that accepts submissions in memory. The cycle is the
 real one (see `director/cycle/`): leases, one search for the reconciliation (per 1,000
 queues), per queue the CE's list (only for queues with unreferenced pilots: none on a fresh
-server), CE counts and plan, one bulk registration with minted secrets per 10,000 pilots,
-render, submit, one patch of references per 10,000 pilots, the queue report.
+server), CE counts and plan, then per group of whole queues of at most
+`director.group_pilots` pilots (10,000; `--group-pilots`) one bulk registration with minted
+secrets, render, submit and one patch of references, group k+1 registering while group k
+submits; the queue report.
 
 Phases are timed by wrapping the director's steps; a phase's figure is the sum of its calls'
 durations. The per-queue phases (prepare, reconcile, count, render, submit) run with
 `director.concurrency` queues in flight, so theirs can exceed the wall time; search,
-register+mint, patch and report are calls made once per cycle (per chunk), so theirs are wall
-time. Also reported: wall time, director CPU and peak RSS, server CPU.
+register+mint, patch and report are calls made once per cycle (per group), so theirs are the
+calls' wall time (a group's register+mint overlaps the previous group's render, submit and
+patch). Also reported: wall time, director CPU and peak RSS, server CPU.
 
 Goal (issue [6/6], bench/goals.py): 10,000 queues / 100,000 pilots in <= 10 s end to end, the
 director's peak memory <= 150 MB; printed last, met or missed (other sizes: "no goal").
@@ -201,7 +204,9 @@ def timed_director(
     return director
 
 
-def settings_for(queues: int, url: str, token: str, work_dir: Path, concurrency: int) -> Settings:
+def settings_for(
+    queues: int, url: str, token: str, work_dir: Path, concurrency: int, group_pilots: int
+) -> Settings:
     ces_per_site = CES_PER_SITE * QUEUES_PER_CE
     sites: dict[str, Any] = {}
     for s in range((queues + ces_per_site - 1) // ces_per_site):
@@ -222,7 +227,12 @@ def settings_for(queues: int, url: str, token: str, work_dir: Path, concurrency:
     return Settings(
         server={"url": url, "token": SecretStr(token), "timeout_seconds": 300},
         vos=["lhcb"],
-        director={"work_dir": work_dir, "concurrency": concurrency, "name": "bench"},
+        director={
+            "work_dir": work_dir,
+            "concurrency": concurrency,
+            "name": "bench",
+            "group_pilots": group_pilots,
+        },
         pilot={
             "setup": "LHCb-Production",
             # what the pilots would call (an https URL); the director talks to the loopback one
@@ -236,11 +246,11 @@ def settings_for(queues: int, url: str, token: str, work_dir: Path, concurrency:
 
 
 async def one_cycle(
-    queues: int, url: str, token: str, work: Path, concurrency: int
+    queues: int, url: str, token: str, work: Path, concurrency: int, group_pilots: int
 ) -> dict[str, Any]:
     phases = Phases()
     stats = SinkStats()
-    settings = settings_for(queues, url, token, work, concurrency)
+    settings = settings_for(queues, url, token, work, concurrency, group_pilots)
     client = TimedClient(url, TokenSource(None, SecretStr(token)), timeout=300)
     client.phases = phases
     ces: dict[str, ComputingElement] = {}
@@ -268,6 +278,7 @@ async def one_cycle(
         "director_cpu_s": round(cpu, 3),
         "director_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "concurrency": concurrency,
+        "group_pilots": group_pilots,
         "wrapper_kb": round(stats.wrapper_bytes / max(stats.submitted, 1) / 1024, 1),
         "phases_s": {
             p: round(phases.seconds.get(p, 0.0) + (stats.submit_seconds if p == "submit" else 0), 3)
@@ -287,6 +298,7 @@ def child(args: argparse.Namespace) -> None:
             os.environ["BENCH_DIRECTOR_TOKEN"],
             Path(args.work),
             args.concurrency,
+            args.group_pilots,
         )
     )
     print(json.dumps(result))
@@ -307,7 +319,8 @@ def parent(args: argparse.Namespace) -> None:
             server_cpu0 = cpu_seconds(server.pid)
             out = subprocess.run(
                 [sys.executable, __file__, "--one", str(n), "--url", server.url,
-                 "--work", str(work / "director"), "--concurrency", str(args.concurrency)],
+                 "--work", str(work / "director"), "--concurrency", str(args.concurrency),
+                 "--group-pilots", str(args.group_pilots)],
                 check=True, capture_output=True, text=True,
                 env={**os.environ, "BENCH_DIRECTOR_TOKEN": token},
             )  # fmt: skip
@@ -358,6 +371,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queues", default="100,1000,10000")
     parser.add_argument("--concurrency", type=int, default=8, help="director.concurrency")
+    parser.add_argument("--group-pilots", type=int, default=10_000, help="director.group_pilots")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

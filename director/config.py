@@ -169,6 +169,12 @@ class DirectorConfig(_Model):
     monitoring_interval_seconds: float = Field(300.0, gt=0)
     concurrency: int = Field(8, ge=1, le=1024, description="queues handled at once")
     queue_timeout_seconds: float = Field(300.0, gt=0, description="one queue's cycle at most")
+    group_pilots: int = Field(
+        10_000,
+        ge=1,
+        description="a cycle registers, submits and records its pilots per group of at most "
+        "this many (whole queues; one queue is capped at it): bounds the director's memory",
+    )
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     demand: Demand = Field(default_factory=FillDemand)

@@ -1,7 +1,8 @@
 """The server's side of a submission cycle, in bulk across queues: phase 2 registers every
 planned pilot and mints its bound secret before anything is submitted; phase 4 records what
 the CEs answered (references patched on, failed pilots Aborted after their secrets are
-revoked) and counts each queue's submissions."""
+revoked) and counts each queue's submissions. Both run per group of whole queues of at most
+`director.group_pilots` pilots (`group_batches`), which bounds the director's memory."""
 
 from __future__ import annotations
 
@@ -53,6 +54,40 @@ class Batch:
     def record_error(self, error: str) -> None:
         if self.record_failure is None:
             self.record_failure = error
+
+
+def form_groups(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """The groups of a cycle's phases 2-4: the indices of the planned queues, in order, cut so
+    that a group holds at most `limit` pilots (`director.group_pilots`). A queue is never split:
+    one that plans more than `limit` on its own counts as `limit` (`group_batches` caps it) and
+    fills a group of its own; a queue planning none takes no place."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        size = min(size, limit)
+        if current and total + size > limit:
+            groups.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def group_batches(batches: Sequence[Batch], limit: int) -> list[list[Batch]]:
+    """`form_groups` over the planned batches; a queue that planned more than `limit` pilots
+    submits `limit` this cycle (its `n` and `why` say so) and the rest in the next ones."""
+    for batch in batches:
+        if len(batch.stamps) > limit:
+            batch.stamps = batch.stamps[:limit]
+            batch.outcome.n = limit
+            batch.outcome.why = f"{batch.outcome.why}; capped at director.group_pilots {limit}"
+    return [
+        [batches[index] for index in group]
+        for group in form_groups([len(batch.stamps) for batch in batches], limit)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

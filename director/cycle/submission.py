@@ -21,6 +21,11 @@ the others up for longer than that:
    phase 2 but before its CE call has its pilots Aborted here too; one that failed during its
    CE call (a timeout) is left to the next reconciliation, which asks the CE what it holds.
 
+Phases 2-4 run per group of whole queues of at most `director.group_pilots` pilots (10,000),
+group k+1 registering while group k submits and is recorded (`_in_groups`), so the director's
+memory is bounded by two groups, not by the number of queues; a queue planning more pilots
+than a group holds is capped at it (`registration.group_batches`).
+
 After the queues, the queue report goes to the server (`report`).
 
 The dry run is this cycle without the server's side effects: no lease, no registration, no
@@ -46,7 +51,7 @@ from director.cycle.leases import Leases
 from director.cycle.outcomes import QueueOutcome, log_outcome, log_unexpected
 from director.cycle.queues import QueueFactory, ce_kind, queue_id, safe_name, spec_for
 from director.cycle.reconcile import reconcile
-from director.cycle.registration import Batch, record, register
+from director.cycle.registration import Batch, group_batches, record, register
 from director.cycle.report import QueueReporter
 from director.demand import DemandSource
 from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
@@ -132,25 +137,8 @@ class Submission:
 
         planned = await asyncio.gather(*(plan_one(ref, outcome) for ref, outcome in todo))
         batches = [batch for batch in planned if batch is not None]
-        if batches and context.stopping:
-            for batch in batches:
-                batch.outcome.why = "stopping"
-            batches = []
-        if not dry_run and batches:
-            await register(context, batches)
-        for batch in batches:
-            batch.outcome.stamps = batch.stamps
-
-        async def submit_one(batch: Batch) -> None:
-            await self._guarded(
-                semaphore, batch.outcome, lambda: self._submit(batch, dry_run, output)
-            )
-
-        await asyncio.gather(
-            *(submit_one(batch) for batch in batches if batch.outcome.error is None)
-        )
-        if not dry_run and batches:
-            await record(context, batches)
+        del planned
+        await self._in_groups(batches, semaphore, dry_run, output)
         json_format = context.settings.director.log_format == "json"
         for outcome in outcomes:
             context.metrics.backoff_seconds.labels(outcome.queue).set(
@@ -164,6 +152,59 @@ class Submission:
                 "submission", not any(outcome.error or outcome.failed for outcome in outcomes)
             )
         return outcomes
+
+    async def _in_groups(
+        self,
+        batches: Sequence[Batch],
+        semaphore: asyncio.Semaphore,
+        dry_run: bool,
+        output: Path | None,
+    ) -> None:
+        """Phases 2-4 per group of whole queues of at most `director.group_pilots` pilots
+        (`group_batches`), in a pipeline: group k+1 registers while group k renders, submits
+        and is recorded, so at most two groups' secrets, wrappers and results are alive at
+        once. A group not yet registered when the director is told to stop is not submitted."""
+        context = self.context
+        groups = group_batches(batches, context.settings.director.group_pilots)
+
+        async def registered(group: list[Batch]) -> list[Batch]:
+            if context.stopping:
+                for batch in group:
+                    batch.outcome.why = "stopping"
+                return []
+            if not dry_run:
+                await register(context, group)
+            return group
+
+        async def submit_one(batch: Batch) -> None:
+            await self._guarded(
+                semaphore, batch.outcome, lambda: self._submit(batch, dry_run, output)
+            )
+
+        following = asyncio.create_task(registered(groups[0])) if groups else None
+        try:
+            for index in range(len(groups)):
+                assert following is not None
+                group = await following
+                following = (
+                    asyncio.create_task(registered(groups[index + 1]))
+                    if index + 1 < len(groups)
+                    else None
+                )
+                for batch in group:
+                    batch.outcome.stamps = batch.stamps
+                await asyncio.gather(
+                    *(submit_one(batch) for batch in group if batch.outcome.error is None)
+                )
+                if not dry_run and group:
+                    await record(context, group)
+                for batch in group:  # counted: the group's results go
+                    batch.results = None
+        finally:
+            if following is not None and not following.done():
+                # an unexpected error: a group registered but never submitted is Aborted by
+                # the reconciliation after `submit_grace_seconds`
+                following.cancel()
 
     def _may_submit(
         self,
