@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = "site-director"
 PER_PAGE = 1000
 SEARCH_QUEUES = 1000
-"""Queues per search of unreferenced pilots (three lists of at most this many names)."""
+"""Queues per search of unreferenced pilots (four lists of at most this many names)."""
 SEARCH_PAGE = 10_000
 LIVE_STATUSES: tuple[str, ...] = tuple(
     status.value for status in PilotStatus if status not in FINAL_STATUSES
@@ -85,7 +85,7 @@ LIVE_STATUSES: tuple[str, ...] = tuple(
 """The statuses a pilot can still leave, as the server names them."""
 _WAITING = ("Submitted", "Waiting", "Unknown")
 _ROW_COLUMNS = ["PilotStamp", "PilotJobReference", "Status", "SubmissionTime"]
-_QUEUE_COLUMNS = ("GridSite", "DestinationSite", "Queue")
+_QUEUE_COLUMNS = ("GridSite", "DestinationSite", "Queue", "VO")
 
 
 class QueueId(NamedTuple):
@@ -97,6 +97,8 @@ class QueueId(NamedTuple):
     """DestinationSite"""
     queue: str
     """Queue: the CE's name of the queue"""
+    vo: str
+    """VO: whose pilots (one CE queue may serve several VOs, each counted on its own)"""
 
     def live_search(self) -> list[ScalarSearch | VectorSearch]:
         """The search for this queue's pilots that are not final."""
@@ -104,6 +106,7 @@ class QueueId(NamedTuple):
             ScalarSearch(parameter="GridSite", operator="eq", value=self.site),
             ScalarSearch(parameter="DestinationSite", operator="eq", value=self.ce),
             ScalarSearch(parameter="Queue", operator="eq", value=self.queue),
+            ScalarSearch(parameter="VO", operator="eq", value=self.vo),
             VectorSearch(parameter="Status", operator="in", values=list(LIVE_STATUSES)),
         ]
 

@@ -276,8 +276,26 @@ class PilotOptions(_Model):
         return PilotOptions.model_validate(values)
 
 
+class VOOverrides(_Model):
+    """What one VO of a queue shared by several VOs sets differently: its limits and the jobs
+    its demand counts (docs/operations.md, "Queues shared by several VOs")."""
+
+    max_total_pilots: int | None = Field(None, ge=0)
+    max_waiting_pilots: int | None = Field(None, ge=0)
+    pilots_per_cycle: int | None = Field(None, ge=0)
+    owner_group: str | None = None
+    job_types: list[str] | None = None
+    required_tags: list[str] | None = None
+
+
 class QueueConfig(_Model):
     enabled: bool = True
+    vos: list[Name] | None = Field(
+        None, description="the VOs this queue serves; default: its CE's, else its site's"
+    )
+    per_vo: dict[Name, VOOverrides] = Field(
+        default_factory=dict, description="limits and demand keys of one of `vos`"
+    )
     ce_queue: str | None = Field(None, description="CE-side queue name; default: the key")
     max_total_pilots: int = Field(10, ge=0, description="DIRAC MaxTotalJobs")
     max_waiting_pilots: int = Field(5, ge=0, description="DIRAC MaxWaitingJobs")
@@ -301,6 +319,13 @@ class QueueConfig(_Model):
     extra_attributes: dict[str, str] = Field(default_factory=dict)
     pilot: PilotOptions | None = None
 
+    def for_vo(self, vo: str) -> QueueConfig:
+        """The queue as `vo` works it: with that VO's `per_vo` overrides."""
+        override = self.per_vo.get(vo)
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
     @field_validator("environment")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -312,6 +337,7 @@ class QueueConfig(_Model):
 
 class CEEntry(_Model):
     enabled: bool = True
+    vos: list[Name] | None = Field(None, description="default VOs of its queues")
     ce: CEBlock = Field(description="the backend block, keyed on kind")
     queues: dict[Name, QueueConfig] = Field(min_length=1)
 
@@ -319,6 +345,7 @@ class CEEntry(_Model):
 class SiteConfig(_Model):
     enabled: bool = True
     vo: str | None = Field(None, description="default: the first of `vos`")
+    vos: list[Name] | None = Field(None, description="default VOs of its queues, instead of vo")
     ces: dict[Name, CEEntry] = Field(min_length=1)
 
 
@@ -366,21 +393,25 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
     def queues(self) -> Iterator[QueueRef]:
-        """Every configured queue, enabled or not, in config order."""
+        """Every configured queue, enabled or not, in config order; a queue serving several
+        VOs once per VO, in the order of its `vos` (`QueueRef.key` tells them apart)."""
         for site_name, site in self.sites.items():
-            vo = site.vo or self.vos[0]
+            site_vos = site.vos or [site.vo or self.vos[0]]
             for ce_name, entry in site.ces.items():
                 for queue_name, queue in entry.queues.items():
-                    yield QueueRef(
-                        site=site_name,
-                        ce=ce_name,
-                        queue=queue_name,
-                        vo=vo,
-                        config=queue,
-                        entry=entry,
-                        enabled=site.enabled and entry.enabled and queue.enabled,
-                        pilot=self.pilot.merged(queue.pilot),
-                    )
+                    vos = tuple(dict.fromkeys(queue.vos or entry.vos or site_vos))
+                    for vo in vos:
+                        yield QueueRef(
+                            site=site_name,
+                            ce=ce_name,
+                            queue=queue_name,
+                            vo=vo,
+                            config=queue.for_vo(vo),
+                            entry=entry,
+                            enabled=site.enabled and entry.enabled and queue.enabled,
+                            pilot=self.pilot.merged(queue.pilot),
+                            vos=vos,
+                        )
 
 
 @dataclass(frozen=True)
@@ -395,11 +426,28 @@ class QueueRef:
     entry: CEEntry
     enabled: bool
     pilot: PilotOptions
+    vos: tuple[str, ...] = ()
+    """Every VO the CE queue serves (this entry's among them); empty: only `vo`."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other VOs' entries submit to the same CE queue."""
+        return len(self.vos) > 1
 
     @property
     def key(self) -> str:
-        """`site/ce/queue`: the queue's name in logs, metrics and leases."""
-        return f"{self.site}/{self.ce}/{self.queue}"
+        """`site/ce/queue`, or `vo/site/ce/queue` for one VO of a queue shared by several:
+        the entry's name in logs, metrics, back-off, reports and leases."""
+        name = f"{self.site}/{self.ce}/{self.queue}"
+        return f"{self.vo}/{name}" if self.shared else name
+
+    def share(self, free_slots: int) -> int:
+        """This VO's part of free slots the CE reports for the whole CE queue: an equal part,
+        the remainder to the first VOs of `vos`."""
+        if not self.shared:
+            return free_slots
+        parts, rest = divmod(max(free_slots, 0), len(self.vos))
+        return parts + (1 if self.vos.index(self.vo) < rest else 0)
 
     @property
     def ce_queue(self) -> str:
@@ -467,19 +515,47 @@ def _semantic_problems(settings: Settings) -> list[str]:
     for site_name, site in settings.sites.items():
         if site.vo is not None and site.vo not in settings.vos:
             problems.append(f"sites.{site_name}.vo: {site.vo!r} is not one of vos {settings.vos}")
+        if site.vo is not None and site.vos is not None:
+            problems.append(f"sites.{site_name}.vos: give vo or vos, not both")
+        problems.extend(_vo_problems(f"sites.{site_name}", site.vos, settings.vos))
+        for ce_name, entry in site.ces.items():
+            where = f"sites.{site_name}.ces.{ce_name}"
+            problems.extend(_vo_problems(where, entry.vos, settings.vos))
+            for queue_name, queue in entry.queues.items():
+                vos = queue.vos
+                problems.extend(_vo_problems(f"{where}.queues.{queue_name}", vos, settings.vos))
+                served = queue.vos or entry.vos or site.vos or [site.vo or settings.vos[0]]
+                for vo in queue.per_vo:
+                    if vo not in served:
+                        problems.append(
+                            f"{where}.queues.{queue_name}.per_vo.{vo}: the queue does not serve "
+                            f"{vo!r} (its VOs: {served})"
+                        )
     for ref in settings.queues():
         limits = ref.config
         if limits.max_waiting_pilots > limits.max_total_pilots:
-            problems.append(
-                f"sites.{ref.site}.ces.{ref.ce}.queues.{ref.queue}."
+            where = "" if limits is ref.entry.queues[ref.queue] else f"per_vo.{ref.vo}."
+            problem = (
+                f"sites.{ref.site}.ces.{ref.ce}.queues.{ref.queue}.{where}"
                 "max_waiting_pilots: larger than max_total_pilots"
             )
+            if problem not in problems:  # once, not once per VO of the queue
+                problems.append(problem)
     if settings.server.token_file is None and settings.server.token is None:
         problems.append("server.token_file: required (or server.token)")
     backoff = settings.director.backoff
     if backoff.initial_seconds > backoff.max_seconds:
         problems.append("director.backoff.initial_seconds: larger than max_seconds")
     return problems
+
+
+def _vo_problems(where: str, vos: list[str] | None, known: list[str]) -> list[str]:
+    """A `vos` list that is empty or names a VO the director does not submit for."""
+    if vos is None:
+        return []
+    if not vos:
+        return [f"{where}.vos: at least one VO"]
+    return [f"{where}.vos: {vo!r} is not one of vos {known}" for vo in vos if vo not in known]
 
 
 def load_config(

@@ -16,7 +16,7 @@ from director.config import QueueRef
 from director.cycle.context import CycleContext
 from director.cycle.leases import Leases
 from director.cycle.outcomes import MonitorOutcome, log_outcome
-from director.cycle.queues import QueueFactory, queue_id, spec_for
+from director.cycle.queues import QueueFactory, queue_id, sibling_ids, spec_for
 from director.cycle.requests import Pending, PilotRequests
 from director.errors import CEError, ServerError
 from server.models import FINAL_STATUSES, PilotMetadata, PilotStatus
@@ -209,6 +209,9 @@ class Monitoring:
         output is still to fetch (`hold`, by reference; `waiting_outputs`, by stamp) are kept."""
         leftovers = set(ended)
         live_stamps = {pilot.stamp for pilot in live_pilots}
+        for other in sibling_ids(ref):  # other VOs' live jobs on this CE queue: not leftovers
+            others = await self.context.server().live_pilots(other)
+            live_stamps.update(pilot.stamp for pilot in others)
         try:
             for job in await ce.list_jobs(spec):
                 if (

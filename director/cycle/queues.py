@@ -32,8 +32,14 @@ def safe_name(name: str) -> str:
 
 
 def queue_id(ref: QueueRef) -> QueueId:
-    """The queue's name in the server's pilot records."""
-    return QueueId(ref.site, ref.ce, ref.ce_queue)
+    """The queue's name in the server's pilot records: its VO's pilots only."""
+    return QueueId(ref.site, ref.ce, ref.ce_queue, ref.vo)
+
+
+def sibling_ids(ref: QueueRef) -> list[QueueId]:
+    """The server's names of the other VOs' entries of a CE queue shared by several VOs: their
+    pilots run on the same CE queue, and each CE job is theirs or ours by its stamp."""
+    return [QueueId(ref.site, ref.ce, ref.ce_queue, vo) for vo in ref.vos if vo != ref.vo]
 
 
 def ce_kind(ref: QueueRef) -> str:

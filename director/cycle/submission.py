@@ -270,14 +270,17 @@ class Submission:
         self, ref: QueueRef, ce: ComputingElement, dry_run: bool, outcome: QueueOutcome
     ) -> PilotCounts:
         """The queue's waiting and running pilots: from the CE, or from the server's records
-        when the CE cannot tell (`outcome.counts_from` says which)."""
-        try:
-            load = await ce.load(spec_for(ref))
-        except CEError as exc:
-            log.info("queue %s: CE cannot count (%s); counting from the server", ref.key, exc)
-        else:
-            outcome.counts_from = "ce"
-            return PilotCounts(load.waiting, load.running)
+        when the CE cannot tell (`outcome.counts_from` says which). One VO of a CE queue shared
+        by several counts from the server's records, which tell the VOs apart: the CE's
+        figures are the whole CE queue's."""
+        if not ref.shared:
+            try:
+                load = await ce.load(spec_for(ref))
+            except CEError as exc:
+                log.info("queue %s: CE cannot count (%s); counting from the server", ref.key, exc)
+            else:
+                outcome.counts_from = "ce"
+                return PilotCounts(load.waiting, load.running)
         try:
             counts = await self.context.server().pilot_counts(queue_id(ref))
         except ServerUnavailable:

@@ -201,3 +201,117 @@ def test_command_line_flags_override_file_and_environment(
     assert settings.director.work_dir == tmp_path / "w"
     assert str(settings.server.url) == "https://flag.example/"
     assert settings.director.name == "host-x"
+
+
+SHARED = """
+server: {url: "https://server.example:8443", token_file: /etc/site-director/token}
+vos: [lhcb, dteam, belle]
+sites:
+  S:
+%s
+"""
+
+
+@pytest.mark.parametrize(
+    ("site", "expected"),
+    [
+        pytest.param(  # one VO: the key without a VO, as before
+            "    ces: {ce: {ce: {kind: local}, queues: {q: {}}}}",
+            [("S/ce/q", "lhcb", 10, 5, 5)],
+            id="site-default",
+        ),
+        pytest.param(
+            "    vos: [dteam, lhcb]\n    ces: {ce: {ce: {kind: local}, queues: {q: {}}}}",
+            [("dteam/S/ce/q", "dteam", 10, 5, 5), ("lhcb/S/ce/q", "lhcb", 10, 5, 5)],
+            id="site-vos",
+        ),
+        pytest.param(
+            "    vo: dteam\n"
+            "    ces: {ce: {vos: [lhcb, belle], ce: {kind: local}, queues: {q: {}}}}",
+            [("lhcb/S/ce/q", "lhcb", 10, 5, 5), ("belle/S/ce/q", "belle", 10, 5, 5)],
+            id="ce-vos-beat-site-vo",
+        ),
+        pytest.param(
+            "    ces: {ce: {vos: [lhcb, belle], ce: {kind: local}, queues: {q: {vos: [dteam]}}}}",
+            [("S/ce/q", "dteam", 10, 5, 5)],
+            id="queue-vos-beat-ce-vos",
+        ),
+        pytest.param(
+            "    ces: {ce: {ce: {kind: local}, queues: {q: {vos: [lhcb, dteam, lhcb],"
+            " max_total_pilots: 8, per_vo: {dteam: {max_total_pilots: 2, max_waiting_pilots: 1,"
+            " pilots_per_cycle: 1}}}}}}",
+            [("lhcb/S/ce/q", "lhcb", 8, 5, 5), ("dteam/S/ce/q", "dteam", 2, 1, 1)],
+            id="per-vo-overrides-duplicates-dropped",
+        ),
+    ],
+)
+def test_a_queue_serving_several_vos_is_one_entry_per_vo(
+    tmp_path: Path, site: str, expected: list[tuple[str, str, int, int, int]]
+) -> None:
+    settings = load_config(write(tmp_path, SHARED % site))
+    entries = [
+        (
+            ref.key,
+            ref.vo,
+            ref.config.max_total_pilots,
+            ref.config.max_waiting_pilots,
+            ref.config.pilots_per_cycle,
+        )
+        for ref in settings.queues()
+    ]
+    assert entries == expected
+    assert {ref.ce_queue for ref in settings.queues()} == {"q"}
+
+
+def test_shared_queue_per_vo_overrides_and_demand_keys(tmp_path: Path) -> None:
+    site = (
+        "    ces: {ce: {ce: {kind: local}, queues: {q: {vos: [lhcb, dteam], job_types: [User],"
+        " per_vo: {dteam: {owner_group: dteam_user, job_types: [MCSimulation]}}}}}}"
+    )
+    lhcb, dteam = load_config(write(tmp_path, SHARED % site)).queues()
+    assert (lhcb.config.owner_group, lhcb.config.job_types) == (None, ["User"])
+    assert (dteam.config.owner_group, dteam.config.job_types) == ("dteam_user", ["MCSimulation"])
+    assert lhcb.vos == dteam.vos == ("lhcb", "dteam")
+
+
+@pytest.mark.parametrize(
+    ("free", "shares"), [(0, (0, 0, 0)), (7, (3, 2, 2)), (9, (3, 3, 3)), (2, (1, 1, 0))]
+)
+def test_the_ces_free_slots_are_shared_by_the_vos_of_its_queue(
+    tmp_path: Path, free: int, shares: tuple[int, ...]
+) -> None:
+    site = "    ces: {ce: {ce: {kind: local}, queues: {q: {vos: [lhcb, dteam, belle]}}}}"
+    refs = list(load_config(write(tmp_path, SHARED % site)).queues())
+    assert tuple(ref.share(free) for ref in refs) == shares
+
+
+@pytest.mark.parametrize(
+    ("site", "problem"),
+    [
+        (
+            "    vos: [lhcb, cms]\n    ces: {ce: {ce: {kind: local}, queues: {q: {}}}}",
+            "sites.S.vos: 'cms' is not one of vos",
+        ),
+        (
+            "    vo: lhcb\n    vos: [lhcb]\n    ces: {ce: {ce: {kind: local}, queues: {q: {}}}}",
+            "sites.S.vos: give vo or vos, not both",
+        ),
+        (
+            "    ces: {ce: {vos: [], ce: {kind: local}, queues: {q: {}}}}",
+            "sites.S.ces.ce.vos: at least one VO",
+        ),
+        (
+            "    ces: {ce: {ce: {kind: local}, queues: {q: {vos: [lhcb], per_vo: {dteam: {}}}}}}",
+            "sites.S.ces.ce.queues.q.per_vo.dteam: the queue does not serve 'dteam'",
+        ),
+        (
+            "    ces: {ce: {ce: {kind: local}, queues: {q: {vos: [lhcb, dteam],"
+            " per_vo: {dteam: {max_waiting_pilots: 20}}}}}}",
+            "sites.S.ces.ce.queues.q.per_vo.dteam.max_waiting_pilots: larger than max_total",
+        ),
+    ],
+)
+def test_a_queues_vos_are_checked(tmp_path: Path, site: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, SHARED % site))
+    assert problem in str(caught.value)
