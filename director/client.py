@@ -517,6 +517,23 @@ class ServerClient:
             ok=(HTTPStatus.NO_CONTENT, HTTPStatus.OK),
         )
 
+    async def reported_factors(self) -> dict[tuple[str, str], tuple[float, datetime]]:
+        """The submission factor last reported of each queue of the token's VOs, keyed by
+        (VO, queue key), with when it was reported (the latest report when several
+        directors serve a queue): what a restarted director starts from."""
+        response = await self._call("GET", "/api/director/queues")
+        found: dict[tuple[str, str], tuple[float, datetime]] = {}
+        for row in response.json():
+            factor, at = row.get("SubmissionFactor"), row.get("ReportedAt")
+            if not isinstance(factor, int | float) or not isinstance(at, str):
+                continue
+            reported = datetime.fromisoformat(at)
+            reported = reported.replace(tzinfo=UTC) if reported.tzinfo is None else reported
+            key = (str(row.get("VO")), str(row.get("QueueKey")))
+            if key not in found or found[key][1] < reported:
+                found[key] = (float(factor), reported)
+        return found
+
     async def empty_pilots(self, since: datetime) -> list[QueueEmptyPilots]:
         """Per queue of the token's VOs: Done pilots that ended since `since` with and
         without a job (one call for all queues, once per cycle)."""

@@ -4,7 +4,7 @@ Layout (see `config.example.yaml` for every key, commented):
 
     server:    url, ca_bundle, token_file (reread when it changes), timeout_seconds
     director:  name, work_dir, template_dir, intervals, concurrency, back-off, leases, demand,
-               DiracX resource status, grace and timeout periods, metrics
+               DiracX resource status, empty pilots, grace and timeout periods, metrics
     vos:       the VOs this director submits for (the first is the default of every site)
     pilot:     pilot options for every queue (setup, release, project, extensions, pilot
                files with SHA-512 sums or a manifest, CVMFS locations, extra options); queues
@@ -48,6 +48,7 @@ from pydantic_settings import (
 )
 
 from director import ce as ce_registry
+from director.empty_pilots import EmptyPilotPolicy
 from director.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -181,6 +182,10 @@ class DirectorConfig(_Model):
     secret: SecretConfig = Field(default_factory=SecretConfig)
     resource_status: ResourceStatusConfig | None = Field(
         None, description="DiracX's resource status as a second ban list; null: off"
+    )
+    empty_pilots: EmptyPilotPolicy = Field(
+        default_factory=EmptyPilotPolicy,
+        description="fewer pilots to queues whose recent pilots ran no job; enabled: false: off",
     )
     leases: bool = Field(True, description="take per-queue leases from the server (HA)")
     lease_ttl_seconds: int = Field(600, ge=10, le=24 * 3600)

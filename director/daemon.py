@@ -1,9 +1,12 @@
 """`site-director run`: the submission and monitoring cycles on APScheduler, with signals.
 
-Under systemd (`Type=notify`, director/notify.py): READY=1 once the configuration is loaded, the
-token file read and the server has answered (until then the daemon retries, saying why in
-STATUS=); WATCHDOG=1 every half WatchdogSec while no cycle has outlasted the timeouts that bound
-it (`cycle_limit`), so a hung cycle or a blocked event loop stops the pings and systemd restarts
+Under systemd (`Type=notify`, director/notify.py): READY=1 once the configuration is loaded and
+the server has answered (until then the daemon retries, saying why in STATUS=). A token file
+that cannot be read is no reason to stop (issue [1/6]: one line per cycle, and the token is
+picked up when it appears): the daemon says READY=1 at once, without asking the server, with
+STATUS= naming the token problem, and every cycle's STATUS= says it again while it lasts.
+WATCHDOG=1 every half WatchdogSec while no cycle has outlasted the timeouts that bound it
+(`cycle_limit`), so a hung cycle or a blocked event loop stops the pings and systemd restarts
 the service; STOPPING=1 when a signal asks it to stop.
 
 SIGTERM/SIGINT: no new cycle starts; the running one may finish its current step within
@@ -124,7 +127,9 @@ class Daemon:
                     await cycle()
                 finally:
                     self._cycle_started = None
-                self.notifier.status(f"{name} cycle ended {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}")
+                ended = f"{name} cycle ended {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+                problem = self._token_problem()
+                self.notifier.status(ended if problem is None else f"{ended}; {problem}")
         except asyncio.CancelledError:
             log.warning("%s cycle cancelled by shutdown", name)
             raise
@@ -216,9 +221,9 @@ class Daemon:
             d.submission_interval_seconds,
             d.monitoring_interval_seconds,
         )
-        self.notifier.ready(
-            f"queues={len(self.director.queues)}, server {self.settings.server.url}"
-        )
+        ready = f"queues={len(self.director.queues)}, server {self.settings.server.url}"
+        problem = self._token_problem()
+        self.notifier.ready(ready if problem is None else f"{ready}; {problem}")
         try:
             await self._stop.wait()
         finally:
@@ -255,18 +260,30 @@ class Daemon:
         if self.director.client is not None:
             await self.director.client.aclose()
 
+    def _token_problem(self) -> str | None:
+        """Why the director's token cannot be read now (the file is missing, unreadable or
+        empty), None when it can."""
+        client = self.director.client
+        if client is None or client.token is None:
+            return None
+        try:
+            client.token.get()
+        except TokenUnavailable as exc:
+            return str(exc)
+        return None
+
     async def _first_contact(self) -> bool:
-        """Read the token (unreadable: ConfigError, exit 2), then wait until the server
-        answers, retrying with a growing pause and saying why in STATUS=. False when asked to
-        stop first."""
+        """Wait until the server answers, retrying with a growing pause and saying why in
+        STATUS=; False when asked to stop first. Without a readable token the server is not
+        asked (every call would fail before it is sent): the loop starts at once, each cycle
+        logging the token problem in one line until the file is back."""
         client = self.director.client
         if client is None:
             return True
-        if client.token is not None:
-            try:
-                client.token.get()
-            except TokenUnavailable as exc:
-                raise ConfigError(str(exc)) from exc
+        problem = self._token_problem()
+        if problem is not None:
+            log.error("%s: starting anyway, each cycle tries it again", problem)
+            return True
         pause, longest = CONTACT_RETRY_SECONDS
         while not self._stop.is_set():
             try:

@@ -4,10 +4,11 @@ each submission cycle, for the monitor page (`director.queue_report`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from director.cycle.context import CycleContext
 from director.cycle.outcomes import QueueOutcome, kv
+from director.empty_pilots import QueueThrottle
 from director.errors import DirectorError
 from director.queue_report import LastCycle, build_report
 
@@ -21,9 +22,16 @@ class QueueReporter:
         self.context = context
         self._last_cycle: dict[str, LastCycle] = {}
 
-    async def report(self, started: float, outcomes: Sequence[QueueOutcome]) -> None:
-        """Tell the server every queue's limits, back-off and last cycle. Best effort: a failed
-        report is logged and the cycle goes on."""
+    async def report(
+        self,
+        started: float,
+        outcomes: Sequence[QueueOutcome],
+        throttles: Mapping[str, QueueThrottle] | None = None,
+    ) -> None:
+        """Tell the server every queue's limits, back-off and last cycle, and, when the
+        director follows empty pilots, each queue's recent counts and submission factor (what
+        a restarted director starts from). Best effort: a failed report is logged and the
+        cycle goes on."""
         context = self.context
         for outcome in outcomes:
             counted = outcome.counts_from in ("ce", "server")
@@ -38,7 +46,9 @@ class QueueReporter:
             return
         queues = context.queues
         try:
-            body = build_report(queues, context.backoff, self._last_cycle, context.clock())
+            body = build_report(
+                queues, context.backoff, self._last_cycle, context.clock(), throttles
+            )
             await context.client.report_queues(body)
         except (DirectorError, OSError, ValueError) as exc:
             log.warning("report queues=%d error=%s", len(queues), kv(str(exc)))

@@ -4,12 +4,14 @@ bounded by `director.queue_timeout_seconds` where it talks to its CE, so a slow 
 the others up for longer than that:
 
 0. skip the queues whose site, CE or themselves are disabled, that are backed off, whose lease
-   another director holds, or that a ban covers (one `GET /api/bans` per cycle; no list, no
-   submission: `director.bans`); then one search (per `SEARCH_QUEUES` queues) for the live
-   pilots of the others that have no CE reference yet, grouped per queue;
+   another director holds, or that a ban covers (one `GET /api/bans` per cycle, none when no
+   queue took a lease; no list, no submission: `director.bans`); read the empty-pilot counts
+   (`throttles`, `director.empty_pilots`); then one search (per `SEARCH_QUEUES` queues) for
+   the live pilots of the others that have no CE reference yet, grouped per queue;
 1. plan, per queue, concurrently up to `director.concurrency`: reconcile (`reconcile`), count
    waiting and running pilots from the CE, or from the server's records when the CE cannot
-   tell; demand from the configured source; n = min(slots, demand) (`director.slots`);
+   tell; demand from the configured source; n = min(slots, demand) (`director.slots`),
+   scaled by the queue's empty-pilot factor (`director.empty_pilots.apply_factor`);
    n stamps;
 2. register + mint (`registration.register`): one server call per VO (per `BULK_MAX` pilots)
    registering every planned pilot and minting one bound secret each, before anything is
@@ -53,7 +55,9 @@ from director.cycle.queues import QueueFactory, ce_kind, queue_id, safe_name, sp
 from director.cycle.reconcile import reconcile
 from director.cycle.registration import Batch, group_batches, record, register
 from director.cycle.report import QueueReporter
+from director.cycle.throttles import Throttles
 from director.demand import DemandSource
+from director.empty_pilots import apply_factor
 from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
 from director.slots import Limits, plan
 
@@ -85,6 +89,8 @@ class Submission:
         self.bans = BanList.from_settings(context.settings)
         """The bans in force, read once per submission cycle (`director.bans`)."""
         self.reporter = QueueReporter(context)
+        self.throttles = Throttles(context.settings.director.empty_pilots)
+        """Each queue's submission factor from its empty pilots (`director.empty_pilots`)."""
 
     async def run(
         self, *, dry_run: bool = False, output: Path | None = None, only: str | None = None
@@ -104,7 +110,11 @@ class Submission:
             except ServerError as exc:
                 lease_error = f"leases: {exc}"
                 log.error("submission cycle: no queue can submit: %s", lease_error)
-        await self.bans.refresh(context.client, context.queues, dry_run=dry_run)
+        if dry_run or granted:
+            # no lease, no submission: the bans would not change that, and reading them
+            # would log the same refused token or unreachable server a second time
+            await self.bans.refresh(context.client, context.queues, dry_run=dry_run)
+            await self.throttles.refresh(context.client, context.queues, started)
         try:
             await self.demand.refresh()
         except DirectorError as exc:  # unknown demand: the source's demand() decides (0)
@@ -147,7 +157,7 @@ class Submission:
             log_outcome("submission", outcome, json_format=json_format)
         context.metrics.cycle_seconds.labels("submission").observe(context.clock() - started)
         if not dry_run:
-            await self.reporter.report(started, outcomes)
+            await self.reporter.report(started, outcomes, self.throttles.throttles())
             context.cycle_done(
                 "submission", not any(outcome.error or outcome.failed for outcome in outcomes)
             )
@@ -317,17 +327,20 @@ class Submission:
             counts.running,
             demand,
         )
-        outcome.slots, outcome.demand, outcome.n = result.slots, result.demand, result.n
+        n = apply_factor(result.n, self.throttles.factor(ref))
+        outcome.slots, outcome.demand, outcome.n = result.slots, result.demand, n
         outcome.why = result.why
+        if n < result.n:
+            outcome.why = f"{outcome.why}; {self.throttles.why(ref)}"
         note = self.demand.explain(ref, detail=dry_run)  # which jobs the demand came from
         if note:
-            outcome.why = f"{result.why}; {note}"
-        if result.n == 0:
+            outcome.why = f"{outcome.why}; {note}"
+        if n == 0:
             return None
         if self.context.stopping:
             outcome.why = "stopping"
             return None
-        stamps = [new_stamp() for _ in range(result.n)]
+        stamps = [new_stamp() for _ in range(n)]
         return Batch(ref, outcome, ce, spec, prepared, stamps)
 
     async def _submit(self, batch: Batch, dry_run: bool, output: Path | None) -> None:

@@ -1,8 +1,9 @@
 """The director under systemd: its unit (`site-director unit`), and the notify protocol with
 the real `site-director run` process and a NOTIFY_SOCKET the test binds, as systemd does:
-READY=1 only once the server has answered, WATCHDOG=1 while the cycles make progress, none
-once a cycle hangs (here: the local CE reads a job file that never comes, a FIFO, on the event
-loop), STOPPING=1 at SIGTERM. The notify primitives of both packages pass one contract."""
+READY=1 only once the server has answered (at once, naming the problem, when the token file
+cannot be read), WATCHDOG=1 while the cycles make progress, none once a cycle hangs (here: the
+local CE reads a job file that never comes, a FIFO, on the event loop), STOPPING=1 at SIGTERM.
+The notify primitives of both packages pass one contract."""
 
 from __future__ import annotations
 
@@ -165,16 +166,35 @@ def test_no_ready_while_the_server_does_not_answer(tmp_path: Path, notify: Notif
         stop(process)
 
 
-def test_an_unreadable_token_is_exit_2_without_ready(
+def test_an_unreadable_token_is_ready_naming_it_and_picked_up_when_it_appears(
     live_server_tls: LiveServer, tmp_path: Path, notify: NotifySocket
 ) -> None:
+    """Issue [1/6]: a missing or empty token file is one line per cycle, not an exit. The
+    daemon is READY=1 once its loop runs, STATUS= naming the file, and submits once the
+    token is written (this test used to expect exit 2 without READY, since d754833)."""
     live = live_server_tls
     path, _ = write_config(
         tmp_path, server_url=live.url, ca_file=live.ca_file, token="", director=FAST
     )
-    process = start(path, notify.environ(200_000), tmp_path / "run.log")
-    assert process.wait(timeout=60) == 2, (tmp_path / "run.log").read_text()
-    assert not any("READY" in m.fields for m in notify.collect(0.2))
+    token_file = tmp_path / "director.token"
+    log = tmp_path / "run.log"
+    process = start(path, notify.environ(200_000), log)
+    try:
+        ready = notify.wait_for("READY", timeout=60)
+        assert ready is not None, log.read_text()
+        assert f"server.token_file: {token_file} is empty" in ready.fields.get("STATUS", "")
+        assert process.poll() is None
+        token_file.write_text(live.director_token + "\n")
+        got: list[str] = []
+        for _ in range(60):
+            got += [m.fields.get("STATUS", "") for m in notify.collect(0.5)]
+            if any("cycle ended" in s and "token_file" not in s for s in got):
+                break
+        assert any("cycle ended" in s and "token_file" not in s for s in got), got
+        assert stop(process) == 0
+    finally:
+        stop(process)
+    assert "Traceback" not in log.read_text()
 
 
 def test_a_hung_cycle_stops_the_pings(
