@@ -10,6 +10,7 @@ is the one entry of `run`, `once` and the dry run (`run_cycle()`, `monitor_cycle
     reconcile     CE jobs against live pilots without a reference, by stamp (in phase 1)
     registration  phases 2 and 4, in bulk: register + mint before submitting, record after
     report        the queue report to the server after a submission cycle
+    throttles     each queue's submission factor from its empty pilots (in phase 0 and 1)
     monitoring    the monitoring cycle: CE statuses to the server, stuck pilots Aborted,
                   leftovers cleaned
     outcomes      what one queue's cycle did, and its one log line
