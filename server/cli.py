@@ -12,7 +12,7 @@ from typing import Any
 
 from server.context import ServerContext
 from server.db.engine import Database, check_database
-from server.db.migrate import upgrade
+from server.db.migrate import upgrade, upgrade_in_child
 from server.identity import ADMIN, KNOWN_PROPERTIES, NORMAL_USER, TRUSTED_HOST, mint_user_token
 from server.installation import default_issuer, key_grace, open_server_keys, recorded_vos
 from server.keys import (
@@ -165,6 +165,9 @@ def run_server(args: argparse.Namespace) -> int:
         raise SystemExit2("--change-issuer needs --issuer (or SITE_DIRECTOR_ISSUER)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(check_database(settings.database_url))  # down: one line, not a traceback
+    if settings.auto_migrate:  # here rather than in the app: Alembic's memory leaves with the child
+        upgrade_in_child(settings.database_url)
+        settings = settings.model_copy(update={"auto_migrate": False})  # the workers' too
     # The issuer is the installation's, recorded with the key set: a token printed from this
     # data directory is accepted whatever host, port or TLS the server runs with.
     try:

@@ -14,20 +14,28 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from director import commands as director_commands
-from director.commands.common import KEYVALUE_FORMAT
 from director.errors import ConfigError
 from server import cli as server_cli
 from server.cli import SystemExit2
 from server.unit import add_unit_option
 
+#: the log line's format, director.commands.common.KEYVALUE_FORMAT (which the director's
+#: log_format: json compares with; tests/test_architecture.py keeps the two equal), written
+#: out so that the server's commands do not import the director's
+KEYVALUE_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command; only the server's when `command` is one of them, as the director's
+    would cost the long-running server ~8 MB of resident memory (httpx, rich, the cycle)."""
     parser = argparse.ArgumentParser(prog="site-director", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     server_cli.add_parsers(sub)
-    director_commands.add_parsers(sub)
-    add_unit_option(sub.choices["unit"])  # `unit --server`: the server's unit
+    if command not in sub.choices:
+        from director import commands as director_commands
+
+        director_commands.add_parsers(sub)
+        add_unit_option(sub.choices["unit"])  # `unit --server`: the server's unit
     return parser
 
 
@@ -38,7 +46,8 @@ def _one_line(error: ValidationError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "director_log_level", None) or logging.INFO,  # director --log-level

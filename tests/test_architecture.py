@@ -17,6 +17,8 @@ module level and those inside functions or `if TYPE_CHECKING:` blocks alike.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -243,3 +245,29 @@ def test_driver_errors_stay_in_the_database_layer() -> None:
         if _in(imported, "sqlalchemy.exc")
     ]
     assert not bad, "\n".join(bad)
+
+
+def test_the_server_process_stays_light() -> None:
+    """What `site-director server` keeps resident (docs/performance.md): neither Alembic (the
+    upgrade runs in a forked child) nor the director's commands (httpx, rich, the cycle)."""
+    program = (
+        "import sys\n"
+        "from site_director.cli import build_parser\n"
+        "build_parser('server').parse_args(['server'])\n"
+        "import server.app, server.cli\n"
+        "print(' '.join(sys.modules))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    heavy = [m for m in loaded if m.split(".")[0] in {"alembic", "mako", "httpx", "rich"}]
+    assert not heavy, heavy
+    assert not [m for m in loaded if _in(m, "director.commands")]
+
+
+def test_one_log_format() -> None:
+    """site_director/cli.py writes the director's log format out rather than import it."""
+    from director.commands.common import KEYVALUE_FORMAT
+    from site_director import cli
+
+    assert cli.KEYVALUE_FORMAT == KEYVALUE_FORMAT
