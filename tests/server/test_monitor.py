@@ -403,6 +403,7 @@ async def test_reported_queues_show_limits_backoff_and_last_cycle(api: Roles) ->
         api.director,
         queue("busy", failures=3, backoff_until=until.isoformat(), last_error="CE said: full"),
         queue("calm", last_cycle_at=datetime.now(UTC).isoformat(), last_submitted=4),
+        queue("empty", ended_pilots=12, empty_ratio=0.75, submission_factor=0.5),
     )
     assert r.status_code == HTTPStatus.NO_CONTENT, r.text
     r = await put(api.other_director, queue("theirs", vo="dteam"))
@@ -413,12 +414,19 @@ async def test_reported_queues_show_limits_backoff_and_last_cycle(api: Roles) ->
     table = page.find("table", id="queue-table")
     assert table is not None
     rows = {row.attrs["data-queue"]: row for row in table.find_all("tr", data_queue=None)}
-    assert set(rows) == {"ce.lhcb.org/busy", "ce.lhcb.org/calm"}  # not dteam's queue
+    assert set(rows) == {"ce.lhcb.org/busy", "ce.lhcb.org/calm", "ce.lhcb.org/empty"}  # not dteam's
     busy = rows["ce.lhcb.org/busy"].text
     assert "backed off until" in busy
     assert "3 failures" in busy
     assert "CE said: full" in busy
     assert "10 / 5 / 3" in busy
+    empty = rows["ce.lhcb.org/empty"].find("td", data_empty=None)
+    assert empty is not None
+    assert "75 % of 12 Done without a job" in empty.text
+    assert "submitting x0.50" in empty.text
+    busy_empty = rows["ce.lhcb.org/busy"].find("td", data_empty=None)
+    assert busy_empty is not None
+    assert busy_empty.text.strip() == "\u2013"
     calm = rows["ce.lhcb.org/calm"]
     assert calm.find(class_="state-ok") is not None
     assert "4 / - / -" in calm.text.replace("\u2013", "-")
