@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from server.identity import OPERATOR  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.reliability.crash_trials import run_crash_trials  # noqa: E402
+from tests.reliability.crash_trials import OPERATOR_SUB, run_crash_trials  # noqa: E402
 from tests.reliability.load import pg_create, pg_drop, pg_name, pg_url, run_load  # noqa: E402
 from tests.reliability.swarm import ServerProc, restart_under_load  # noqa: E402
 
@@ -60,6 +61,7 @@ async def crash(folder: Path, trials: int, seed: int) -> dict[str, Any]:
             server_url=server.url,
             director_token=server.director_token,
             admin_token=server.admin_token,
+            operator_token=server.token([OPERATOR], OPERATOR_SUB),
             ca_file=ca_file,
             seed=seed,
         )
@@ -71,6 +73,7 @@ async def crash(folder: Path, trials: int, seed: int) -> dict[str, Any]:
         "killed": sum(1 for t in report.trials if t.killed_at),
         "monitoring_first_restarts": sum(1 for t in report.trials if t.monitoring_first),
         "ce_jobs_at_kill": sum(t.jobs_after_kill for t in report.trials),
+        "kill_requests": sum(t.kills for t in report.trials),
         "by_point": report.by_point(),
         "first_violations": report.violations[:10],
     }

@@ -25,6 +25,9 @@ Points (they mirror the cycle's steps, see `director/cycle/submission.py`):
 - monitor-status   monitoring asked the CE for the status and died before patching it
 - monitor-clean    monitoring cleaned some of the ended jobs and died
 - timer            a random delay (0-1.5 s) from the start, wherever the process is
+- after-kill       monitoring recorded the operators' kill requests `in_progress` and killed
+                   their jobs at the CE, and died before reporting the outcome (the trial asks
+                   for the kills, see `crash_trials.py`)
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ POINTS = (
     "monitor-status",
     "monitor-clean",
     "timer",
+    "after-kill",
 )
 
 
@@ -68,7 +72,8 @@ def install(director: Director, point: str, rng: random.Random) -> None:
     assert client is not None
     ces = {director.ce_for(ref) for ref in director.queues}
     register, patch = client.register_bulk, client.patch_metadata
-    state = {"patches": 0, "submitting": False}
+    record_outcomes = client.record_outcomes
+    state = {"patches": 0, "submitting": False, "kill_started": False}
     nth = rng.randint(1, 4)
 
     async def register_then_die(body: Any) -> Any:
@@ -95,11 +100,18 @@ def install(director: Director, point: str, rng: random.Random) -> None:
             die(f"{point}#{nth}")
         return None
 
+    async def recording(kind: str, body: Any) -> Any:
+        result = await record_outcomes(kind, body)
+        if kind == "kill" and any(o.outcome == "in_progress" for o in body.outcomes):
+            state["kill_started"] = True
+        return result
+
     client.register_bulk = register_then_die  # type: ignore[method-assign]
     client.patch_metadata = patching  # type: ignore[method-assign]
+    client.record_outcomes = recording  # type: ignore[method-assign]
 
     for ce in ces:
-        submit, status, clean = ce.submit, ce.status, ce.clean
+        submit, status, clean, kill = ce.submit, ce.status, ce.clean, ce.kill
 
         async def submitting(spec: Any, pilots: Any, submit: Any = submit, ce: Any = ce) -> Any:
             n = len(pilots)
@@ -128,7 +140,14 @@ def install(director: Director, point: str, rng: random.Random) -> None:
                 die(f"{point}:{k}/{len(references)}")
             return await clean(references)
 
+        async def killing(references: Any, kill: Any = kill) -> Any:
+            results = await kill(references)
+            if point == "after-kill" and references and state["kill_started"]:
+                die(f"{point}:{len(references)}")  # the CE killed them; no outcome reported
+            return results
+
         ce.submit = submitting  # type: ignore[method-assign,assignment]
+        ce.kill = killing  # type: ignore[method-assign]
         ce.status = statusing  # type: ignore[method-assign]
         ce.clean = cleaning  # type: ignore[method-assign]
 
