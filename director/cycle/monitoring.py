@@ -31,6 +31,9 @@ _RANK = {
 }
 """A live status moves only forward: a CE that answers Waiting for a Running pilot is late."""
 
+_ENDED_BADLY = frozenset({PilotStatus.FAILED, PilotStatus.ABORTED})
+"""The ends whose CE output is fetched before the job is cleaned."""
+
 
 class Monitoring:
     """Follows the live pilots of every queue; remembers since when a pilot is Unknown or held."""
@@ -212,6 +215,7 @@ class Monitoring:
         for other in sibling_ids(ref):  # other VOs' live jobs on this CE queue: not leftovers
             others = await self.context.server().live_pilots(other)
             live_stamps.update(pilot.stamp for pilot in others)
+        ended_badly: dict[str, str] = {}
         try:
             for job in await ce.list_jobs(spec):
                 if (
@@ -222,8 +226,15 @@ class Monitoring:
                     and job.stamp not in waiting_outputs
                 ):
                     leftovers.add(job.reference)
+                    if job.reference not in ended and job.status in _ENDED_BADLY:
+                        ended_badly[job.reference] = job.stamp
         except CEError as exc:
             log.info("queue %s: cannot list CE jobs for cleaning: %s", ref.key, exc)
+        if ended_badly:
+            # The pilot's own report (the wrapper's Failed) can reach the server before its
+            # job ends on the CE: such a pilot is no longer followed, so its output is fetched
+            # here, before its job is cleaned.
+            leftovers -= await self.requests.outputs(ref, ce, (), ended_badly)
         if not leftovers:
             return 0
         results = await ce.clean(sorted(leftovers))

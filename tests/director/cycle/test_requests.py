@@ -17,7 +17,9 @@ from director.loop import Director
 from server.models import (
     KillRequest,
     OutputFetchRequest,
+    PilotMetadata,
     PilotRequest,
+    PilotStatus,
     RequestOutcome,
     RequestOutcomes,
 )
@@ -184,6 +186,34 @@ async def test_a_failed_pilots_output_is_uploaded_before_it_is_cleaned(
     assert f"test pilot {stamp} ending with 3" in output.std_output
     assert output.not_available is None
     assert await _cleaned(director)
+
+
+async def test_a_pilot_that_reported_failed_itself_has_its_output_fetched_before_cleaning(
+    director_on_site: DirectorOnSite, operator: ServerClient
+) -> None:
+    """The real wrapper reports Failed before its job ends on the CE, so the pilot is no
+    longer followed when its job ends: the output is fetched on the way to cleaning it."""
+    director, site = director_on_site(
+        queues={"default": queue_block(pilots_per_cycle=1, environment={"TEST_PILOT_EXIT": "3"})}
+    )
+    [outcome] = await director.run_cycle()
+    [stamp] = outcome.stamps
+    client = director.client
+    assert client is not None
+    await client.patch_metadata(
+        {stamp: PilotMetadata(status=PilotStatus.FAILED, status_reason="pilot exited with 3")}
+    )
+
+    async def cleaned() -> bool:
+        await director.monitor_cycle()
+        return await _cleaned(director)
+
+    assert await async_wait_until(cleaned, timeout=30, interval=0.2)
+    output = await operator.pilot_output(stamp)
+    assert output is not None
+    assert output.std_output is not None
+    assert f"test pilot {stamp} ending with 3" in output.std_output
+    assert (await pilots_of(director, site))[stamp]["Status"] == "Failed"
 
 
 async def test_an_output_the_ce_no_longer_has_is_recorded_unavailable_once(

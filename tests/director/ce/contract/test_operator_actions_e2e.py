@@ -148,8 +148,8 @@ async def test_operators_ban_kill_and_fetch_output_through_the_director(
         ref_of = {s: r["PilotJobReference"] for s, r in records(server, [victim, failed]).items()}
 
         # 2. the failing pilot ends (its wrapper says so, the CE too); an operator asks for
-        # its output before any monitoring step cleans the job. (Not the automatic fetch: it
-        # covers only pilots the monitoring sees end, and the wrapper reports its end first.)
+        # its output before any monitoring step cleans the job (the operator's action under
+        # test; the automatic fetch before cleaning is tests/director/cycle/test_requests.py's).
         failing_ce = ce_of(director, "failing")
 
         async def failing_ended() -> bool:
