@@ -18,7 +18,7 @@ import pytest
 
 from server.models import FINAL_STATUSES
 from tests.conftest import LiveServer
-from tests.director.ce.arc_infra import ARCInfra, arc_infra, arc_issuer
+from tests.director.ce.arc_infra import ARCInfra
 from tests.director.ce.director_e2e import (
     PATH,
     PATIENCE_S,
@@ -31,7 +31,6 @@ from tests.director.ce.director_e2e import (
 )
 
 pytestmark = [pytest.mark.arc, pytest.mark.slow]
-__all__ = ["arc_infra", "arc_issuer"]  # the fixtures, imported so pytest finds them
 
 
 async def test_a_pilot_through_arc_with_a_server_issued_token(

@@ -30,7 +30,7 @@ from director.errors import CEPermanentError, CETemporaryError
 from director.render import TemplateRenderer
 from server.models import FINAL_STATUSES, PilotStatus
 from tests.conftest import LiveServer
-from tests.director.ce.arc_infra import ARCInfra, arc_infra, arc_issuer, poll  # noqa: F401
+from tests.director.ce.arc_infra import ARCInfra, poll
 
 pytestmark = [pytest.mark.arc, pytest.mark.slow]
 OK_PILOT = '#!/bin/sh\necho "pilot $PILOT_STAMP says hello"\necho "to stderr" >&2\nexit 0\n'
@@ -91,7 +91,7 @@ async def wait_final(ce: ARCCE, references: Sequence[str]) -> list[StatusResult]
 
 
 @pytest.fixture
-async def x509_ce(arc_infra: ARCInfra, tmp_path: Path) -> AsyncIterator[ARCCE]:  # noqa: F811
+async def x509_ce(arc_infra: ARCInfra, tmp_path: Path) -> AsyncIterator[ARCCE]:
     ce = make_ce(x509_config(arc_infra), tmp_path)
     yield ce
     await ce.close()
@@ -99,7 +99,7 @@ async def x509_ce(arc_infra: ARCInfra, tmp_path: Path) -> AsyncIterator[ARCCE]: 
 
 async def test_x509_pilots_end_done_and_failed_with_output_then_clean(
     x509_ce: ARCCE,
-    arc_infra: ARCInfra,  # noqa: F811
+    arc_infra: ARCInfra,
 ) -> None:
     queue = queue_for(arc_infra, "x509")
     good, bad = stamp(), stamp()
@@ -140,7 +140,7 @@ async def test_x509_pilots_end_done_and_failed_with_output_then_clean(
 
 async def test_load_counts_fresh_jobs_as_waiting_then_kill_aborts(
     x509_ce: ARCCE,
-    arc_infra: ARCInfra,  # noqa: F811
+    arc_infra: ARCInfra,
 ) -> None:
     queue = queue_for(arc_infra, "load")
     moment = [0.0]
@@ -169,8 +169,8 @@ async def test_load_counts_fresh_jobs_as_waiting_then_kill_aborts(
 
 
 async def test_ce_token_from_our_server_submits_and_kills(
-    arc_infra: ARCInfra,  # noqa: F811
-    arc_issuer: LiveServer,  # noqa: F811
+    arc_infra: ARCInfra,
+    arc_issuer: LiveServer,
     tmp_path: Path,
 ) -> None:
     """The director's service token buys a CE token from our server; A-REX verifies it
@@ -200,8 +200,8 @@ async def test_ce_token_from_our_server_submits_and_kills(
 
 
 async def test_token_file_is_reread_and_a_bad_token_is_an_auth_error(
-    arc_infra: ARCInfra,  # noqa: F811
-    arc_issuer: LiveServer,  # noqa: F811
+    arc_infra: ARCInfra,
+    arc_issuer: LiveServer,
     tmp_path: Path,
 ) -> None:
     token_file = tmp_path / "ce.token"
@@ -233,8 +233,8 @@ async def test_token_file_is_reread_and_a_bad_token_is_an_auth_error(
 
 
 async def test_unknown_issuer_token_is_refused(
-    arc_infra: ARCInfra,  # noqa: F811
-    arc_issuer: LiveServer,  # noqa: F811
+    arc_infra: ARCInfra,
+    arc_issuer: LiveServer,
     tmp_path: Path,
 ) -> None:
     """A token signed by a key A-REX cannot find at the issuer is refused (403 -> auth)."""
@@ -265,7 +265,7 @@ async def test_unknown_issuer_token_is_refused(
 
 async def test_rejected_and_unreachable(
     x509_ce: ARCCE,
-    arc_infra: ARCInfra,  # noqa: F811
+    arc_infra: ARCInfra,
     tmp_path: Path,
 ) -> None:
     nosuch = QueueSpec(name="no-such-queue", site="LCG.ARC.test", ce="localhost")
@@ -286,8 +286,8 @@ async def test_rejected_and_unreachable(
 
 
 async def test_a_service_token_without_trusted_host_gets_no_ce_token(
-    arc_infra: ARCInfra,  # noqa: F811
-    arc_issuer: LiveServer,  # noqa: F811
+    arc_infra: ARCInfra,
+    arc_issuer: LiveServer,
     tmp_path: Path,
 ) -> None:
     user_token = tmp_path / "user.token"

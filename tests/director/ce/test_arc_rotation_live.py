@@ -21,7 +21,7 @@ from director.ce.arc import ARCCE, ARCCEConfig
 from director.render import TemplateRenderer
 from server.keys import activate_keyset, rotate_keyset
 from tests.conftest import LiveServer
-from tests.director.ce.arc_infra import ARCInfra, arc_env_file, arc_infra, arc_issuer, poll  # noqa: F401
+from tests.director.ce.arc_infra import ARCInfra, arc_env_file, poll
 from tests.director.ce.test_arc_live import queue_for
 
 pytestmark = [pytest.mark.arc, pytest.mark.slow]
@@ -40,8 +40,8 @@ def rsa_kid(token: str) -> str:
 
 
 async def test_a_rex_accepts_tokens_across_a_rotation_without_restart(
-    arc_infra: ARCInfra,  # noqa: F811
-    arc_issuer: LiveServer,  # noqa: F811
+    arc_infra: ARCInfra,
+    arc_issuer: LiveServer,
     tmp_path: Path,
 ) -> None:
     pid = arched_pid()

@@ -40,7 +40,7 @@ from director.daemon import client_for
 from director.loop import Director
 from server.models import FINAL_STATUSES, PilotStatus
 from tests.conftest import LiveServer, missing
-from tests.director.ce.arc_infra import ARCInfra, arc_infra, arc_issuer
+from tests.director.ce.arc_infra import ARCInfra
 from tests.director.ce.htcondor_infra import HTCondorPool, htcondor_pool
 from tests.director.test_pilot_files import https_folder, publish
 from tests.director.test_wrapper_dirac_pilot import (
@@ -52,7 +52,7 @@ from tests.director.test_wrapper_dirac_pilot import (
 from tests.director.test_wrapper_run import log_lines, pilot_record
 
 pytestmark = pytest.mark.slow
-__all__ = ["arc_infra", "arc_issuer", "htcondor_pool", "https_folder"]  # fixtures for pytest
+__all__ = ["htcondor_pool", "https_folder"]  # fixtures for pytest
 
 DEFAULT_PILOT_DIR = Path("/work/shared/reference/dirac-pilot")
 PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -31,12 +31,10 @@ from director.ce.base import ComputingElement, QueueSpec
 from director.render import TemplateRenderer
 from server.models import PilotStatus
 from tests.conftest import LiveServer, free_port
-from tests.director.ce.arc_infra import ARCInfra, arc_infra, arc_issuer
+from tests.director.ce.arc_infra import ARCInfra
 from tests.director.ce.htcondor_infra import HTCondorPool, htcondor_pool
 
 __all__ = [
-    "arc_infra",
-    "arc_issuer",
     "htcondor_pool",
 ]  # the session fixtures, imported so pytest finds them
 
