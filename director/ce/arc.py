@@ -434,6 +434,10 @@ class ARCCE(ComputingElement):
         """httpx's extension point: tests put a fake A-REX here for what a real one cannot
         be made to do (5xx answers, failed uploads); None = the network."""
         self._own_cache: tuple[float, list[tuple[str, str, str, str | None]]] | None = None
+        self._submitted: dict[str, tuple[str, str]] = {}
+        """job id -> (stamp, queue key) of this process's submissions whose name A-REX had not
+        yet shown: right after a submission its info can lack the job's name for a moment, and
+        such a job, uncounted, would leave room for a second pilot in its place."""
 
     def __str__(self) -> str:
         return f"arc:{self.config.netloc}"
@@ -616,6 +620,7 @@ class ARCCE(ComputingElement):
                     results[pilot.stamp] = SubmitResult(
                         pilot.stamp, make_reference(self.config.netloc, job_id)
                     )
+                    self._submitted[job_id] = (pilot.stamp, queue_key(queue))
             if failed_ids:
                 await self._discard(failed_ids)
         submitted = sum(1 for r in results.values() if r.ok)
@@ -791,7 +796,15 @@ class ARCCE(ComputingElement):
             activity = activity_of(item)
             parsed = parse_job_name(str(activity.get("Name", "")))
             if parsed is not None:
+                self._submitted.pop(job_id, None)  # named now: A-REX says whose it is
                 found.append((job_id, parsed[0], parsed[1], arcrest_state(activity)))
+            elif job_id in self._submitted:
+                stamp, key = self._submitted[job_id]
+                # no state shown yet either: A-REX is still accepting it
+                found.append((job_id, stamp, key, arcrest_state(activity) or "ACCEPTING"))
+        gone = self._submitted.keys() - set(ids)
+        for job_id in gone:
+            del self._submitted[job_id]
         return found
 
     async def list_jobs(self, queue: QueueSpec) -> list[CEJob]:

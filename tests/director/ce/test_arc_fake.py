@@ -152,3 +152,41 @@ async def test_the_token_file_is_reread_and_foreign_references_refused(tmp_path:
     assert "another CE" in statuses[1].error
     assert statuses[2].error is not None
     await ce.close()
+
+
+@dataclass
+class NamelessAREX(FakeAREX):
+    """An A-REX that has accepted its jobs but does not show their names (nor states) yet, as
+    the real one does for a moment after a submission; and one job of somebody else's."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/arex/rest/1.0")
+        action = request.url.params.get("action")
+        if request.method == "GET" and path == "/jobs":
+            ids = [*self.jobs, "foreign"]
+            return httpx.Response(HTTPStatus.OK, json={"job": [{"id": i} for i in ids]})
+        if request.method == "POST" and path == "/jobs" and action == "info":
+            ids = [item["id"] for item in json.loads(request.content)["job"]]
+            items = [
+                {"status-code": "200", "id": i, "info_document": {"ComputingActivity": {}}}
+                for i in ids
+            ]
+            return httpx.Response(HTTPStatus.OK, json={"job": items})
+        return super().__call__(request)
+
+
+async def test_fresh_jobs_without_a_name_yet_are_listed_as_this_directors_own(
+    tmp_path: Path,
+) -> None:
+    """Right after a submission A-REX may not show a job's name: the director still lists
+    (and so counts) the jobs it has just submitted, as waiting, and not another's job."""
+    fake = NamelessAREX()
+    ce, _ = make(tmp_path, fake)
+    batch = pilots(2)
+    results = await ce.submit(QUEUE, batch)
+    assert all(r.ok for r in results), results
+    listed = {j.reference: j for j in await ce.list_jobs(QUEUE)}
+    assert {j.stamp for j in listed.values()} == {p.stamp for p in batch}
+    assert {r.reference for r in results} == set(listed)
+    assert {j.status.value for j in listed.values()} == {"Waiting"}
+    await ce.close()
