@@ -2,7 +2,7 @@
 free port, in a process of its own (the schedd fetches its JWKS in the middle of a bindings
 call, which holds the test process's GIL), with the pool's `localhost` certificate.
 
-Used by test_htcondor_ce_token_live; test_htcondor_scitokens keeps a copy of its own for now.
+Used by test_htcondor_ce_token_live and test_htcondor_scitokens_live.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -20,8 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.identity import TRUSTED_HOST, mint_user_token
+from server.identity import TRUSTED_HOST, Identity, mint_user_token
 from server.keys import KeyStore
+from server.logic.cetokens import CE_TOKEN_ALG, CE_TOKEN_TYP, ce_token_claims
 from tests.conftest import TEST_VOS, free_port, wait_until
 from tests.director.ce.htcondor_infra import HTCondorPool, SciTokensSetup
 
@@ -46,6 +49,27 @@ class Issuer:
             properties=[TRUSTED_HOST] if properties is None else properties,
             lifetime=3600,
         )
+
+    def ce_token(self, audience: str, lifetime: int = 600) -> str:
+        """A CE token bought from this server with the director's token."""
+        response = httpx.post(
+            f"{self.url}/api/auth/ce-token",
+            json={"audience": audience, "lifetime": lifetime},
+            headers={"Authorization": f"Bearer {self.director_token()}"},
+            verify=ssl.create_default_context(cafile=self.ca_file),
+            timeout=30,
+        )
+        assert response.status_code == HTTPStatus.OK, response.text
+        token: str = response.json()["access_token"]
+        return token
+
+    def expired_ce_token(self, audience: str) -> str:
+        """Signed with this issuer's own RS256 key, but its lifetime ended a while ago."""
+        keys = KeyStore(self.data_dir / "jwks.json", self.url)
+        moment = int(time.time()) - 3600
+        identity = Identity(sub="director", vo="lhcb", jti=uuid.uuid4().hex)
+        claims = ce_token_claims(identity, audience, issuer=self.url, lifetime=600, now=moment)
+        return keys.sign(claims, alg=CE_TOKEN_ALG, typ=CE_TOKEN_TYP)
 
 
 def pool_tls(pool: HTCondorPool) -> SciTokensSetup:
