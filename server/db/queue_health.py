@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -73,4 +73,4 @@ async def last_ended(
     result = await conn.stream(stmt)
     async for partition in result.mappings().partitions(PARTITION):
         for row in partition:
-            yield row
+            yield cast(Mapping[str, Any], row)  # keys are the column labels above
