@@ -65,30 +65,49 @@ _SQLITE_INSERT = (
     'INSERT INTO "PilotLogs" ("PilotID", "PilotStamp", "VO", "TimeStamp", "Severity", "Scope", '
     '"Message", "ReceivedTime") VALUES (?, ?, ?, ?, ?, ?, ?, ?)'
 )
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
 
 
-async def insert_lines(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """One executemany per batch. On SQLite (the embedded default, where ingestion rate matters
-    most) straight to the driver: SQLAlchemy's per-value processing was half the cost."""
+def sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's storage text for DateTime on SQLite (`2026-01-02 03:04:05.000000`, the
+    microseconds always written, so text order is time order), by the C `isoformat`: a third of
+    the cost of `strftime`, and a 4-digit year below 1000 as SQLAlchemy writes it."""
+    return value.isoformat(" ", "microseconds")
+
+
+async def insert_lines(
+    conn: AsyncConnection,
+    *,
+    pilot_id: int,
+    stamp: str,
+    vo: str,
+    received: datetime,
+    lines: Sequence[tuple[datetime, str, str, str]],
+) -> None:
+    """One executemany per batch of one pilot's `(TimeStamp, Severity, Scope, Message)` lines.
+    On SQLite (the embedded default, where ingestion rate matters most) straight to the driver
+    with rows built as tuples: SQLAlchemy's per-value processing was half the cost."""
     if conn.dialect.name != "sqlite":
-        await conn.execute(insert(LOGS), list(rows))
+        rows = [
+            {
+                "PilotID": pilot_id,
+                "PilotStamp": stamp,
+                "VO": vo,
+                "TimeStamp": timestamp,
+                "Severity": severity,
+                "Scope": scope,
+                "Message": message,
+                "ReceivedTime": received,
+            }
+            for timestamp, severity, scope, message in lines
+        ]
+        await conn.execute(insert(LOGS), rows)
         return
-    received = rows[0]["ReceivedTime"].strftime(_SQLITE_TIME) if rows else ""
+    at = sqlite_time(received)
     await conn.exec_driver_sql(
         _SQLITE_INSERT,
         [
-            (
-                r["PilotID"],
-                r["PilotStamp"],
-                r["VO"],
-                r["TimeStamp"].strftime(_SQLITE_TIME),
-                r["Severity"],
-                r["Scope"],
-                r["Message"],
-                received,
-            )
-            for r in rows
+            (pilot_id, stamp, vo, sqlite_time(timestamp), severity, scope, message, at)
+            for timestamp, severity, scope, message in lines
         ],
     )
 

@@ -111,38 +111,58 @@ def admit(quota: db.Quota, *, lines: int, nbytes: int, now: datetime, limits: Li
     return db.Quota(quota.total_bytes + nbytes, start, used + lines)
 
 
-def prepare(
-    lines: list[LogLine], *, stamp: str, vo: str, limits: Limits, now: datetime
-) -> tuple[list[dict[str, Any]], int]:
-    """Validated, redacted rows (PilotID filled in later) and their total message bytes."""
+#: One stored line as `prepare` hands it to the database layer: (TimeStamp, Severity, Scope,
+#: Message); the pilot's columns and the arrival time are the same for a whole batch.
+Line = tuple[datetime, str, str, str]
+
+
+def line_time(text: str) -> datetime:
+    """`parse_datetime` with a fast path for what pilots send (`...T03:04:05.123456Z`): one C
+    call instead of a string replace, a time-zone conversion and a copy (a third of the
+    per-line cost of ingestion was datetime handling). Same result and same errors."""
+    if text.endswith("Z"):
+        try:
+            parsed = datetime.fromisoformat(text[:-1])
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is None:
+            return parsed
+    return parse_datetime(text)
+
+
+def prepare(lines: list[LogLine], *, limits: Limits) -> tuple[list[Line], int]:
+    """Validated, redacted lines and their total message bytes (as stored, in UTF-8).
+
+    Written for the hot path: one pass, tuples rather than dicts, and the byte size of an
+    ASCII message (nearly all of them) taken without encoding it."""
     if len(lines) > limits.max_lines:
         raise TooLarge(f"Too many lines: at most {limits.max_lines} per request")
-    rows: list[dict[str, Any]] = []
+    rows: list[Line] = []
     total = 0
+    max_bytes = limits.max_line_bytes
     for number, line in enumerate(lines):
-        message = storable(line.message)
-        size = len(message.encode())
-        if size > limits.max_line_bytes:
-            raise TooLarge(f"Line {number} is too long: at most {limits.max_line_bytes} bytes")
+        message = line.message
+        if message.isascii():  # no surrogate can hide in it; its length is its size
+            if "\x00" in message:
+                message = message.replace("\x00", "\ufffd")
+            size = len(message)
+        else:
+            message = storable(message)
+            size = len(message.encode())
+        if size > max_bytes:
+            raise TooLarge(f"Line {number} is too long: at most {max_bytes} bytes")
         severity = line.severity.upper()
         if severity not in SEVERITIES:
             raise InvalidRequest(f"Line {number}: unknown severity {line.severity!r}")
         try:
-            timestamp = parse_datetime(line.timestamp)
+            timestamp = line_time(line.timestamp)
         except ValueError as exc:
             raise InvalidRequest(f"Line {number}: invalid timestamp") from exc
         total += size
-        rows.append(
-            {
-                "PilotStamp": stamp,
-                "VO": vo,
-                "TimeStamp": timestamp,
-                "Severity": severity,
-                "Scope": storable(line.scope),
-                "Message": redact(message),
-                "ReceivedTime": now,
-            }
-        )
+        scope = line.scope
+        if not scope.isascii() or "\x00" in scope:
+            scope = storable(scope)
+        rows.append((timestamp, severity, scope, redact(message)))
     return rows, total
 
 
@@ -159,7 +179,7 @@ async def ingest(
     transaction, so the hot path opens one connection."""
     now = utcnow()
     limits = limits_of(ctx)
-    rows, nbytes = prepare(lines, stamp=stamp, vo="", limits=limits, now=now)
+    rows, nbytes = prepare(lines, limits=limits)
     if not rows:
         if family_id is not None:
             async with ctx.db.read() as conn:
@@ -179,12 +199,11 @@ async def ingest(
         await db.save_quota(
             conn, stamp, admit(quota, lines=len(rows), nbytes=nbytes, now=now, limits=limits)
         )
-        for row in rows:
-            row["PilotID"] = pilot["PilotID"]
-            row["VO"] = pilot["VO"]
-        await db.insert_lines(conn, rows)
+        await db.insert_lines(
+            conn, pilot_id=pilot["PilotID"], stamp=stamp, vo=pilot["VO"], received=now, lines=rows
+        )
         # the JobAgent saying it received a job: the pilot is not empty (JobToPilotMapping)
-        job_ids = received_job_ids(row["Message"] for row in rows)
+        job_ids = received_job_ids(row[3] for row in rows)
         if job_ids:
             await db_pilots.add_jobs(conn, pilot["PilotID"], job_ids, now)
 
