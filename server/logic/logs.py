@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
+from server.db import log_partitions as partitions
 from server.db import logs as db
 from server.db import pilots as db_pilots
 from server.db import tokens as db_tokens
@@ -230,11 +231,27 @@ async def search(
 async def purge(
     ctx: ServerContext, older_than_days: int | None, now: datetime | None = None
 ) -> int:
-    """Retention: lines received more than N days ago, and lines of deleted pilots."""
+    """Retention: lines received more than N days ago, and lines of deleted pilots. On
+    PostgreSQL old lines go by whole days, their partitions dropped (db.log_partitions)."""
     removed = 0
     async with ctx.db.transaction() as conn:
         if older_than_days is not None:
             cutoff = (now or utcnow()) - timedelta(days=older_than_days)
-            removed += await db.purge_older_than(conn, cutoff)
+            if await partitions.is_partitioned(conn):
+                removed += await partitions.drop_partitions_before(conn, cutoff)
+            else:
+                removed += await db.purge_older_than(conn, cutoff)
         removed += await db.purge_orphans(conn)
     return removed
+
+
+async def make_partitions(ctx: ServerContext, now: datetime | None = None) -> list[date]:
+    """PostgreSQL: the log table's missing daily partitions from today to
+    `log_partition_days_ahead` days ahead, made; the days made (none on other databases)."""
+    async with ctx.db.transaction() as conn:
+        if not await partitions.is_partitioned(conn):
+            return []
+        today = (now or utcnow()).date()
+        return await partitions.ensure_partitions(
+            conn, today, ctx.settings.log_partition_days_ahead
+        )
