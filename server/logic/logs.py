@@ -190,23 +190,20 @@ async def ingest(
     async with ctx.db.transaction() as conn:
         if family_id is not None and await db_tokens.family_revoked(conn, family_id):
             raise refused(REASON_REVOKED)
-        found = await db_pilots.pilots_by_stamp(conn, [stamp], ("PilotStamp", "PilotID", "VO"))
-        pilot = found.get(stamp)
+        pilot = await db.sender(conn, stamp, now)
         if pilot is None:
             raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": [stamp]})
-        if pilot["VO"] not in vos:
+        if pilot.vo not in vos:
             raise Forbidden("This pilot belongs to another VO.")
-        quota = await db.lock_quota(conn, stamp, now)
-        await db.save_quota(
-            conn, stamp, admit(quota, lines=len(rows), nbytes=nbytes, now=now, limits=limits)
-        )
+        quota = admit(pilot.quota, lines=len(rows), nbytes=nbytes, now=now, limits=limits)
+        await db.save_quota(conn, stamp, quota)
         await db.insert_lines(
-            conn, pilot_id=pilot["PilotID"], stamp=stamp, vo=pilot["VO"], received=now, lines=rows
+            conn, pilot_id=pilot.pilot_id, stamp=stamp, vo=pilot.vo, received=now, lines=rows
         )
         # the JobAgent saying it received a job: the pilot is not empty (JobToPilotMapping)
         job_ids = received_job_ids(row[3] for row in rows)
         if job_ids:
-            await db_pilots.add_jobs(conn, pilot["PilotID"], job_ids, now)
+            await db_pilots.add_jobs(conn, pilot.pilot_id, job_ids, now)
 
 
 async def search(
