@@ -121,18 +121,24 @@ async def partitions(conn: AsyncConnection) -> dict[date, str]:
     return found
 
 
-async def _lock_timeout(conn: AsyncConnection) -> None:
+async def _serialised(conn: AsyncConnection) -> None:
+    """Bound this transaction's lock waits, and take the partition work's own lock: a
+    `site-director maintenance` run by cron beside the server's would otherwise race it to
+    make the same partition (the loser failing on a duplicate table)."""
     await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('PilotLogs partitions'))"))
 
 
 async def ensure_partitions(conn: AsyncConnection, today: date, days_ahead: int) -> list[date]:
     """Make the partitions of `today` and the `days_ahead` days after it that are missing;
     the days made, in order."""
-    have = await partitions(conn)
     wanted = [today + timedelta(days=n) for n in range(days_ahead + 1)]
+    have = await partitions(conn)
+    if all(day in have for day in wanted):
+        return []  # the usual case: no lock taken
+    await _serialised(conn)
+    have = await partitions(conn)  # again, under the lock
     made = [day for day in wanted if day not in have]
-    if made:
-        await _lock_timeout(conn)
     for day in made:
         for statement in make_partition_sql(day):
             await conn.execute(text(statement))
@@ -160,7 +166,9 @@ async def drop_partitions_before(conn: AsyncConnection, cutoff: datetime) -> int
     removed = 0
     old = [name for day, name in sorted((await partitions(conn)).items()) if _ends(day) <= cutoff]
     if old:
-        await _lock_timeout(conn)
+        await _serialised(conn)
+        have = set((await partitions(conn)).values())  # again, under the lock
+        old = [name for name in old if name in have]
     for name in old:
         removed += await _rows_in(conn, name)
         await conn.execute(text(f'DROP TABLE "{name}"'))

@@ -5,6 +5,7 @@ SQLite and MariaDB keep a plain table (migration 0008 says why): these tests ski
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import date, datetime, timedelta
 from http import HTTPStatus
@@ -115,6 +116,23 @@ async def test_the_maintenance_makes_partitions_ahead(api: Roles) -> None:
         have = set(await parts.partitions(conn))
     assert {today + n * DAY for n in range(ahead + 1)} <= have
     assert await logic.make_partitions(ctx) == []  # a second run has nothing to make
+
+
+async def test_two_runs_at_once_make_each_partition_once(api: Roles) -> None:
+    """The server's scheduled run and a `site-director maintenance` from cron may overlap."""
+    postgres_only(api)
+    ctx = api.sut.app.state.ctx
+    day = utcnow().date() + 500 * DAY
+
+    async def make() -> list[date]:
+        async with ctx.db.transaction() as conn:
+            return await parts.ensure_partitions(conn, day, 2)
+
+    first, second = await asyncio.gather(make(), make())
+    assert sorted(first + second) == [day, day + DAY, day + 2 * DAY]
+    async with ctx.db.transaction() as conn:  # leave no far-future partition to later tests
+        for n in range(3):
+            await conn.execute(text(f'DROP TABLE "{parts.partition_name(day + n * DAY)}"'))
 
 
 async def test_retention_drops_whole_old_partitions_and_keeps_recent_lines(api: Roles) -> None:
