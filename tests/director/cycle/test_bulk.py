@@ -81,6 +81,9 @@ async def test_a_queue_failing_after_registration_aborts_its_pilots_and_revokes_
         def secret_uses(self, configured: int | None) -> int | None:
             return real.secret_uses(configured)
 
+        def release(self) -> None:
+            pass
+
     director.factory._prepared[bad.key] = Broken()  # type: ignore[assignment]
     outcomes = {o.queue: o for o in await director.run_cycle()}
     failed = outcomes.pop(bad.key)
