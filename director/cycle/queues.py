@@ -219,7 +219,6 @@ class QueueFactory:
                 raise ConfigError(f"{path}: {exc}") from exc
             except OSError as exc:
                 raise ConfigError(f"{path}: {exc}") from exc
-            prepared.release()  # checked; its settings are made when it renders (per group)
             self._prepared[ref.key] = prepared
         return prepared
 
