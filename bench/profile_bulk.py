@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import statistics
 import tempfile
 import time
@@ -111,7 +112,7 @@ async def call(app: Any, token: str, method: str, path: str, body: bytes) -> tup
     return status, b"".join(chunks)
 
 
-async def main(groups: int, pilots: int, profile: Path | None) -> None:
+async def main(groups: int, pilots: int, profile: Path | None, gc_mode: str = "on") -> None:
     data = Path(tempfile.mkdtemp(prefix="profile-bulk-"))
     settings = ServerSettings(
         data_dir=data,
@@ -132,6 +133,10 @@ async def main(groups: int, pilots: int, profile: Path | None) -> None:
         assert status == 201, status
         status, _ = await call(app, token, "PATCH", "/api/pilots/metadata", patch_body(9999, 100))
         assert status == 204, status
+        if gc_mode == "freeze":
+            gc.freeze()
+        elif gc_mode == "off":
+            gc.disable()
         register_cpu: list[float] = []
         patch_cpu: list[float] = []
         profiler = cProfile.Profile() if profile else None
@@ -170,5 +175,11 @@ if __name__ == "__main__":
     parser.add_argument("--groups", type=int, default=5)
     parser.add_argument("--pilots", type=int, default=10_000)
     parser.add_argument("--profile", type=Path)
+    parser.add_argument(
+        "--gc",
+        choices=("on", "freeze", "off"),
+        default="on",
+        help="the cyclic collector as is, with the start-up heap frozen, or off (to see its cost)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.groups, args.pilots, args.profile))
+    asyncio.run(main(args.groups, args.pilots, args.profile, args.gc))

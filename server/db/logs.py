@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Column, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.db.driver_sql import sqlite_time
 from server.db.schema import LOG_QUOTA as Q
 from server.db.schema import LOGS, PILOTS
 from server.db.search import check_bound_values, order_by, rows_as_dicts, where_clause
@@ -122,13 +123,6 @@ _SQLITE_INSERT = (
     'INSERT INTO "PilotLogs" ("PilotID", "PilotStamp", "VO", "TimeStamp", "Severity", "Scope", '
     '"Message", "ReceivedTime") VALUES (?, ?, ?, ?, ?, ?, ?, ?)'
 )
-
-
-def sqlite_time(value: datetime) -> str:
-    """SQLAlchemy's storage text for DateTime on SQLite (`2026-01-02 03:04:05.000000`, the
-    microseconds always written, so text order is time order), by the C `isoformat`: a third of
-    the cost of `strftime`, and a 4-digit year below 1000 as SQLAlchemy writes it."""
-    return value.isoformat(" ", "microseconds")
 
 
 async def insert_lines(

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
 
 from server.db.batch import chunks
+from server.db.driver_sql import marks, quoted, sqlite_time
 from server.db.schema import PILOTS, SECRETS
 from server.db.schema import SECRET_REGISTRATIONS as REGISTRATIONS
 from server.db.schema import SECRET_STAMPS as STAMPS
@@ -36,7 +37,29 @@ async def insert_secrets(
     uses: int | None,
     now: datetime,
 ) -> list[int]:
-    """Insert one secret per hash (secret i bound to `bound_stamps[i]` unless None); returns ids."""
+    """Insert one secret per hash (secret i bound to `bound_stamps[i]` unless None); returns ids.
+
+    On SQLite the rows go to the driver as tuples with fixed SQL, and the ids are read back as
+    the rows past the table's largest id before the insert (a range of the primary key, not a
+    probe of the hash index per secret): SQLAlchemy's per-row parameter handling was most of
+    minting's cost for the director's 10,000 secrets a call."""
+    if conn.dialect.name == "sqlite":
+        return await _sqlite_insert_secrets(
+            conn,
+            hashes,
+            bound_stamps,
+            (
+                dump_list(vos),
+                dump_list(sites),
+                dump_list(ces),
+                dump_list(queues),
+                sqlite_time(expires_at) if expires_at is not None else None,
+                uses,
+                sqlite_time(now),
+                None,
+                0,
+            ),
+        )
     common = {
         "VOs": dump_list(vos),
         "Sites": dump_list(sites),
@@ -63,6 +86,50 @@ async def insert_secrets(
     if bindings:
         await conn.execute(insert(STAMPS), bindings)
     return [ids[h] for h in hashes]
+
+
+#: `_sqlite_insert_secrets`' statements; the common values in the order of `_COMMON`.
+_COMMON = (
+    "VOs",
+    "Sites",
+    "CEs",
+    "Queues",
+    "ExpiresAt",
+    "RemainingUses",
+    "CreatedAt",
+    "LastUsedAt",
+    "Revoked",
+)
+_SQLITE_INSERT = (
+    f'INSERT INTO "PilotSecrets" ("SecretHash", {", ".join(map(quoted, _COMMON))}) '  # noqa: S608
+    f"VALUES ({marks(1 + len(_COMMON))})"
+)
+_SQLITE_MAX_ID = 'SELECT max("SecretID") FROM "PilotSecrets"'
+_SQLITE_IDS_AFTER = 'SELECT "SecretHash", "SecretID" FROM "PilotSecrets" WHERE "SecretID" > ?'
+_SQLITE_BIND = 'INSERT INTO "PilotSecretStamps" ("SecretID", "PilotStamp") VALUES (?, ?)'
+
+
+async def _sqlite_insert_secrets(
+    conn: AsyncConnection,
+    hashes: Sequence[str],
+    bound_stamps: Sequence[str | None],
+    common: tuple[Any, ...],
+) -> list[int]:
+    before = (await conn.exec_driver_sql(_SQLITE_MAX_ID)).scalar() or 0
+    await conn.exec_driver_sql(_SQLITE_INSERT, [(h, *common) for h in hashes])
+    # rows past `before` are this transaction's (and, at most, another process's that slipped
+    # in before our insert took the write lock): keyed by hash, only ours are taken
+    found: Any = await conn.exec_driver_sql(_SQLITE_IDS_AFTER, (before,))
+    ids: dict[str, int] = dict(found.fetchall())
+    ordered = [ids[h] for h in hashes]
+    bindings = [
+        (secret_id, stamp)
+        for secret_id, stamp in zip(ordered, bound_stamps, strict=True)
+        if stamp is not None
+    ]
+    if bindings:
+        await conn.exec_driver_sql(_SQLITE_BIND, bindings)
+    return ordered
 
 
 def load_list(raw: str | None) -> list[str]:

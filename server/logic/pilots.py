@@ -6,9 +6,13 @@ stamp belongs to), while the route's policy already checked who the caller is.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.access import require_vo, vo_scope
@@ -23,23 +27,23 @@ from server.logic import secrets_minting
 from server.models import (
     FINAL_STATUSES,
     BulkRegistration,
-    BulkRegistrationResult,
     PilotDeletion,
     PilotJobs,
     PilotMetadata,
     PilotRegistration,
     PilotStatus,
-    RegisteredPilot,
     ScalarOperator,
     ScalarSearch,
     SearchParams,
     SearchSpec,
+    SecretConstraints,
     SummaryParams,
     VectorOperator,
     VectorSearch,
 )
 
 MAX_PER_PAGE = 10_000
+_METADATA: TypeAdapter[dict[str, PilotMetadata]] = TypeAdapter(dict[str, PilotMetadata])
 JOB_ID = "JobID"
 MAX_JOB_ID = 2**63 - 1  # BIGINT
 
@@ -119,50 +123,71 @@ async def register_pilot(ctx: ServerContext, identity: Identity, reg: PilotRegis
         await db.insert_pilot(conn, row)
 
 
-async def register_bulk(
-    ctx: ServerContext, identity: Identity, body: BulkRegistration
-) -> BulkRegistrationResult:
-    """All pilots or none; with `mint_secrets`, one secret bound to each, same transaction."""
-    if _legacy_only(identity):
-        raise Forbidden("Legacy pilots register one pilot at a time.")
-    require_vo(identity, body.vo)
-    ctx.require_known_vo(body.vo)
-    stamps = [p.pilot_stamp for p in body.pilots]
-    if len(set(stamps)) != len(stamps):
-        dupes = sorted({s for s in stamps if stamps.count(s) > 1})
-        raise InvalidRequest({"message": "Duplicate stamps in the request", "pilot_stamps": dupes})
-    now = utcnow()
-    rows = [
-        _pilot_row(
-            body.vo,
+@dataclass(frozen=True, slots=True)
+class BulkRegistered:
+    """What a bulk registration made, in the order of the request's pilots: their ids and,
+    with minted secrets, the secrets (the route writes the `BulkRegistrationResult` answer
+    from these directly: 20,000 models for 10,000 pilots were a fifth of the call's cost)."""
+
+    stamps: list[str]
+    ids: list[int]
+    secrets: list[str]
+    expires_in: int | None
+
+
+def new_pilots(body: BulkRegistration) -> list[db.NewPilot]:
+    """The pilots of a validated `BulkRegistration` as `register_bulk` takes them."""
+    return [
+        (
             p.pilot_stamp,
+            p.grid_type,
+            p.grid_site,
+            p.destination_site,
+            p.queue,
             p.pilot_reference,
-            p.pilot_status,
-            grid_type=p.grid_type,
-            grid_site=p.grid_site,
-            destination_site=p.destination_site,
-            queue=p.queue,
-            now=now,
+            p.pilot_status.value,
         )
         for p in body.pilots
     ]
+
+
+async def register_bulk(
+    ctx: ServerContext,
+    identity: Identity,
+    *,
+    vo: str,
+    pilots: Sequence[db.NewPilot],
+    mint_secrets: bool,
+    constraints: SecretConstraints,
+) -> BulkRegistered:
+    """All pilots or none; with `mint_secrets`, one secret bound to each, same transaction."""
+    if _legacy_only(identity):
+        raise Forbidden("Legacy pilots register one pilot at a time.")
+    require_vo(identity, vo)
+    ctx.require_known_vo(vo)
+    stamps = [p[0] for p in pilots]
+    if len(set(stamps)) != len(stamps):
+        dupes = sorted(s for s, n in Counter(stamps).items() if n > 1)
+        raise InvalidRequest({"message": "Duplicate stamps in the request", "pilot_stamps": dupes})
+    now = utcnow()
     async with ctx.db.transaction() as conn:
-        ids = await db.insert_pilots(conn, rows)
-        minted = []
-        if body.mint_secrets:
-            minted = await secrets_minting.mint(
-                conn, vo=body.vo, constraints=body.secret_constraints, bound_stamps=stamps, now=now
+        ids = await db.insert_new_pilots(conn, vo, pilots, now)
+        minted: list[str] = []
+        expires_in = None
+        if mint_secrets:
+            minted, expires_in = await secrets_minting.mint_plain(
+                conn, vo=vo, constraints=constraints, bound_stamps=stamps, now=now
             )
-    return BulkRegistrationResult(
-        pilots=[RegisteredPilot(pilot_stamp=s, pilot_id=ids[s]) for s in stamps],
-        secrets=minted,
-    )
+    return BulkRegistered(stamps, ids, minted, expires_in)
 
 
 async def update_metadata(
     ctx: ServerContext, identity: Identity, updates: dict[str, PilotMetadata]
 ) -> None:
-    values = {stamp: m.model_dump(by_alias=True, exclude_none=True) for stamp, m in updates.items()}
+    # one pass of pydantic-core for the whole mapping, not a model_dump call a pilot
+    values: dict[str, dict[str, Any]] = _METADATA.dump_python(
+        updates, by_alias=True, exclude_none=True
+    )
     if identity.is_pilot:
         await _update_own(ctx, identity, values)
         return
@@ -179,6 +204,13 @@ async def update_metadata(
         if len(stamps) == 1 and values:
             stamp = stamps[0]
             if await db.update_pilot(conn, stamp, values[stamp], utcnow(), vos=scope):
+                return
+        # Every stamp with something to set (the director's references): where the backend
+        # counts an executemany's matches, update first and look up only if some stamp missed,
+        # to tell 404 from 403; raising then rolls the update back, all or nothing.
+        elif len(values) == len(stamps):
+            matched = await db.update_counted(conn, values, utcnow(), vos=scope)
+            if matched == len(stamps):
                 return
         found = await db.pilots_by_stamp(conn, stamps)
         missing = sorted(set(stamps) - set(found))

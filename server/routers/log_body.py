@@ -6,7 +6,7 @@ per-line cost outside SQLite. Here the route reads the bytes itself: orjson pars
 and a batch of the usual shape (an object whose `lines` are objects with string fields
 within the lengths of `LogLine`) is taken as plain tuples, after a check that accepts only
 what `LogBatch` accepts. Anything else (another content type, no body, JSON orjson refuses,
-a wrong type or a missing field anywhere) goes the slow way, `_as_fastapi_would`: the steps
+a wrong type or a missing field anywhere) goes the slow way, `as_fastapi_would`: the steps
 FastAPI takes for a body parameter, so the client gets the same 422 or 400 as from a route
 declaring `body: LogBatch` (tests/server/test_log_body.py compares the two).
 
@@ -15,18 +15,16 @@ The route documents the body with `OPENAPI`, the schema FastAPI would have gener
 
 from __future__ import annotations
 
-import email.message
-import json
 from typing import Any
 
 import orjson
 from annotated_types import MaxLen
-from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter, ValidationError
+from fastapi import Request
+from pydantic import TypeAdapter
 
 from server.logic.logs import WireLine
 from server.models import LogBatch, LogLine
+from server.routers.fastapi_body import as_fastapi_would, is_plain_json
 
 
 def _max_length(name: str) -> int:
@@ -93,7 +91,7 @@ async def read_lines(request: Request) -> list[WireLine]:
     """The batch's lines, or the 422/400 FastAPI would answer for this body."""
     raw = await request.body()
     content_type = request.headers.get("content-type")
-    if raw and content_type is not None and content_type.lower() == "application/json":
+    if raw and is_plain_json(content_type):
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -102,49 +100,5 @@ async def read_lines(request: Request) -> list[WireLine]:
             lines = fast_lines(data)
             if lines is not None:
                 return lines
-    batch = _as_fastapi_would(raw, content_type)
+    batch = as_fastapi_would(_BATCH, raw, content_type)
     return [(x.timestamp, x.severity, x.message, x.scope) for x in batch.lines]
-
-
-def _as_fastapi_would(raw: bytes, content_type: str | None) -> LogBatch:
-    """FastAPI's handling of a single body parameter (fastapi.routing.get_request_handler):
-    JSON only for a JSON content type (strict: none is no JSON), a decoding error as
-    `json_invalid`, any other failure to read it as 400, no body as `missing`, then the model's
-    validation errors under `body`."""
-    body: Any = None
-    if raw:
-        body = raw
-        if content_type:
-            kind = email.message.Message()
-            kind["content-type"] = content_type
-            subtype = kind.get_content_subtype()
-            if kind.get_content_maintype() == "application" and (
-                subtype == "json" or subtype.endswith("+json")
-            ):
-                try:
-                    body = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise RequestValidationError(
-                        [
-                            {
-                                "type": "json_invalid",
-                                "loc": ("body", exc.pos),
-                                "msg": "JSON decode error",
-                                "input": {},
-                                "ctx": {"error": exc.msg},
-                            }
-                        ],
-                        body=exc.doc,
-                    ) from exc
-                except Exception as exc:  # e.g. bytes that are not UTF-8
-                    raise HTTPException(400, "There was an error parsing the body") from exc
-    if body is None:
-        missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
-        raise RequestValidationError([missing])
-    try:
-        return _BATCH.validate_python(body, from_attributes=True)
-    except ValidationError as exc:
-        errors = [
-            {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
-        ]
-        raise RequestValidationError(errors, body=body) from exc

@@ -16,7 +16,6 @@ from server.http.policies import PilotManager, PilotSelf, Reader
 from server.logic import pilots as logic
 from server.models import (
     STAMP_PATTERN,
-    BulkRegistration,
     BulkRegistrationResult,
     DeletionResult,
     JobAssociation,
@@ -28,6 +27,8 @@ from server.models import (
     Stamp,
     SummaryParams,
 )
+from server.routers import bulk_body
+from server.routers.bulk_body import BulkBody
 from server.routers.responses import DATABASE, raises
 from server.routers.responses import paged as paged_responses
 
@@ -92,16 +93,30 @@ async def register_pilot(
 
 
 @router.post(
-    "/bulk", status_code=HTTPStatus.CREATED, responses=raises(InvalidRequest, AlreadyExists)
+    "/bulk",
+    status_code=HTTPStatus.CREATED,
+    response_model=BulkRegistrationResult,
+    responses=raises(InvalidRequest, AlreadyExists),
+    openapi_extra=bulk_body.OPENAPI,
 )
-async def register_pilots(
-    ctx: Context, identity: PilotManager, body: BulkRegistration
-) -> BulkRegistrationResult:
+async def register_pilots(ctx: Context, identity: PilotManager, body: BulkBody) -> Response:
     """Register many pilots in one transaction, optionally minting one bound secret each.
 
     All or nothing: a clash is a 409 listing every clashing stamp, and nothing is stored.
+    The body (a BulkRegistration) is read, and the answer written, on a fast path: see
+    server.routers.bulk_body.
     """
-    return await logic.register_bulk(ctx, identity, body)
+    result = await logic.register_bulk(
+        ctx,
+        identity,
+        vo=body.vo,
+        pilots=body.pilots,
+        mint_secrets=body.mint_secrets,
+        constraints=body.constraints,
+    )
+    return Response(
+        bulk_body.answer(result), status_code=HTTPStatus.CREATED, media_type="application/json"
+    )
 
 
 @router.patch("/metadata", status_code=HTTPStatus.NO_CONTENT, responses=raises(NotFound))

@@ -172,6 +172,80 @@ async def test_bulk_clash_stores_nothing_and_names_the_stamps(api: Roles) -> Non
     assert r.json() == []
 
 
+async def test_bulk_answers_the_stored_ids_and_rows(api: Roles) -> None:
+    """More pilots than one chunk of stamps (900): the ids answered are the stored ones, in
+    the request's order, and every column is as registered or defaulted."""
+    stamps = [stamp() for _ in range(1000)]
+    pilots: list[dict[str, Any]] = [{"pilot_stamp": s} for s in stamps]
+    pilots[1] = {
+        "pilot_stamp": stamps[1],
+        "grid_type": "HTCondorCE",
+        "grid_site": "LCG.X.org",
+        "destination_site": "ce.x.org",
+        "queue": "q",
+        "pilot_reference": "htcondor://ce.x.org/1.0",
+        "pilot_status": "Waiting",
+    }
+    before = datetime.now(UTC).replace(tzinfo=None)
+    r = await api.director.post("/api/pilots/bulk", json={"vo": "lhcb", "pilots": pilots})
+    assert r.status_code == HTTPStatus.CREATED, r.text
+    assert r.json()["secrets"] == []
+    answered = {p["pilot_stamp"]: p["pilot_id"] for p in r.json()["pilots"]}
+    assert list(answered) == stamps
+    r = await search(
+        api.admin,
+        {"search": [{"parameter": "PilotStamp", "operator": "in", "values": stamps}]},
+        per_page=1000,
+    )
+    rows = {p["PilotStamp"]: p for p in r.json()}
+    assert {s: rows[s]["PilotID"] for s in stamps} == answered
+    default, full = rows[stamps[0]], rows[stamps[1]]
+    assert {k: v for k, v in default.items() if k not in ("PilotID", "PilotStamp")} | {
+        "SubmissionTime": None,
+        "LastUpdateTime": None,
+    } == {
+        "VO": "lhcb",
+        "PilotJobReference": stamps[0],
+        "Status": "Submitted",
+        "StatusReason": "Unknown",
+        "GridType": "DIRAC",
+        "GridSite": "Unknown",
+        "DestinationSite": "NotAssigned",
+        "Queue": "Unknown",
+        "SubmissionTime": None,
+        "LastUpdateTime": None,
+        "InitialJobID": 0,
+        "CurrentJobID": 0,
+        "BenchMark": 0.0,
+        "AccountingSent": False,
+    }
+    submitted = datetime.fromisoformat(default["SubmissionTime"].replace("Z", ""))
+    assert before - timedelta(seconds=1) <= submitted <= datetime.now(UTC).replace(tzinfo=None)
+    assert default["LastUpdateTime"] == default["SubmissionTime"]
+    assert (full["GridType"], full["GridSite"], full["DestinationSite"], full["Queue"]) == (
+        "HTCondorCE",
+        "LCG.X.org",
+        "ce.x.org",
+        "q",
+    )
+    assert (full["PilotJobReference"], full["Status"]) == ("htcondor://ce.x.org/1.0", "Waiting")
+
+
+async def test_bulk_clash_past_the_first_chunk_names_every_stamp(api: Roles) -> None:
+    taken = sorted([await register(api.director), await register(api.other_director, vo="dteam")])
+    fresh = [stamp() for _ in range(950)]
+    r = await api.director.post(
+        "/api/pilots/bulk",
+        json={"vo": "lhcb", "pilots": [{"pilot_stamp": s} for s in [*fresh, *taken]]},
+    )
+    assert r.status_code == HTTPStatus.CONFLICT
+    assert r.json()["detail"]["pilot_stamps"] == taken
+    r = await search(
+        api.admin, {"search": [{"parameter": "PilotStamp", "operator": "in", "values": fresh}]}
+    )
+    assert r.json() == []
+
+
 async def test_bulk_refuses_duplicates_in_request_and_foreign_vo(api: Roles) -> None:
     s = stamp()
     r = await api.director.post(
@@ -269,6 +343,66 @@ async def test_patch_one_stamp(api: Roles) -> None:
         {"PilotStamp": other, "Status": "Submitted"},
         {"PilotStamp": a, "Status": "Running"},
     ]
+
+
+async def test_patch_many_stamps_all_or_nothing(api: Roles) -> None:
+    """Many stamps, each with something to set (the director's references): a stamp unknown
+    or of another VO is a 404 (unknown first) or a 403, and nothing changes; the same patch
+    twice is a 204 both times."""
+    mine = [await register(api.director) for _ in range(3)]
+    other = await register(api.other_director, vo="dteam")
+
+    def refs(stamps: list[str]) -> dict[str, Any]:
+        return {s: {"PilotJobReference": f"ref-{s}"} for s in stamps}
+
+    r = await api.director.patch("/api/pilots/metadata", json=refs([*mine, other]))
+    assert r.status_code == HTTPStatus.FORBIDDEN
+    r = await api.director.patch("/api/pilots/metadata", json=refs([*mine, other, "nosuch"]))
+    assert r.status_code == HTTPStatus.NOT_FOUND
+    assert r.json()["detail"]["pilot_stamps"] == ["nosuch"]
+    r = await search(
+        api.admin,
+        {
+            "parameters": ["PilotStamp", "PilotJobReference"],
+            "search": [{"parameter": "PilotStamp", "operator": "in", "values": [*mine, other]}],
+        },
+    )
+    assert {p["PilotStamp"]: p["PilotJobReference"] for p in r.json()} == {
+        s: s for s in [*mine, other]
+    }
+    for _ in range(2):
+        updates = {**refs(mine[:2]), mine[2]: {"Status": "Aborted", "StatusReason": "why"}}
+        r = await api.director.patch("/api/pilots/metadata", json=updates)
+        assert r.status_code == HTTPStatus.NO_CONTENT, r.text
+    r = await search(
+        api.admin,
+        {
+            "parameters": ["PilotStamp", "PilotJobReference", "Status", "StatusReason"],
+            "search": [{"parameter": "PilotStamp", "operator": "in", "values": mine}],
+        },
+    )
+    assert sorted(r.json(), key=lambda p: mine.index(p["PilotStamp"])) == [
+        {
+            "PilotStamp": mine[0],
+            "PilotJobReference": f"ref-{mine[0]}",
+            "Status": "Submitted",
+            "StatusReason": "Unknown",
+        },
+        {
+            "PilotStamp": mine[1],
+            "PilotJobReference": f"ref-{mine[1]}",
+            "Status": "Submitted",
+            "StatusReason": "Unknown",
+        },
+        {
+            "PilotStamp": mine[2],
+            "PilotJobReference": mine[2],
+            "Status": "Aborted",
+            "StatusReason": "why",
+        },
+    ]
+    r = await api.admin.patch("/api/pilots/metadata", json=refs([mine[0], other]))
+    assert r.status_code == HTTPStatus.NO_CONTENT, r.text  # an administrator's scope is all VOs
 
 
 async def test_patch_boundaries(api: Roles) -> None:
