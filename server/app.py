@@ -16,8 +16,7 @@ from server.context import ServerContext
 from server.db.engine import Database
 from server.db.migrate import upgrade
 from server.http import handlers
-from server.http.bodyguard import AuthBeforeBody
-from server.http.middleware import AccessLog, BodyLimit
+from server.http.middleware import Front
 from server.http.origin import CrossSiteRequest
 from server.http.policies import LoginRequired
 from server.installation import open_server_keys, record_vos
@@ -41,7 +40,10 @@ from server.scheduler import MaintenanceRunner
 from server.settings import ServerSettings
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_app(settings: ServerSettings, *, fast_lane: bool = True) -> FastAPI:
+    """The app; without `fast_lane` every route is served by FastAPI alone (the reference the
+    fast lane is compared with in tests/server/test_hotpath.py)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         home.router,
     ):
         app.include_router(responses.document(router))
-    app.add_middleware(BodyLimit)
-    app.add_middleware(AuthBeforeBody)
-    app.add_middleware(AccessLog)
+    hot = (*pilots.HOT, *auth.HOT) if fast_lane else ()
+    app.add_middleware(Front, hot=hot, routes=app.routes)
     return app
