@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp
 
 from server.context import ServerContext
 from server.db.engine import Database
@@ -40,6 +46,34 @@ from server.scheduler import MaintenanceRunner
 from server.settings import ServerSettings
 
 
+class _App(FastAPI):
+    """FastAPI with a shorter middleware stack: Starlette's ServerErrorMiddleware (an error
+    that escapes is a 500, and logged), ours (`Front`), then Starlette's ExceptionMiddleware
+    (the handlers) and FastAPI's AsyncExitStackMiddleware around the router, as FastAPI builds
+    it, without the two layers FastAPI adds for features this server does not use: OpenTelemetry
+    exception recording (no tracer is configured) and `max_body_size` (None; `Front` limits
+    bodies). Each layer is a call and a wrapped `send` on every request."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        error_handler = None
+        handlers: dict[Any, Any] = {}
+        for key, value in self.exception_handlers.items():
+            if key in (500, Exception):
+                error_handler = value
+            else:
+                handlers[key] = value
+        middleware = [
+            Middleware(ServerErrorMiddleware, handler=error_handler, debug=self.debug),
+            *self.user_middleware,
+            Middleware(ExceptionMiddleware, handlers=handlers, debug=self.debug),
+            Middleware(AsyncExitStackMiddleware),
+        ]
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
 def create_app(settings: ServerSettings, *, fast_lane: bool = True) -> FastAPI:
     """The app; without `fast_lane` every route is served by FastAPI alone (the reference the
     fast lane is compared with in tests/server/test_hotpath.py)."""
@@ -64,7 +98,7 @@ def create_app(settings: ServerSettings, *, fast_lane: bool = True) -> FastAPI:
                 await app.state.maintenance.stop()
             await db.close()
 
-    app = FastAPI(
+    app = _App(
         title="Site Director server",
         version="0.1.0",
         lifespan=lifespan,
@@ -73,7 +107,7 @@ def create_app(settings: ServerSettings, *, fast_lane: bool = True) -> FastAPI:
     handlers.install(app)
     app.add_exception_handler(LoginRequired, monitor.login_required)
     app.add_exception_handler(CrossSiteRequest, monitor.cross_site_refused)
-    for router in (
+    routers = (
         pilots.router,
         secrets.router,
         logs.router,
@@ -87,8 +121,10 @@ def create_app(settings: ServerSettings, *, fast_lane: bool = True) -> FastAPI:
         monitor.router,
         monitor_requests.router,
         home.router,
-    ):
+    )
+    for router in routers:
         app.include_router(responses.document(router))
     hot = (*pilots.HOT, *auth.HOT) if fast_lane else ()
-    app.add_middleware(Front, hot=hot, routes=app.routes)
+    # the routes as their routers hold them: the objects FastAPI puts in scope["route"]
+    app.add_middleware(Front, hot=hot, routes=[r for router in routers for r in router.routes])
     return app

@@ -78,6 +78,10 @@ class Front:
             for method in getattr(route, "methods", None) or ():
                 if (method, route.path) in self.hot:
                     self.route_of[(method, route.path)] = route
+        missing = sorted(set(self.hot) - set(self.route_of))
+        if missing:
+            # a fast lane stands for a FastAPI route (its schema, policy walk, fallback)
+            raise ValueError(f"fast-lane routes without a FastAPI route: {missing}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

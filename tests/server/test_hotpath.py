@@ -212,3 +212,34 @@ async def test_the_fast_lane_answers_as_fastapi_does(
     # the reference never reaches the fast lane; the fast app took most requests itself
     assert answered.count(True) >= 20, answered
     assert answered.count(False) >= 10, answered
+
+
+async def test_an_unexpected_error_is_a_500_counted_under_its_route(
+    sides: tuple[Side, Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception the handlers do not know escapes the fast lane as it escapes a route:
+    Starlette's ServerErrorMiddleware answers 500, and the access log's metrics count it
+    under the route's path."""
+    from server.http.metrics import REQUESTS
+    from server.logic import pilots as logic
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(logic, "register_pilot", broken)
+    for side in sides:
+        counter = REQUESTS.labels("POST", "/api/pilots/", "500")
+        before = counter._value.get()
+        transport = httpx.ASGITransport(app=side.app, raise_app_exceptions=False)
+        token = side.sut.token("d", "lhcb", [TRUSTED_HOST])
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
+            r = await client.post(
+                "/api/pilots/", json={"pilot_stamp": side.stamp + "e", "vo": "lhcb"}
+            )
+        assert r.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+        assert r.text == "Internal Server Error"
+        assert counter._value.get() == before + 1
