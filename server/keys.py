@@ -44,6 +44,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -465,7 +466,7 @@ class KeyStore:
         if isinstance(key, OKPKey) and alg == "EdDSA":
             private = key.private_key
             if isinstance(private, Ed25519PrivateKey):
-                return _sign_ed25519(private, {"typ": typ, "alg": alg, "kid": kid}, claims)
+                return _sign_ed25519(private, _header_segment(typ, alg, kid), claims)
         return jwt.encode({"alg": alg, "kid": kid, "typ": typ}, claims, key, algorithms=[alg])
 
     def verify(
@@ -546,15 +547,20 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-def _sign_ed25519(key: Ed25519PrivateKey, header: dict[str, str], claims: dict[str, Any]) -> str:
+@lru_cache(maxsize=64)
+def _header_segment(typ: str, alg: str, kid: str) -> bytes:
+    """The encoded JWS header, as joserfc writes it (`typ` first); a few per key set."""
+    header = {"typ": typ, "alg": alg, "kid": kid}
+    return _b64(json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode())
+
+
+def _sign_ed25519(key: Ed25519PrivateKey, header: bytes, claims: dict[str, Any]) -> str:
     """The JWS that `joserfc.jwt.encode` makes (Ed25519 is deterministic: the same bytes,
     tests/server/test_keys.py compares them), without its registry look-ups and checks,
     which were half the cost of minting a token; every pilot's exchange and refresh mints two.
     The claims are ours (strings, integers, lists), the header fixed."""
     signing_input = (
-        _b64(json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode())
-        + b"."
-        + _b64(json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode())
+        header + b"." + _b64(json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode())
     )
     signature = key.sign(signing_input)
     return (signing_input + b"." + _b64(signature)).decode()
