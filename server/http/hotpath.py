@@ -41,10 +41,6 @@ QueryParser = Callable[[bytes], dict[str, Any] | None]
 Handler = Callable[[ServerContext, Identity | None, Any, dict[str, Any]], Awaitable[Response]]
 
 
-class NotHere(Exception):
-    """Raised by a handler or parser: this request goes to the FastAPI route after all."""
-
-
 @dataclass(frozen=True)
 class HotRoute:
     """One route's fast lane: its policy, how its body and query are read, its handler."""
@@ -62,7 +58,8 @@ class HotRoute:
     async def answer(
         self, ctx: ServerContext, scope: Mapping[str, Any], raw: bytes
     ) -> Response | None:
-        """The response, or None: the FastAPI route answers this request instead."""
+        """The response, or None: the FastAPI route answers this request instead. None only
+        before the handler runs: a request is never carried out twice."""
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             headers.setdefault(name, value)  # the first, as Starlette's `Headers.get`
@@ -99,8 +96,6 @@ class HotRoute:
             return handlers.domain_error_response(exc)
         except (UnicodeEncodeError, OverflowError) as exc:
             return handlers.bad_value_response(exc)
-        except NotHere:
-            return None
 
 
 def plain_ints(
