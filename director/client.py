@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import httpx
 from joserfc import jws
 from joserfc.errors import JoseError
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter
 
 from director.batching import chunks
 from director.errors import (
@@ -236,6 +236,11 @@ def _detail(response: httpx.Response) -> str:
     return str(body)[:200]
 
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+_METADATA_UPDATES: TypeAdapter[dict[str, PilotMetadata]] = TypeAdapter(dict[str, PilotMetadata])
+"""The body of `PATCH /api/pilots/metadata`: stamp -> the fields to set."""
+
+
 class ServerClient:
     """Typed calls to the server; one instance per daemon, closed with `aclose()`."""
 
@@ -281,10 +286,12 @@ class ServerClient:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
         params: Mapping[str, Any] | None = None,
         ok: Iterable[int] = (HTTPStatus.OK,),
     ) -> httpx.Response:
-        response = await self._send(method, path, json=json, params=params)
+        """`content`: a JSON body already serialised (by pydantic-core, for the bulk calls)."""
+        response = await self._send(method, path, json=json, content=content, params=params)
         if response.status_code in set(ok):
             return response
         raise self._refusal(method, path, response)
@@ -295,12 +302,16 @@ class ServerClient:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
         """One request; no answer becomes ServerUnavailable naming the URL."""
         url = f"{self.base_url}{path}"
+        headers = JSON_HEADERS if content is not None else None
         try:
-            return await self._http.request(method, path, json=json, params=params)
+            return await self._http.request(
+                method, path, json=json, content=content, params=params, headers=headers
+            )
         except httpx.TimeoutException as exc:
             raise ServerUnavailable(f"{method} {url}: timed out") from exc
         except httpx.TransportError as exc:
@@ -324,25 +335,28 @@ class ServerClient:
     # --- pilots -------------------------------------------------------------------------------
 
     async def register_bulk(self, body: BulkRegistration) -> BulkRegistrationResult:
-        """Register pilots (and mint their bound secrets) in one all-or-nothing call."""
+        """Register pilots (and mint their bound secrets) in one all-or-nothing call.
+
+        Up to 10,000 pilots a call: the body is serialised and the answer parsed by
+        pydantic-core in one pass each, not through a dict per pilot."""
         response = await self._call(
             "POST",
             "/api/pilots/bulk",
-            json=body.model_dump(mode="json"),
+            content=body.__pydantic_serializer__.to_json(body),
             ok=(HTTPStatus.CREATED, HTTPStatus.OK),
         )
-        return BulkRegistrationResult.model_validate(response.json())
+        return BulkRegistrationResult.model_validate_json(response.content)
 
     async def patch_metadata(self, updates: Mapping[str, PilotMetadata]) -> None:
-        """Patch many pilots by stamp in one call."""
+        """Patch many pilots by stamp in one call (serialised in one pass, as above)."""
         if not updates:
             return
-        body = {
-            stamp: meta.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for stamp, meta in updates.items()
-        }
+        body = _METADATA_UPDATES.dump_json(dict(updates), by_alias=True, exclude_none=True)
         await self._call(
-            "PATCH", "/api/pilots/metadata", json=body, ok=(HTTPStatus.NO_CONTENT, HTTPStatus.OK)
+            "PATCH",
+            "/api/pilots/metadata",
+            content=body,
+            ok=(HTTPStatus.NO_CONTENT, HTTPStatus.OK),
         )
 
     async def search_page(
@@ -513,7 +527,7 @@ class ServerClient:
         await self._call(
             "PUT",
             "/api/director/queues",
-            json=body.model_dump(mode="json"),
+            content=body.__pydantic_serializer__.to_json(body),  # 10,000 queues: no dicts
             ok=(HTTPStatus.NO_CONTENT, HTTPStatus.OK),
         )
 

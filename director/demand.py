@@ -21,16 +21,15 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httpx
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from director.client import TokenSource
 from director.errors import ConfigError, DemandUnavailable, ServerUnavailable
 from director.slots import demand_from_jobs
-from director.taskqueue_db import read_task_queues
 from director.taskqueues import Resource, TaskQueueIndex, problem, resource_for
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from director.config import DiracXDemand, QueueRef, Settings, TaskQueueDemand
 
 log = logging.getLogger(__name__)
@@ -115,6 +114,10 @@ class TaskQueueJobDemand(DemandSource):
     """Task queues named per queue in the dry run's plan (the most waiting jobs first)."""
 
     def __init__(self, config: TaskQueueDemand, vos: list[str]) -> None:
+        # SQLAlchemy only for this source: ~20 MB resident in every director otherwise
+        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.ext.asyncio import create_async_engine
+
         self.config = config
         self.vos = list(vos)
         try:
@@ -132,6 +135,10 @@ class TaskQueueJobDemand(DemandSource):
     async def refresh(self) -> None:
         """Read every task queue with waiting jobs; on failure, every queue wants nothing
         this cycle and `DemandUnavailable` says why."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from director.taskqueue_db import read_task_queues
+
         self._index = None
         self._matched.clear()
         try:

@@ -188,17 +188,26 @@ def _python_literal_json(value: Any) -> str:
 
 
 def _file_entry(item: WrapperFile) -> dict[str, str]:
-    name = item.name
+    """The file as the wrapper's `config` lists it: its SHA-512, and its content compressed
+    and base64-encoded when embedded. Every queue of a director embeds the same few files, so
+    the entries are made once per content (`_shared_entry`) and shared by the queues' configs:
+    a 100 kB pilot is held once, not once per queue."""
+    return _shared_entry(item.name, item.sha512, item.content)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_entry(name: str, sha512: str, content: bytes | None) -> dict[str, str]:
+    """`_file_entry`'s work, once per (name, sum, content); the entry must not be modified."""
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         raise ConfigError(f"pilot file name {name!r}: a plain file name is required")
-    sha512 = item.sha512.lower()
+    sha512 = sha512.lower()
     data = ""
-    if item.content is not None:
-        actual = hashlib.sha512(item.content).hexdigest()
+    if content is not None:
+        actual = hashlib.sha512(content).hexdigest()
         if sha512 and sha512 != actual:
             raise ConfigError(f"pilot file {name}: sha512 does not match the embedded content")
         sha512 = actual
-        data = base64.b64encode(zlib.compress(item.content, 9)).decode("ascii")
+        data = base64.b64encode(zlib.compress(content, 9)).decode("ascii")
     if not sha512:
         raise ConfigError(f"pilot file {name}: sha512 required (or a pilot.manifest listing it)")
     if not _SHA512.fullmatch(sha512):
@@ -299,7 +308,16 @@ def wrapper_program() -> str:
 
 
 class PreparedWrapper:
-    """A queue's compiled template and serialised settings: renders one wrapper per pilot."""
+    """A queue's compiled template and checked settings: renders one wrapper per pilot.
+
+    What a render needs beyond the template (the `config` dict and its JSON, which embeds the
+    pilot files: tens of kB, more with a large pilot) is made on the first render and dropped
+    by `release()`, which the submission cycle calls once a queue's wrappers of the cycle are
+    rendered; the next render makes it again from the options (tens of microseconds). A
+    director of 10,000 queues so holds the settings of the queues being submitted, not of
+    every queue, between and during its cycles."""
+
+    __slots__ = ("_config", "_options", "_python", "_static", "_template")
 
     def __init__(
         self,
@@ -309,13 +327,10 @@ class PreparedWrapper:
         options: WrapperOptions | None = None,
     ) -> None:
         self._template = template
+        self._config: dict[str, Any] | None = config
+        self._python = python
         self._options = options
-        self._static = {
-            "wrapper_program": wrapper_program(),
-            "config": config,
-            "config_json": _python_literal_json(config),
-            "python_commands": python,
-        }
+        self._static: dict[str, Any] | None = None
 
     def secret_uses(self, configured: int | None) -> int | None:
         """The use count for this queue's secrets: see `secret_uses()`."""
@@ -327,7 +342,26 @@ class PreparedWrapper:
             raise ValueError(f"pilot stamp {stamp!r}: 1-32 of [A-Za-z0-9_-] expected")
         if not _SECRET.fullmatch(secret):
             raise ValueError("pilot secret: 1-128 URL-safe characters expected")  # not echoed
-        return self._template.render(self._static, pilot_stamp=stamp, pilot_secret=secret)
+        static = self._static
+        if static is None:
+            config = self._config
+            if config is None:
+                assert self._options is not None  # only released with its options
+                config = wrapper_config(self._options)  # checked when prepared: same answer
+            static = self._static = {
+                "wrapper_program": wrapper_program(),
+                "config": config,
+                "config_json": _python_literal_json(config),
+                "python_commands": self._python,
+            }
+        return self._template.render(static, pilot_stamp=stamp, pilot_secret=secret)
+
+    def release(self) -> None:
+        """Drop what the renders made (and the config, when it can be made again from the
+        options) until the next render."""
+        self._static = None
+        if self._options is not None:
+            self._config = None
 
 
 class WrapperRenderer:

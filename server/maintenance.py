@@ -4,7 +4,9 @@ One run removes: pilots by age and status with DIRAC's PilotStatusAgent defaults
 more than `pilot_retention_days` ago whatever their status, Aborted ones after
 `aborted_pilot_retention_days`), expired, used-up and revoked secrets, expired refresh tokens
 and old family revocations, log lines older than `log_retention_days` and those of deleted
-pilots. Each part is its own transaction, so an interrupted run loses nothing.
+pilots. Each part is its own transaction, so an interrupted run loses nothing. On PostgreSQL it
+first makes the log table's daily partitions `log_partition_days_ahead` days ahead, and the log
+retention drops whole days' partitions (server.db.log_partitions).
 
 The server runs it on a schedule (`server.scheduler`); `site-director maintenance` runs the same
 `run_maintenance` once, for cron or a systemd timer (the command is in `server.cli`). Each run
@@ -88,6 +90,8 @@ async def run_maintenance(
         aborted_pilot_retention_days = settings.aborted_pilot_retention_days
     if log_retention_days is None:
         log_retention_days = settings.log_retention_days
+    # first, so that today's and the coming days' lines have their partitions (PostgreSQL)
+    await logs_logic.make_partitions(ctx, now)
     # Aborted first: counted apart, as DIRAC's two clearPilots queries are
     aborted = await purge_pilots(
         ctx, aborted_pilot_retention_days, statuses=[PilotStatus.ABORTED.value], now=now

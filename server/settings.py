@@ -159,7 +159,16 @@ class ServerSettings(BaseSettings):
         None,
         ge=0,
         description="Log lines received more than N days ago are deleted; unset keeps them as"
-        " long as their pilot (the lines of deleted pilots always go).",
+        " long as their pilot (the lines of deleted pilots always go). On PostgreSQL whole days"
+        " go at once: a day's partition is dropped when all of it is older than N days.",
+    )
+    log_partition_days_ahead: int = Field(
+        7,
+        ge=1,
+        le=366,
+        description="PostgreSQL: each maintenance run makes the daily partitions of the log"
+        " table for today and this many days ahead (a line of a day without one lands in the"
+        " default partition, which is slower to purge).",
     )
 
     @classmethod

@@ -13,7 +13,7 @@ from director.errors import DirectorError
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class QueueOutcome:
     """What one queue's submission cycle did: one log line, one dry-run table row."""
 

@@ -90,6 +90,9 @@ class QueueFactory:
         self.manifests = ManifestCache()
         """`pilot.manifest` folders' checksums (`director.pilot_files`), re-read when stale."""
         self._manifest_digest: dict[str, str] = {}
+        self._files: dict[Path, tuple[int, int, bytes]] = {}
+        """Path -> (mtime, size, content) of the files read for the wrappers (`_read`)."""
+        self._ca_text: dict[Path, tuple[bytes, str]] = {}
 
     def ce_for(self, ref: QueueRef) -> ComputingElement:
         """The queue's CE, made on first use; queues of one site/CE share it."""
@@ -108,6 +111,18 @@ class QueueFactory:
             self._ces[key] = ce
         return ce
 
+    def _read(self, path: Path) -> bytes:
+        """The file's content, one `bytes` shared by every queue that embeds it (10,000 queues
+        would otherwise hold 10,000 copies of the pilot and of the CA bundle); read again when
+        its modification time or size changed, as each queue read it before."""
+        stat = path.stat()
+        known = self._files.get(path)
+        if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
+            return known[2]
+        content = path.read_bytes()
+        self._files[path] = (stat.st_mtime_ns, stat.st_size, content)
+        return content
+
     def _find_template_file(self, name: str) -> Path:
         for folder in self._template_dirs:
             if (folder / name).is_file():
@@ -121,16 +136,16 @@ class QueueFactory:
         for item in pilot.files or []:
             content = None
             if item.path is not None:
-                content = item.path.read_bytes()
+                content = self._read(item.path)
             elif item.template is not None:
-                content = self._find_template_file(item.template).read_bytes()
+                content = self._read(self._find_template_file(item.template))
             configured.append((item.name, (item.sha512 or "").lower(), content))
         if pilot.manifest:  # the sums as DIRAC publishes them (a ManifestError fails this queue)
             manifest = self.manifests.get(pilot.manifest, self.manifest_ca(ref))
             configured = resolve_files(manifest, configured if pilot.files is not None else None)
         files = [WrapperFile(name, sha512, content) for name, sha512, content in configured]
         ca_file = pilot.ca_file or self.settings.server.ca_bundle
-        ca_pem = ca_file.read_text() if ca_file is not None and not pilot.ca_path else ""
+        ca_pem = self._ca_pem(ca_file) if ca_file is not None and not pilot.ca_path else ""
         optional: dict[str, Any] = {}
         for name in (
             "diracx_url_option",
@@ -170,6 +185,14 @@ class QueueFactory:
             environment=dict(pilot.environment or {}),
             **optional,
         )
+
+    def _ca_pem(self, path: Path) -> str:
+        """The CA bundle as text, shared like the pilot files (`_read`)."""
+        content = self._read(path)
+        text = self._ca_text.get(path)
+        if text is None or text[0] is not content:
+            text = self._ca_text[path] = (content, content.decode())
+        return text[1]
 
     def manifest_ca(self, ref: QueueRef) -> Path | None:
         """The CAs an `https://` manifest location of the queue is verified with."""

@@ -59,6 +59,7 @@ from director.cycle.throttles import Throttles
 from director.demand import DemandSource
 from director.empty_pilots import apply_factor
 from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
+from director.gc_pause import long_lived_frozen
 from director.slots import Limits, plan
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ class Submission:
     ) -> list[QueueOutcome]:
         """One submission cycle over every queue (or the queue named `only`), in the phases
         the module docstring describes; one outcome per queue, in configuration order."""
+        with long_lived_frozen():  # the collector passes over this cycle's objects only
+            return await self._run(dry_run=dry_run, output=output, only=only)
+
+    async def _run(
+        self, *, dry_run: bool, output: Path | None, only: str | None
+    ) -> list[QueueOutcome]:
         context = self.context
         started = context.clock()
         refs = [ref for ref in context.queues if only is None or only in (ref.key, ref.queue)]
@@ -350,10 +357,13 @@ class Submission:
             if output is not None:
                 self._write_dry_run(batch, output)
             return
-        submissions = [
-            PilotSubmission(stamp, batch.prepared.render(stamp, batch.secrets[stamp]))
-            for stamp in batch.stamps
-        ]
+        try:
+            submissions = [
+                PilotSubmission(stamp, batch.prepared.render(stamp, batch.secrets[stamp]))
+                for stamp in batch.stamps
+            ]
+        finally:
+            batch.prepared.release()  # its JSON is made again next cycle: memory per group
         batch.secrets.clear()
         batch.submitting = True
         try:
@@ -372,10 +382,13 @@ class Submission:
         ref = batch.ref
         folder = output / safe_name(ref.site) / safe_name(ref.ce) / safe_name(ref.queue)
         folder.mkdir(parents=True, exist_ok=True)
-        pilots = [
-            PilotSubmission(stamp, batch.prepared.render(stamp, DRY_RUN_SECRET))
-            for stamp in batch.stamps
-        ]
+        try:
+            pilots = [
+                PilotSubmission(stamp, batch.prepared.render(stamp, DRY_RUN_SECRET))
+                for stamp in batch.stamps
+            ]
+        finally:
+            batch.prepared.release()
         for pilot in pilots:
             path = folder / f"{pilot.stamp}.sh"
             path.write_text(pilot.wrapper)

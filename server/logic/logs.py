@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from server.access import vo_scope
 from server.clock import utcnow
 from server.context import ServerContext
+from server.db import log_partitions as partitions
 from server.db import logs as db
 from server.db import pilots as db_pilots
 from server.db import tokens as db_tokens
@@ -111,38 +113,64 @@ def admit(quota: db.Quota, *, lines: int, nbytes: int, now: datetime, limits: Li
     return db.Quota(quota.total_bytes + nbytes, start, used + lines)
 
 
-def prepare(
-    lines: list[LogLine], *, stamp: str, vo: str, limits: Limits, now: datetime
-) -> tuple[list[dict[str, Any]], int]:
-    """Validated, redacted rows (PilotID filled in later) and their total message bytes."""
+#: One line as the pilot sent it: (timestamp, severity, message, scope).
+WireLine = tuple[str, str, str, str]
+
+#: One stored line as `prepare` hands it to the database layer: (TimeStamp, Severity, Scope,
+#: Message); the pilot's columns and the arrival time are the same for a whole batch.
+Line = tuple[datetime, str, str, str]
+
+
+def line_time(text: str) -> datetime:
+    """`parse_datetime` with a fast path for what pilots send (`...T03:04:05.123456Z`): one C
+    call instead of a string replace, a time-zone conversion and a copy (a third of the
+    per-line cost of ingestion was datetime handling). Same result and same errors."""
+    if text.endswith("Z"):
+        try:
+            parsed = datetime.fromisoformat(text[:-1])
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is None:
+            return parsed
+    return parse_datetime(text)
+
+
+def wire_lines(lines: Iterable[LogLine]) -> list[WireLine]:
+    """Validated line models (the legacy route's body) as `prepare` takes them."""
+    return [(x.timestamp, x.severity, x.message, x.scope) for x in lines]
+
+
+def prepare(lines: Sequence[WireLine], *, limits: Limits) -> tuple[list[Line], int]:
+    """Validated, redacted lines and their total message bytes (as stored, in UTF-8).
+
+    Written for the hot path: one pass, tuples rather than dicts, and the byte size of an
+    ASCII message (nearly all of them) taken without encoding it."""
     if len(lines) > limits.max_lines:
         raise TooLarge(f"Too many lines: at most {limits.max_lines} per request")
-    rows: list[dict[str, Any]] = []
+    rows: list[Line] = []
     total = 0
-    for number, line in enumerate(lines):
-        message = storable(line.message)
-        size = len(message.encode())
-        if size > limits.max_line_bytes:
-            raise TooLarge(f"Line {number} is too long: at most {limits.max_line_bytes} bytes")
-        severity = line.severity.upper()
+    max_bytes = limits.max_line_bytes
+    for number, (text, level, message, scope) in enumerate(lines):
+        if message.isascii():  # no surrogate can hide in it; its length is its size
+            if "\x00" in message:
+                message = message.replace("\x00", "\ufffd")
+            size = len(message)
+        else:
+            message = storable(message)
+            size = len(message.encode())
+        if size > max_bytes:
+            raise TooLarge(f"Line {number} is too long: at most {max_bytes} bytes")
+        severity = level.upper()
         if severity not in SEVERITIES:
-            raise InvalidRequest(f"Line {number}: unknown severity {line.severity!r}")
+            raise InvalidRequest(f"Line {number}: unknown severity {level!r}")
         try:
-            timestamp = parse_datetime(line.timestamp)
+            timestamp = line_time(text)
         except ValueError as exc:
             raise InvalidRequest(f"Line {number}: invalid timestamp") from exc
         total += size
-        rows.append(
-            {
-                "PilotStamp": stamp,
-                "VO": vo,
-                "TimeStamp": timestamp,
-                "Severity": severity,
-                "Scope": storable(line.scope),
-                "Message": redact(message),
-                "ReceivedTime": now,
-            }
-        )
+        if not scope.isascii() or "\x00" in scope:
+            scope = storable(scope)
+        rows.append((timestamp, severity, scope, redact(message)))
     return rows, total
 
 
@@ -151,7 +179,7 @@ async def ingest(
     *,
     stamp: str,
     vos: frozenset[str],
-    lines: list[LogLine],
+    lines: Sequence[WireLine],
     family_id: str | None = None,
 ) -> None:
     """Store a batch for the pilot `stamp`, which must belong to one of `vos`. With
@@ -159,7 +187,7 @@ async def ingest(
     transaction, so the hot path opens one connection."""
     now = utcnow()
     limits = limits_of(ctx)
-    rows, nbytes = prepare(lines, stamp=stamp, vo="", limits=limits, now=now)
+    rows, nbytes = prepare(lines, limits=limits)
     if not rows:
         if family_id is not None:
             async with ctx.db.read() as conn:
@@ -169,24 +197,20 @@ async def ingest(
     async with ctx.db.transaction() as conn:
         if family_id is not None and await db_tokens.family_revoked(conn, family_id):
             raise refused(REASON_REVOKED)
-        found = await db_pilots.pilots_by_stamp(conn, [stamp], ("PilotStamp", "PilotID", "VO"))
-        pilot = found.get(stamp)
+        pilot = await db.sender(conn, stamp, now)
         if pilot is None:
             raise NotFound({"message": "Unknown pilot stamps", "pilot_stamps": [stamp]})
-        if pilot["VO"] not in vos:
+        if pilot.vo not in vos:
             raise Forbidden("This pilot belongs to another VO.")
-        quota = await db.lock_quota(conn, stamp, now)
-        await db.save_quota(
-            conn, stamp, admit(quota, lines=len(rows), nbytes=nbytes, now=now, limits=limits)
+        quota = admit(pilot.quota, lines=len(rows), nbytes=nbytes, now=now, limits=limits)
+        await db.save_quota(conn, stamp, quota)
+        await db.insert_lines(
+            conn, pilot_id=pilot.pilot_id, stamp=stamp, vo=pilot.vo, received=now, lines=rows
         )
-        for row in rows:
-            row["PilotID"] = pilot["PilotID"]
-            row["VO"] = pilot["VO"]
-        await db.insert_lines(conn, rows)
         # the JobAgent saying it received a job: the pilot is not empty (JobToPilotMapping)
-        job_ids = received_job_ids(row["Message"] for row in rows)
+        job_ids = received_job_ids(row[3] for row in rows)
         if job_ids:
-            await db_pilots.add_jobs(conn, pilot["PilotID"], job_ids, now)
+            await db_pilots.add_jobs(conn, pilot.pilot_id, job_ids, now)
 
 
 async def search(
@@ -211,11 +235,27 @@ async def search(
 async def purge(
     ctx: ServerContext, older_than_days: int | None, now: datetime | None = None
 ) -> int:
-    """Retention: lines received more than N days ago, and lines of deleted pilots."""
+    """Retention: lines received more than N days ago, and lines of deleted pilots. On
+    PostgreSQL old lines go by whole days, their partitions dropped (db.log_partitions)."""
     removed = 0
     async with ctx.db.transaction() as conn:
         if older_than_days is not None:
             cutoff = (now or utcnow()) - timedelta(days=older_than_days)
-            removed += await db.purge_older_than(conn, cutoff)
+            if await partitions.is_partitioned(conn):
+                removed += await partitions.drop_partitions_before(conn, cutoff)
+            else:
+                removed += await db.purge_older_than(conn, cutoff)
         removed += await db.purge_orphans(conn)
     return removed
+
+
+async def make_partitions(ctx: ServerContext, now: datetime | None = None) -> list[date]:
+    """PostgreSQL: the log table's missing daily partitions from today to
+    `log_partition_days_ahead` days ahead, made; the days made (none on other databases)."""
+    async with ctx.db.transaction() as conn:
+        if not await partitions.is_partitioned(conn):
+            return []
+        today = (now or utcnow()).date()
+        return await partitions.ensure_partitions(
+            conn, today, ctx.settings.log_partition_days_ahead
+        )

@@ -340,25 +340,53 @@ class QueueHealth:
         return f"/monitor/pilots?{query}"
 
 
+class QueueHealthFolder:
+    """Folds the rows of `db.queue_health.last_ended` (newest first within a queue) into one
+    `QueueHealth` per queue as they stream in: only the statuses are kept per row, never the
+    rows themselves."""
+
+    def __init__(self) -> None:
+        self._statuses: dict[QueueKey, list[str]] = {}
+        self._first: dict[QueueKey, tuple[str, datetime | None]] = {}
+        self._reason: dict[QueueKey, str] = {}
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        key = (str(row["VO"]), str(row["DestinationSite"]), str(row["Queue"]))
+        status = str(row["Status"])
+        status = _STATUS_NAMES.get(status, status)  # one string object per status, not per row
+        statuses = self._statuses.get(key)
+        if statuses is None:
+            statuses = self._statuses[key] = []
+            self._first[key] = (str(row["GridSite"]), row["LastUpdateTime"])
+        statuses.append(status)
+        if status in BAD_ENDS and key not in self._reason:
+            self._reason[key] = str(row["StatusReason"] or "")
+
+    def result(self) -> dict[QueueKey, QueueHealth]:
+        found: dict[QueueKey, QueueHealth] = {}
+        for (vo, ce, queue), statuses in self._statuses.items():
+            site, latest_at = self._first[(vo, ce, queue)]
+            found[(vo, ce, queue)] = QueueHealth(
+                vo=vo,
+                site=site,
+                ce=ce,
+                queue=queue,
+                statuses=tuple(statuses),
+                latest_reason=self._reason.get((vo, ce, queue), ""),
+                latest_at=latest_at,
+            )
+        return found
+
+
+_STATUS_NAMES = {s.value: s.value for s in PilotStatus}
+
+
 def queue_health(rows: Iterable[Mapping[str, Any]]) -> dict[QueueKey, QueueHealth]:
     """Rows of `db.queue_health.last_ended` (newest first within a queue) per queue."""
-    grouped: dict[QueueKey, list[Mapping[str, Any]]] = {}
+    folder = QueueHealthFolder()
     for row in rows:
-        key = (str(row["VO"]), str(row["DestinationSite"]), str(row["Queue"]))
-        grouped.setdefault(key, []).append(row)
-    found: dict[QueueKey, QueueHealth] = {}
-    for (vo, ce, queue), ended in grouped.items():
-        bad = [r for r in ended if str(r["Status"]) in BAD_ENDS]
-        found[(vo, ce, queue)] = QueueHealth(
-            vo=vo,
-            site=str(ended[0]["GridSite"]),
-            ce=ce,
-            queue=queue,
-            statuses=tuple(str(r["Status"]) for r in ended),
-            latest_reason=str(bad[0]["StatusReason"] or "") if bad else "",
-            latest_at=ended[0]["LastUpdateTime"],
-        )
-    return found
+        folder.add(row)
+    return folder.result()
 
 
 def submissions_failing(queue: Mapping[str, Any], now: datetime) -> bool:
@@ -502,13 +530,15 @@ async def overview(ctx: ServerContext, identity: Identity, filters: Filters) -> 
             width=width,
             buckets=count,
         )
-        last_ended = await db_queue_health.last_ended(
+        health = QueueHealthFolder()
+        async for row in db_queue_health.last_ended(
             conn,
             specs=pilots_logic.scoped(filter_specs(filters, now, status=False), identity),
             statuses=OUTCOMES,
             since=now - FAILING_WINDOW,
             per_queue=FAILING_LAST,
-        )
+        ):
+            health.add(row)
     failure_specs = [
         *[s for s in specs if s.parameter != "Status"],
         VectorSearch(
@@ -548,7 +578,7 @@ async def overview(ctx: ServerContext, identity: Identity, filters: Filters) -> 
         can_ban=may_ban(identity),
         efficiency=efficiency,
         efficiency_total=efficiency_total,
-        health=queue_health(last_ended),
+        health=health.result(),
     )
 
 

@@ -81,6 +81,9 @@ async def test_a_queue_failing_after_registration_aborts_its_pilots_and_revokes_
         def secret_uses(self, configured: int | None) -> int | None:
             return real.secret_uses(configured)
 
+        def release(self) -> None:
+            pass
+
     director.factory._prepared[bad.key] = Broken()  # type: ignore[assignment]
     outcomes = {o.queue: o for o in await director.run_cycle()}
     failed = outcomes.pop(bad.key)
@@ -127,3 +130,28 @@ async def test_lost_references_of_several_queues_come_back_from_one_search(
     for stamp, pilot in pilots.items():
         assert pilot["PilotJobReference"] == f"local:{stamp}"
         assert pilot["Status"] != "Aborted"
+
+
+async def test_queues_keep_no_wrapper_settings_once_their_wrappers_are_rendered(
+    director_on_site: DirectorOnSite,
+) -> None:
+    """The director's memory follows the group, not the number of queues: once a queue's
+    wrappers of the cycle are rendered, its prepared wrapper holds neither its settings nor
+    their JSON (the next render makes them again, the same), and a pilot file embedded by
+    every queue is one entry shared by all of them."""
+    director, _ = director_on_site(**THREE_QUEUES)
+    outcomes = await director.run_cycle()
+    assert [(o.error, o.submitted) for o in outcomes] == [(None, 2)] * 3
+    prepared = [director.prepared(ref) for ref in director.queues]
+    assert all(p._static is None and p._config is None for p in prepared)
+    stamp, secret = "0" * 32, "s" * 64
+    first = prepared[0].render(stamp, secret)
+    prepared[0].release()
+    assert prepared[0].render(stamp, secret) == first
+    for p in prepared[1:]:
+        p.render(stamp, secret)
+    entries = [p._static["config"]["pilot_files"] for p in prepared if p._static is not None]
+    assert len(entries) == 3
+    assert all(
+        mine is theirs for e in entries[1:] for mine, theirs in zip(e, entries[0], strict=True)
+    )
