@@ -6,7 +6,9 @@ Run: `.venv/bin/python bench/workers.py [--workers 1,2] [--repeat 3]
 
 For each round and each worker count (alternating, the order flipping every round, so noise on
 this shared machine hits both), a fresh database on the PostgreSQL server named by --database
-and a fresh `site-director server --workers N`, driven by `wrk` (one thread) with Lua scripts:
+and a fresh `site-director server --workers N`, driven by `wrk` (one thread, --connections,
+default 8: within the server's pool of 10 connections a worker, so that the pool does not open
+and close connections during a phase) with Lua scripts:
 
     register  POST /api/pilots/ (one pilot per request, the director's or an admin's call)
     bulk      POST /api/pilots/bulk, 1,000 pilots with minted secrets (the director's cycle)
@@ -21,7 +23,10 @@ Figures per operation: the server's CPU per request, summed over every process o
 after each phase), the PostgreSQL backends' CPU per request (the processes serving this run's
 database, by their process title) and the background processes' (WAL writer, checkpointer,
 background writer, autovacuum: shared with anything else using that PostgreSQL server), and
-the WAL bytes per request (pg_current_wal_lsn() before and after; the whole cluster's).
+the WAL bytes per request (pg_current_wal_lsn() before and after; the whole cluster's). The
+backends are sampled every 50 ms, so one that ends within a phase still counts; the number
+started in a phase is reported (0 when the pool is big enough). After each round, the bytes on
+disk per row of the tables that grow (PilotLogs: heap, 3 indexes, TOAST), after VACUUM.
 
 Goal (issue [6/6], bench/goals.py): with 2 workers, server CPU per request <= 1.15x one
 worker's on each operation (medians over --repeat rounds). Printed last, each met or missed.
@@ -36,6 +41,8 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -207,6 +214,23 @@ def postgres_cpu(database: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def reaped_cpu() -> float:
+    """CPU seconds of the postmaster's ended children (cutime + cstime), all databases."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            if (entry / "cmdline").read_bytes().startswith(b"postgres:"):
+                continue  # a child; the postmaster runs under its program's path
+            fields = _stat(int(entry.name))
+        except OSError:
+            continue
+        return (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return 0.0
+
+
 class PostgresSampler:
     """Reads `postgres_cpu` every 50 ms in a thread while a phase runs: the pool's overflow
     connections end during a phase, and a backend gone by the phase's end must still count
@@ -214,6 +238,7 @@ class PostgresSampler:
 
     def __init__(self, database: str) -> None:
         self.database = database
+        self.reaped0 = reaped_cpu()
         self.start = postgres_cpu(database)
         self.last = {k: dict(v) for k, v in self.start.items()}
         self._stop = threading.Event()
@@ -228,14 +253,19 @@ class PostgresSampler:
         for kind, cpu in postgres_cpu(self.database).items():
             self.last[kind].update(cpu)
 
-    def stop(self) -> tuple[float, float]:
-        """CPU seconds spent since the start: (this database's backends, background)."""
+    def stop(self) -> tuple[float, float, int, float]:
+        """Since the start: CPU seconds of this database's backends and of the background
+        processes, the backends started (the pool opening connections: each costs a fork and
+        a login), and the CPU of every backend that ended, of any database (the postmaster
+        reaps them: a check on what the 50 ms sampling misses, cluster-wide)."""
         self._stop.set()
         self._thread.join()
         self._sample()
         return (
             delta(self.start["backends"], self.last["backends"]),
             delta(self.start["background"], self.last["background"]),
+            len(set(self.last["backends"]) - set(self.start["backends"])),
+            reaped_cpu() - self.reaped0,
         )
 
 
@@ -284,6 +314,8 @@ class Measured:
     db_background_cpu: float
     wal_bytes: int
     workers_busy: int  # workers that spent CPU in the phase
+    backends_started: int
+    reaped_cpu: float
 
     def as_dict(self, items_per_request: int) -> dict[str, Any]:
         n = max(self.result.issued, 1)
@@ -296,6 +328,8 @@ class Measured:
             "db_background_cpu_ms_per_request": round(1000 * self.db_background_cpu / n, 4),
             "wal_bytes_per_request": round(self.wal_bytes / n, 1),
             "workers_busy": self.workers_busy,
+            "db_backends_started": self.backends_started,
+            "db_reaped_cpu_ms_per_request": round(1000 * self.reaped_cpu / n, 4),
         }
 
 
@@ -341,7 +375,7 @@ class Bench:
         result = run_wrk(
             op, self.server.url, script, server_pid=None, connections=connections, bodies=bodies
         )
-        cpu1, (db_cpu, background_cpu) = tree_cpu(self.server.pid), sampler.stop()
+        cpu1, (db_cpu, background_cpu, started, reaped) = tree_cpu(self.server.pid), sampler.stop()
         wal1 = wal_lsn(self.admin)
         unexpected = {k: v for k, v in result.statuses.items() if k != expect}
         if unexpected or result.errors:
@@ -358,8 +392,25 @@ class Bench:
             background_cpu,
             wal1 - wal0,
             busy,
+            started,
+            reaped,
         )
         return measured, bodies
+
+    def table_sizes(self) -> dict[str, dict[str, float]]:
+        """Rows and on-disk bytes (heap, indexes, TOAST) of the tables that grow per pilot and
+        per log line, after a VACUUM so the figures are settled (the capacity model's disk)."""
+        sizes: dict[str, dict[str, float]] = {}
+        sql(self.dsn, "VACUUM ANALYZE")
+        for table in ("PilotLogs", "PilotAgents", "RefreshTokens", "PilotSecrets"):
+            rows = int(sql(self.dsn, f'SELECT count(*) FROM "{table}"'))  # noqa: S608
+            size = int(sql(self.dsn, f"SELECT pg_total_relation_size('\"{table}\"')"))
+            sizes[table] = {
+                "rows": rows,
+                "bytes": size,
+                "bytes_per_row": round(size / rows, 1) if rows else 0.0,
+            }
+        return sizes
 
     def stop(self) -> None:
         self.server.stop()
@@ -388,10 +439,11 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
             f"  {bench.workers}w {op:9} {m.result.rps:8.0f} req/s  server "
             f"{out[op]['server_cpu_ms_per_request']:6.3f} ms/req  db "
             f"{out[op]['db_cpu_ms_per_request']:6.3f} ms/req  WAL "
-            f"{out[op]['wal_bytes_per_request']:8.0f} B/req  workers busy {m.workers_busy}"
+            f"{out[op]['wal_bytes_per_request']:8.0f} B/req  workers busy {m.workers_busy}  "
+            f"backends started {m.backends_started}"
         )
 
-    m, _ = bench.phase("register", REGISTER, n, 16, "201", prefix=f"r{tag}-")
+    m, _ = bench.phase("register", REGISTER, n, args.connections, "201", prefix=f"r{tag}-")
     record("register", m, 1)
     bulk_requests = n // 1000 + 1  # more secrets than exchanges
     m, bodies = bench.phase("bulk", BULK, bulk_requests, 2, "201", prefix=f"b{tag}-")
@@ -402,12 +454,16 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
         for s in json.loads(text)["secrets"]
     ]
     table = lua_list([f'{{"{s}","{p}"}}' for s, p in creds[:n]])
-    m, bodies = bench.phase("exchange", EXCHANGE.replace("$creds", table), n, 32, "200")
+    m, bodies = bench.phase(
+        "exchange", EXCHANGE.replace("$creds", table), n, args.connections, "200"
+    )
     record("exchange", m, 1)
     pairs = [json.loads(b) for b in bodies]
     tokens = [(claims(p["access_token"])["pilot_stamp"], p) for p in pairs]
     table = lua_list([f'{{"{s}","{p["refresh_token"]}"}}' for s, p in tokens])
-    m, _ = bench.phase("refresh", REFRESH.replace("$pairs", table), len(tokens) - 50, 32, "200")
+    m, _ = bench.phase(
+        "refresh", REFRESH.replace("$pairs", table), len(tokens) - 50, args.connections, "200"
+    )
     record("refresh", m, 1)
     access = lua_list([f'"{p["access_token"]}"' for _, p in tokens[-50:]])  # not refreshed
     lua = (
@@ -415,12 +471,13 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
         .replace("$lines", str(args.log_lines))
         .replace("$start", str(int(time.time())))
     )
-    m, _ = bench.phase("logs", lua, n, 16, "204")
+    m, _ = bench.phase("logs", lua, n, args.connections, "204")
     record("logs", m, args.log_lines)
-    m, _ = bench.phase("patch", PATCH, n, 16, "204", prefix=f"r{tag}-")
+    m, _ = bench.phase("patch", PATCH, n, args.connections, "204", prefix=f"r{tag}-")
     record("patch", m, 1)
-    m, _ = bench.phase("search", SEARCH, max(100, n // 10), 16, "206")
+    m, _ = bench.phase("search", SEARCH, max(100, n // 10), args.connections, "206")
     record("search", m, 1)
+    out["tables"] = bench.table_sizes()
     return out
 
 
@@ -431,8 +488,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--requests", type=int, default=2000, help="requests per phase")
     parser.add_argument("--log-lines", type=int, default=20, help="lines per log batch")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="wrk's connections (bulk: 2); at most the server's pool (10 a worker), so that "
+        "the figures are the operations', not the pool's opening and closing of connections",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop: the servers and databases too
     if "postgresql" not in args.database:
         parser.error("--database must be a PostgreSQL URL (this bench reads its processes)")
     counts = [int(w) for w in args.workers.split(",")]
@@ -474,8 +539,10 @@ def summarise(
 ) -> dict[str, Any]:
     figures = ("server_cpu_ms_per_request", "db_cpu_ms_per_request",
                "db_background_cpu_ms_per_request", "wal_bytes_per_request", "req_per_s",
-               "p50_ms", "p95_ms")  # fmt: skip
+               "p50_ms", "p95_ms", "db_backends_started",
+               "db_reaped_cpu_ms_per_request")  # fmt: skip
     ops: dict[str, Any] = {}
+    tables = {w: runs[w][-1]["tables"] for w in counts}
     for op in OPS:
         entry: dict[str, Any] = {"items_per_request": runs[counts[0]][0][op]["items_per_request"]}
         for w in counts:
@@ -496,10 +563,10 @@ def summarise(
         "log_lines_per_batch": args.log_lines,
         "database": "PostgreSQL " + str(sql(admin_dsn(args.database)[0], "SHOW server_version")),
         "workers": counts,
-        "client": "wrk -t1 (Lua scripts); register/patch/search/logs 16 connections, "
-        "exchange/refresh 32, bulk 2",
+        "client": f"wrk -t1 (Lua scripts), {args.connections} connections (bulk 2)",
         "machine": machine_state(),
         "ops": ops,
+        "tables_after_last_round": tables,
         "runs": {str(w): runs[w] for w in counts},
         "goals": goals.as_json(),
     }
@@ -526,6 +593,13 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
         row.append(f"{e.get('ratio', float('nan')):.2f}")
         table.add_row(*row)
     console.print(table)
+    for w, sizes in report["tables_after_last_round"].items():
+        console.print(
+            f"{w} worker(s), last round, on disk: "
+            + ", ".join(
+                f"{t} {v['rows']:,} rows {v['bytes_per_row']:.0f} B/row" for t, v in sizes.items()
+            )
+        )
 
 
 if __name__ == "__main__":

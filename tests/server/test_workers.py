@@ -143,30 +143,53 @@ class Workers:
     def token(self, sub: str, properties: list[str], vo: str = "lhcb") -> str:
         return mint_user_token(self.keys, sub=sub, vo=vo, properties=properties, lifetime=3600)
 
+    def _new_client(self, token: str | None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=30,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    async def pinned(
+        self, wanted: dict[int, int], token: str | None = None
+    ) -> dict[int, list[httpx.AsyncClient]]:
+        """Clients whose one keep-alive connection is served by a given worker, `wanted[pid]`
+        of them each: connections are opened a few at once until enough landed on each.
+        Use them within uvicorn's keep-alive timeout (5 s), or the server closes them."""
+        got: dict[int, list[httpx.AsyncClient]] = {pid: [] for pid in wanted}
+        for _ in range(100):
+            missing = sum(max(0, n - len(got[pid])) for pid, n in wanted.items())
+            if not missing:
+                return got
+            batch = [self._new_client(token) for _ in range(min(max(missing, 4), 16))]
+            responses = await asyncio.gather(*(c.get("/api/health") for c in batch))
+            for client, r in zip(batch, responses, strict=True):
+                assert r.status_code == HTTPStatus.OK
+                pid = self.served_by(r)
+                if pid in got and len(got[pid]) < wanted[pid]:
+                    got[pid].append(client)
+                    self._clients.append(client)
+                else:
+                    await client.aclose()
+        raise AssertionError(f"could not pin {wanted} connections: got {got}")
+
     async def client_on(self, pid: int, token: str | None = None) -> httpx.AsyncClient:
         """A client whose one keep-alive connection is served by worker `pid`."""
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        for _ in range(200):
-            client = httpx.AsyncClient(
-                base_url=self.url,
-                headers=headers,
-                timeout=30,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )
-            r = await client.get("/api/health")
-            assert r.status_code == HTTPStatus.OK
-            if self.served_by(r) == pid:
-                self._clients.append(client)
-                return client
-            await client.aclose()
-        raise AssertionError(f"no connection landed on worker {pid} in 200 tries")
+        return (await self.pinned({pid: 1}, token))[pid][0]
 
     async def clients_on_both(
         self, n: int, token: str | None = None
     ) -> list[tuple[int, httpx.AsyncClient]]:
         """`n` pinned clients, alternating between the two workers."""
         a, b = self.pids()
-        return [(p, await self.client_on(p, token)) for p in [a, b] * (n // 2)]
+        got = await self.pinned({a: n // 2, b: n - n // 2}, token)
+        return [
+            (pid, c)
+            for pair in zip(got[a], got[b], strict=False)
+            for pid, c in zip((a, b), pair, strict=True)
+        ]
 
     async def close_clients(self) -> None:
         for client in self._clients:
@@ -267,9 +290,26 @@ def assert_both(server: Workers, served: list[int]) -> None:
 # --- the guarantees ---------------------------------------------------------------------------
 
 
-def test_two_workers_serve_and_both_are_reached(workers: Workers) -> None:
+def test_the_server_runs_two_workers(workers: Workers) -> None:
     assert len(workers.pids()) == 2
     assert workers.process.pid not in workers.pids()
+
+
+async def test_every_worker_writes_the_access_log(server: Workers) -> None:
+    """A worker is a spawned interpreter: it must log as the single process does."""
+    paths = {}
+    for pid in server.pids():
+        paths[pid] = f"/api/no-such-route-{uuid.uuid4().hex}"
+        client = await server.client_on(pid)
+        r = await client.get(paths[pid])
+        assert r.status_code == HTTPStatus.NOT_FOUND
+        assert server.served_by(r) == pid
+
+    def logged() -> bool:
+        text = server.log.read_text()
+        return all(f"path={path} status=404" in text for path in paths.values())
+
+    assert wait_until(logged, timeout=10), server.log.read_text()[-2000:]
 
 
 async def test_exchange_is_exactly_once_under_64_attempts_on_both_workers(
