@@ -119,12 +119,20 @@ def model(vo: VO, c: dict[str, Any], line_bytes: float) -> dict[str, Any]:
     }
 
 
+def label(op: str, vo: VO) -> str:
+    return {
+        "logs": f"log batch ({vo.lines_per_batch} lines)",
+        "bulk": f"bulk registration ({vo.bulk_size:,})",
+        "patch": "status patch",
+    }.get(op, op)
+
+
 def markdown(vo: VO, m: dict[str, Any], line_bytes: float) -> str:
     out = ["| operation | rate /s | server CPU ms each | database CPU ms each | server cores "
            "| database cores | WAL MB/s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for op, r in m["rows"].items():
         out.append(
-            f"| {op} | {r['rate_per_s']:,.4g} | {r['server_ms']:.3f} | {r['db_ms']:.3f} "
+            f"| {label(op, vo)} | {r['rate_per_s']:,.4g} | {r['server_ms']:.3f} | {r['db_ms']:.3f} "
             f"| {r['server_cores']:.2f} | {r['db_cores']:.2f} | {r['wal_mb_s']:.2f} |"
         )
     out.append(

@@ -336,7 +336,9 @@ class Measured:
 class Bench:
     """One server (N workers) on a fresh database; runs measured phases against it."""
 
-    def __init__(self, workers: int, admin: str, base: str, work: Path) -> None:
+    def __init__(
+        self, workers: int, admin: str, base: str, work: Path, cpus: str | None = None
+    ) -> None:
         self.workers = workers
         self.admin = admin
         self.database = f"sdbench_{os.getpid()}_{workers}w_{secrets.token_hex(2)}"
@@ -348,6 +350,8 @@ class Bench:
         url = base.replace("postgresql://", "postgresql+asyncpg://") + "/" + self.database
         cmd = [SITE_DIRECTOR, "server", "--data-dir", str(data), "--port", str(port)]
         cmd += ["--log-level", "warning", "--vo", "lhcb", "--db", url, "--workers", str(workers)]
+        if cpus:  # every process of the server on these CPUs (the workers inherit it)
+            cmd = ["taskset", "-c", cpus, *cmd]
         # the maintenance stays on, as in production (every worker ticks, one runs it)
         self.server = ServerProcess(
             f"site-director x{workers}",
@@ -495,6 +499,12 @@ def main() -> None:
         help="wrk's connections (bulk: 2); at most the server's pool (10 a worker), so that "
         "the figures are the operations', not the pool's opening and closing of connections",
     )
+    parser.add_argument(
+        "--server-cpus",
+        help="taskset's CPU list for the server (e.g. 1): with one CPU, N workers take turns "
+        "instead of running at once, so the comparison shows the work each request costs, "
+        "not two busy processes contending for the cores with wrk and PostgreSQL",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop: the servers and databases too
@@ -511,7 +521,7 @@ def main() -> None:
             order = counts if rep % 2 == 0 else list(reversed(counts))
             for workers in order:
                 console.print(f"round {rep + 1}, {workers} worker(s)")
-                bench = Bench(workers, admin, base, work)
+                bench = Bench(workers, admin, base, work, args.server_cpus)
                 try:
                     # warm every route once (each worker's first requests import and compile)
                     warm = argparse.Namespace(**{**vars(args), "requests": 300})
@@ -563,6 +573,7 @@ def summarise(
         "log_lines_per_batch": args.log_lines,
         "database": "PostgreSQL " + str(sql(admin_dsn(args.database)[0], "SHOW server_version")),
         "workers": counts,
+        "server_cpus": args.server_cpus or "any",
         "client": f"wrk -t1 (Lua scripts), {args.connections} connections (bulk 2)",
         "machine": machine_state(),
         "ops": ops,

@@ -4,14 +4,15 @@
 Which worker serves a connection is read from the kernel, not guessed: the server side of a
 client's TCP connection is a socket inode in /proc/net/tcp, and the worker holding that inode
 among its file descriptors is the one serving it (`Workers.served_by`). A client pinned to a
-worker is a connection opened until one lands on it (`Workers.client_on`); each test checks
+worker is a connection opened until one lands on it (`Workers.pinned`); each test checks
 afterwards that its requests were indeed served by both workers.
 
 Guarantees (each already tested on one process elsewhere, here across processes): exactly-once
 secret exchange under 64 concurrent attempts, refresh-token reuse detection, director leases
-(one holder per queue), the per-pilot log rate limit (kept in the database: the quota row),
-the maintenance's single runner (a lease row), monitor logout, key-set rotation picked up by
-every worker.
+(one holder per queue), the per-pilot log rate limit (kept in the database: the quota row;
+its hole at a window's start is a strict xfail on the arithmetic), the maintenance's single
+runner (a lease row), monitor logout, key-set rotation picked up by every worker, and the
+access log written by every worker (a spawned worker once dropped its INFO lines).
 """
 
 from __future__ import annotations
