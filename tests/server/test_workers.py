@@ -10,9 +10,10 @@ afterwards that its requests were indeed served by both workers.
 Guarantees (each already tested on one process elsewhere, here across processes): exactly-once
 secret exchange under 64 concurrent attempts, refresh-token reuse detection, director leases
 (one holder per queue), the per-pilot log rate limit (kept in the database: the quota row;
-its hole at a window's start is a strict xfail on the arithmetic), the maintenance's single
-runner (a lease row), monitor logout, key-set rotation picked up by every worker, and the
-access log written by every worker (a spawned worker once dropped its INFO lines).
+a batch that waited for the row's lock counts in the window opened meanwhile), the
+maintenance's single runner (a lease row), monitor logout, key-set rotation picked up by
+every worker, and the access log written by every worker (a spawned worker once dropped its
+INFO lines).
 """
 
 from __future__ import annotations
@@ -415,17 +416,24 @@ async def test_log_rate_limit_holds_across_workers(server: Workers) -> None:
     assert codes.count(HTTPStatus.TOO_MANY_REQUESTS) == 10 - (RATE - 1) // 20, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/logic/logs.py: `now` is read before the quota row's lock is waited for, and "
-    "admit() restarts the window when now < window_start, so a batch that waited behind the one "
-    "that opened the window empties it: concurrent batches at a window's start (seen: 7 of 10 "
-    "batches of 20 accepted with a limit of 100, across two workers) pass the limit",
-)
+async def test_log_rate_limit_holds_at_a_windows_start_across_workers(server: Workers) -> None:
+    """No window open yet: the 10 concurrent batches race to open it. A batch that read the
+    clock before the one that opened it took the row's lock still counts in that window
+    (it once restarted the window, and 7 batches of 20 passed a limit of 100)."""
+    _, pair = await pilot_tokens(server)
+    pinned = await server.clients_on_both(10, pair["access_token"])
+    batch = {"lines": [LINE] * 20}
+    responses = await asyncio.gather(*(c.post(LOGS, json=batch) for _, c in pinned))
+    assert_both(server, [server.served_by(r) for r in responses])
+    codes = [r.status_code for r in responses]
+    assert codes.count(HTTPStatus.NO_CONTENT) == RATE // 20, codes
+    assert codes.count(HTTPStatus.TOO_MANY_REQUESTS) == 10 - RATE // 20, codes
+
+
 def test_a_batch_that_waited_for_the_lock_does_not_restart_a_full_window() -> None:
-    """The root cause of the rate limit's hole under concurrency, on the pure arithmetic:
-    two batches read the clock at t0 < t1; the t1 one takes the lock first and opens the
-    window at t1 (full); the t0 one, let in after it, must still count in that window."""
+    """The rate limit under concurrency, on the pure arithmetic: two batches read the clock
+    at t0 < t1; the t1 one takes the lock first and opens the window at t1 (full); the t0
+    one, let in after it, must still count in that window (it once restarted it)."""
     from datetime import UTC, datetime, timedelta
 
     from server.db.logs import Quota
