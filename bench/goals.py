@@ -78,6 +78,16 @@ TQ_CYCLE = Goal("task-queue matching, 10,000 TQ x 1,000 queues: worst cycle", "s
 TQ_MEMORY = Goal("task-queue matching: peak RSS above idle", "MB", 50.0, inclusive=False)
 
 
+WORKERS_CPU_RATIO = 1.15
+
+
+def workers_cpu(op: str, workers: int, limit: float | None = WORKERS_CPU_RATIO) -> Goal:
+    """Server CPU per request (master and workers summed) with `workers` uvicorn workers on
+    PostgreSQL over one worker's, medians of 3 alternating rounds: several workers must not
+    cost more CPU per request (bench/workers.py). `limit=None`: a run too small to judge."""
+    return Goal(f"{op}: {workers} workers / 1, server CPU per request", "x", limit)
+
+
 def no_goal(name: str, unit: str) -> Goal:
     return Goal(name, unit, None)
 

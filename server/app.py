@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp
 
 from server.context import ServerContext
 from server.db.engine import Database
 from server.db.migrate import upgrade
 from server.http import handlers
-from server.http.bodyguard import AuthBeforeBody
-from server.http.middleware import AccessLog, BodyLimit
+from server.http.middleware import Front
 from server.http.origin import CrossSiteRequest
 from server.http.policies import LoginRequired
 from server.installation import open_server_keys, record_vos
@@ -41,7 +46,38 @@ from server.scheduler import MaintenanceRunner
 from server.settings import ServerSettings
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+class _App(FastAPI):
+    """FastAPI with a shorter middleware stack: Starlette's ServerErrorMiddleware (an error
+    that escapes is a 500, and logged), ours (`Front`), then Starlette's ExceptionMiddleware
+    (the handlers) and FastAPI's AsyncExitStackMiddleware around the router, as FastAPI builds
+    it, without the two layers FastAPI adds for features this server does not use: OpenTelemetry
+    exception recording (no tracer is configured) and `max_body_size` (None; `Front` limits
+    bodies). Each layer is a call and a wrapped `send` on every request."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        error_handler = None
+        handlers: dict[Any, Any] = {}
+        for key, value in self.exception_handlers.items():
+            if key in (500, Exception):
+                error_handler = value
+            else:
+                handlers[key] = value
+        middleware = [
+            Middleware(ServerErrorMiddleware, handler=error_handler, debug=self.debug),
+            *self.user_middleware,
+            Middleware(ExceptionMiddleware, handlers=handlers, debug=self.debug),
+            Middleware(AsyncExitStackMiddleware),
+        ]
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
+def create_app(settings: ServerSettings, *, fast_lane: bool = True) -> FastAPI:
+    """The app; without `fast_lane` every route is served by FastAPI alone (the reference the
+    fast lane is compared with in tests/server/test_hotpath.py)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +98,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 await app.state.maintenance.stop()
             await db.close()
 
-    app = FastAPI(
+    app = _App(
         title="Site Director server",
         version="0.1.0",
         lifespan=lifespan,
@@ -71,7 +107,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     handlers.install(app)
     app.add_exception_handler(LoginRequired, monitor.login_required)
     app.add_exception_handler(CrossSiteRequest, monitor.cross_site_refused)
-    for router in (
+    routers = (
         pilots.router,
         secrets.router,
         logs.router,
@@ -85,9 +121,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         monitor.router,
         monitor_requests.router,
         home.router,
-    ):
+    )
+    for router in routers:
         app.include_router(responses.document(router))
-    app.add_middleware(BodyLimit)
-    app.add_middleware(AuthBeforeBody)
-    app.add_middleware(AccessLog)
+    hot = (*pilots.HOT, *auth.HOT) if fast_lane else ()
+    # the routes as their routers hold them: the objects FastAPI puts in scope["route"]
+    app.add_middleware(Front, hot=hot, routes=[r for router in routers for r in router.routes])
     return app

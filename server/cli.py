@@ -201,7 +201,11 @@ def run_server(args: argparse.Namespace) -> int:
         # workers re-create the app from the environment: pass the settings that way
         os.environ.update(_settings_env(settings))
         config = uvicorn.Config(
-            "server.cli:app_from_env", factory=True, workers=settings.workers, **common
+            "server.cli:app_from_env",
+            factory=True,
+            workers=settings.workers,
+            log_config=_worker_log_config(),
+            **common,
         )
     else:
         from server.app import create_app
@@ -209,6 +213,28 @@ def run_server(args: argparse.Namespace) -> int:
         config = uvicorn.Config(create_app(settings), **common)
     serve(config, notifier)
     return 0
+
+
+def _worker_log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration plus the root logger as this process has it (level,
+    line format, stderr). Each worker is a spawned interpreter that only applies uvicorn's
+    configuration: without the root logger, a worker's INFO lines (the access log, the
+    maintenance's) would be dropped, and several workers would log less than one."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    root = logging.getLogger()
+    formats = [h.formatter._fmt for h in root.handlers if h.formatter and h.formatter._fmt]
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["server"] = {"format": formats[0] if formats else logging.BASIC_FORMAT}
+    config["handlers"]["server"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "server",
+        "stream": "ext://sys.stderr",
+    }
+    config["root"] = {"handlers": ["server"], "level": logging.getLevelName(root.level)}
+    return config
 
 
 def _settings_env(settings: ServerSettings) -> dict[str, str]:

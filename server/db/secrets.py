@@ -7,7 +7,19 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, Update, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
@@ -148,6 +160,67 @@ def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
     return insert(table).prefix_with("IGNORE")
 
 
+def _exchange_facts() -> list[Any]:
+    """What the exchange needs to know of a secret besides its own columns (correlated on
+    SECRETS, with the bound parameter `stamp`): how many stamps it is bound to, whether `stamp`
+    is one, whether this secret registered `stamp` itself, and the pilot `stamp` if any."""
+    stamp = bindparam("stamp", type_=STAMPS.c.PilotStamp.type)
+    # spelt out with its table: in a RETURNING clause SQLAlchemy writes a correlated column
+    # bare, and a bare "SecretID" inside these subqueries would be their own table's
+    secret_id = literal_column(f'"{SECRETS.name}"."SecretID"', SECRETS.c.SecretID.type)
+    bound_count = (
+        select(func.count()).select_from(STAMPS).where(STAMPS.c.SecretID == secret_id)
+    ).scalar_subquery()
+    bound_here = (
+        select(func.count())
+        .select_from(STAMPS)
+        .where(STAMPS.c.SecretID == secret_id, STAMPS.c.PilotStamp == stamp)
+        .scalar_subquery()
+    )
+    registered_here = (
+        select(func.count())
+        .select_from(REGISTRATIONS)
+        .where(REGISTRATIONS.c.PilotStamp == stamp, REGISTRATIONS.c.SecretID == secret_id)
+        .scalar_subquery()
+    )
+
+    def pilot(column: Any, name: str) -> Any:
+        return select(column).where(PILOTS.c.PilotStamp == stamp).scalar_subquery().label(name)
+
+    return [
+        SECRETS.c.SecretID,
+        SECRETS.c.VOs,
+        SECRETS.c.Sites,
+        SECRETS.c.CEs,
+        SECRETS.c.Queues,
+        bound_count.label("bound_count"),
+        bound_here.label("bound_here"),
+        registered_here.label("registered_here"),
+        pilot(PILOTS.c.VO, "PilotVO"),
+        pilot(PILOTS.c.GridSite, "GridSite"),
+        pilot(PILOTS.c.DestinationSite, "DestinationSite"),
+        pilot(PILOTS.c.Queue, "Queue"),
+    ]
+
+
+def _consume_for_exchange() -> Update:
+    """Spend one use of the secret with hash `secret_hash` unless revoked, used up or expired
+    at `now`, and return what `_exchange_facts` says of it: one statement, where the backend
+    has UPDATE ... RETURNING (built once)."""
+    now = bindparam("now", type_=SECRETS.c.LastUsedAt.type)
+    return (
+        update(SECRETS)
+        .where(
+            SECRETS.c.SecretHash == bindparam("secret_hash", type_=SECRETS.c.SecretHash.type),
+            SECRETS.c.Revoked.is_(False),
+            or_(SECRETS.c.RemainingUses.is_(None), SECRETS.c.RemainingUses > 0),
+            or_(SECRETS.c.ExpiresAt.is_(None), SECRETS.c.ExpiresAt > now),
+        )
+        .values(RemainingUses=SECRETS.c.RemainingUses - 1, LastUsedAt=now)
+        .returning(*_exchange_facts())
+    )
+
+
 def _exchange_lookup() -> Select[Any]:
     """The exchange's read, built once with bound parameters `secret_hash` and `stamp`:
     constructing the expression was a third of the exchange's CPU when done per request."""
@@ -210,6 +283,29 @@ def _consume() -> Update:
 
 _EXCHANGE_LOOKUP = _exchange_lookup()
 _CONSUME = _consume()
+_CONSUME_FOR_EXCHANGE = _consume_for_exchange()
+
+
+def consumes_in_one_statement(conn: AsyncConnection) -> bool:
+    """Whether `consume_for_exchange` works here: SQLite (3.35+) and PostgreSQL have
+    UPDATE ... RETURNING, MariaDB does not (it reads with `secret_for_exchange`, then spends
+    with `consume_use`)."""
+    return bool(conn.dialect.update_returning)
+
+
+async def consume_for_exchange(
+    conn: AsyncConnection, secret_hash: str, stamp: str, now: datetime
+) -> dict[str, Any] | None:
+    """Spend one use of the secret with this hash, atomically (the conditions sit in the
+    UPDATE, so with K uses left exactly K concurrent callers get a row), and return its
+    constraints and the facts `secret_for_exchange` returns; None if no such live secret.
+    The caller checks the constraints and, if they refuse, rolls back: the use is not spent.
+    The hot path of the secret exchange: one round trip for read and spend."""
+    result = await conn.execute(
+        _CONSUME_FOR_EXCHANGE, {"secret_hash": secret_hash, "stamp": stamp, "now": now}
+    )
+    row = result.mappings().first()
+    return dict(row) if row is not None else None
 
 
 async def secret_for_exchange(

@@ -33,11 +33,13 @@ class _InlineCursor:
     """aiosqlite's Cursor interface over a sqlite3 cursor, completing at once (or, while the
     connection's time is limited, in a worker thread)."""
 
-    __slots__ = ("_cursor", "_owner")
+    __slots__ = ("_cursor", "_owner", "_rows")
 
     def __init__(self, cursor: sqlite3.Cursor, owner: InlineConnection) -> None:
         self._cursor = cursor
         self._owner = owner
+        #: rows fetched in the worker thread together with the statement (see `execute`)
+        self._rows: list[Any] | None = None
 
     async def __aenter__(self) -> _InlineCursor:
         return self
@@ -46,30 +48,47 @@ class _InlineCursor:
         self._cursor.close()
 
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> _InlineCursor:
+        self._rows = None
         if self._owner.budget is None:
             self._cursor.execute(sql, parameters)
         else:
+            # SQLAlchemy fetches every row right after executing (its async cursors are not
+            # server-side): one trip to the worker thread for both, not two (each trip is a
+            # future, a queue and an event-loop wake-up: most of a small search's CPU)
             self._owner.start_statement()
-            await self._owner.off_loop(self._cursor.execute, sql, parameters)
+            self._rows = await self._owner.off_loop(self._execute_and_fetch, sql, parameters)
         return self
 
+    def _execute_and_fetch(self, sql: str, parameters: Sequence[Any]) -> list[Any] | None:
+        self._cursor.execute(sql, parameters)
+        return self._cursor.fetchall() if self._cursor.description is not None else None
+
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> _InlineCursor:
+        self._rows = None
         self._cursor.executemany(sql, parameters)
         return self
 
     async def fetchall(self) -> list[Any]:
+        if self._rows is not None:
+            rows, self._rows = self._rows, []
+            return rows
         # fetching steps the statement further: the same thread and deadline as execute
         if self._owner.budget is None:
             return self._cursor.fetchall()
         return await self._owner.off_loop(self._cursor.fetchall)
 
     async def fetchone(self) -> Any:
+        if self._rows is not None:
+            return self._rows.pop(0) if self._rows else None
         if self._owner.budget is None:
             return self._cursor.fetchone()
         return await self._owner.off_loop(self._cursor.fetchone)
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
         n = size if size is not None else self._cursor.arraysize
+        if self._rows is not None:
+            rows, self._rows = self._rows[:n], self._rows[n:]
+            return rows
         if self._owner.budget is None:
             return self._cursor.fetchmany(n)
         return await self._owner.off_loop(self._cursor.fetchmany, n)

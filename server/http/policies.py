@@ -39,7 +39,10 @@ from server.logic.monitor_sessions import COOKIE, session_identity
 
 
 def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+    return _bearer(request.headers.get("authorization", ""))
+
+
+def _bearer(header: str) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Missing bearer token")
@@ -53,10 +56,16 @@ class Policy:
     public = False
 
     async def __call__(self, request: Request) -> Identity | None:
+        ctx: ServerContext = request.app.state.ctx
+        return self.authorize(ctx, request.headers.get("authorization", ""))
+
+    def authorize(self, ctx: ServerContext, authorization: str) -> Identity | None:
+        """The caller's identity from its `Authorization` header, or 401/403 (None for a
+        public route); the FastAPI dependency and the fast lane (`server.http.hotpath`) both
+        decide here."""
         if self.public:
             return None
-        ctx: ServerContext = request.app.state.ctx
-        identity = identity_from_token(ctx.keys, bearer_token(request))
+        identity = identity_from_token(ctx.keys, _bearer(authorization))
         self.check(identity)
         return identity
 

@@ -2,8 +2,12 @@
 
 Every refusal of a credential is the same `Unauthorized(INVALID)`, so a caller cannot learn
 which secret exists, which constraint failed, or whether a stamp is registered. The use count is
-spent by one conditional UPDATE (see `db.secrets.consume_use`); all statements of an exchange
-share one transaction, and the tokens are signed after it commits, outside the SQLite write lock.
+spent by one conditional UPDATE; on SQLite and PostgreSQL that UPDATE also reads the secret
+(`db.secrets.consume_for_exchange`, UPDATE ... RETURNING) and a refusal rolls the use back, on
+MariaDB a read comes first (`secret_for_exchange`, then `consume_use`). All statements of an
+exchange share one transaction (a bound secret: two statements, the UPDATE and the refresh
+token's INSERT, on SQLite and PostgreSQL), and the tokens are signed after it commits, outside
+the SQLite write lock.
 
 A bound secret opens only its stamps. An unbound secret (a vacuum pilot's, often multi-use and
 baked into VM images) registers new pilots, and opens again only a stamp it registered itself
@@ -94,6 +98,11 @@ def secret_admits(secret: dict[str, Any], place: PilotPlace, now: datetime) -> b
         return False
     if secret["RemainingUses"] is not None and secret["RemainingUses"] <= 0:
         return False
+    return place_admitted(secret, place)
+
+
+def place_admitted(secret: dict[str, Any], place: PilotPlace) -> bool:
+    """The secret's constraints on where a pilot runs: its VOs, sites, CEs and queues."""
     return (
         place.vo in db_secrets.load_list(secret["VOs"])
         and allowed(db_secrets.load_list(secret["Sites"]), place.site)
@@ -177,7 +186,14 @@ async def exchange(ctx: ServerContext, body: SecretExchange) -> TokenResponse:
     secret_hash = hash_secret(body.pilot_secret)
     now = utcnow()
     async with ctx.db.transaction() as conn:
-        secret = await db_secrets.secret_for_exchange(conn, secret_hash, body.pilot_stamp)
+        # where it can, one statement reads the secret and spends a use (the rest of the
+        # checks refuse by raising, which rolls the use back); otherwise a read, then the
+        # conditional UPDATE once the checks passed
+        spent = db_secrets.consumes_in_one_statement(conn)
+        if spent:
+            secret = await db_secrets.consume_for_exchange(conn, secret_hash, body.pilot_stamp, now)
+        else:
+            secret = await db_secrets.secret_for_exchange(conn, secret_hash, body.pilot_stamp)
         if secret is None:
             raise _refuse()
         bound = secret["bound_count"] > 0
@@ -201,9 +217,13 @@ async def exchange(ctx: ServerContext, body: SecretExchange) -> TokenResponse:
                 raise _refuse()
             place = PilotPlace(vo, body.grid_site or None, body.ce, body.queue)
             new_row = _vacuum_row(body, vo, status, now)
-        if not secret_admits(secret, place, now):
-            raise _refuse()
-        if not await db_secrets.consume_use(conn, secret["SecretID"], now):
+        if spent:
+            admitted = place_admitted(secret, place)
+        else:  # the checks, then the conditional UPDATE
+            admitted = secret_admits(secret, place, now) and await db_secrets.consume_use(
+                conn, secret["SecretID"], now
+            )
+        if not admitted:
             raise _refuse()
         if new_row is not None:
             try:

@@ -102,7 +102,10 @@ def admit(quota: db.Quota, *, lines: int, nbytes: int, now: datetime, limits: Li
             f"Log quota exceeded: this pilot may store {limits.max_bytes_per_pilot} bytes in total"
         )
     start, used = quota.window_start, quota.window_lines
-    if now - start >= RATE_WINDOW or now < start:
+    # A batch reads the clock before it waits for the quota row's lock, so it may see a window
+    # opened after its `now` by a batch that took the lock first: that window is its window.
+    # Only a clock a whole window behind (a clock set back) starts a new one.
+    if now - start >= RATE_WINDOW or start - now >= RATE_WINDOW:
         start, used = now, 0
     if used + lines > limits.lines_per_minute:
         wait = (start + RATE_WINDOW - now).total_seconds()

@@ -9,10 +9,22 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Body, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
 
+from server.context import ServerContext
 from server.errors import AlreadyExists, InvalidRequest, NotFound, SearchTimeout, TooLarge
 from server.http.dependencies import Context
-from server.http.policies import PilotManager, PilotSelf, Reader
+from server.http.hotpath import HotRoute, plain_ints
+from server.http.policies import (
+    PILOT_MANAGER,
+    PILOT_SELF,
+    READER,
+    PilotManager,
+    PilotSelf,
+    Reader,
+)
+from server.identity import Identity
 from server.logic import pilots as logic
 from server.models import (
     STAMP_PATTERN,
@@ -169,3 +181,69 @@ async def pilot_jobs(
 ) -> PilotJobs:
     """The jobs a pilot ran."""
     return await logic.jobs_of(ctx, identity, pilot_stamp)
+
+
+# --- the fast lane (server.http.hotpath): the same routes, without FastAPI's machinery ---------
+
+
+def _empty(status: int) -> Response:
+    """What FastAPI answers for a route returning None: `null`, or no body where the status
+    allows none (204)."""
+    response = JSONResponse(None, status_code=status)
+    if status == HTTPStatus.NO_CONTENT:
+        response.body = b""
+    return response
+
+
+async def _hot_register(
+    ctx: ServerContext, identity: Identity | None, body: PilotRegistration, _: dict[str, Any]
+) -> Response:
+    assert identity is not None
+    await logic.register_pilot(ctx, identity, body)
+    return _empty(HTTPStatus.CREATED)
+
+
+async def _hot_patch(
+    ctx: ServerContext, identity: Identity | None, body: dict[str, PilotMetadata], _: dict[str, Any]
+) -> Response:
+    assert identity is not None
+    await logic.update_metadata(ctx, identity, body)
+    return _empty(HTTPStatus.NO_CONTENT)
+
+
+async def _hot_search(
+    ctx: ServerContext, identity: Identity | None, body: SearchParams | None, query: dict[str, Any]
+) -> Response:
+    assert identity is not None
+    page, per_page = query["page"], query["per_page"]
+    total, rows = await logic.search(ctx, identity, body, page, per_page)
+    return paged("pilots", total, rows, page, per_page)
+
+
+async def _hot_summary(
+    ctx: ServerContext, identity: Identity | None, body: SummaryParams, _: dict[str, Any]
+) -> Response:
+    assert identity is not None
+    return json_response(await logic.summary(ctx, identity, body))
+
+
+HOT = (
+    HotRoute("POST", "/api/pilots/", PILOT_MANAGER, TypeAdapter(PilotRegistration), _hot_register),
+    HotRoute(
+        "PATCH",
+        "/api/pilots/metadata",
+        PILOT_SELF,
+        TypeAdapter(dict[Stamp, PilotMetadata]),
+        _hot_patch,
+    ),
+    HotRoute(
+        "POST",
+        "/api/pilots/search",
+        READER,
+        TypeAdapter(SearchParams),
+        _hot_search,
+        optional_body=True,
+        query=plain_ints({"page": (1, 1, 10**9), "per_page": (100, 1, logic.MAX_PER_PAGE)}),
+    ),
+    HotRoute("POST", "/api/pilots/summary", READER, TypeAdapter(SummaryParams), _hot_summary),
+)

@@ -141,6 +141,41 @@ async def test_use_count(api: Roles) -> None:
     assert info["last_used_at"] is not None
 
 
+async def test_a_refused_exchange_spends_no_use(api: Roles) -> None:
+    """On SQLite and PostgreSQL one UPDATE reads the secret and spends the use before the
+    constraints are checked; a refusal must roll that back: the secret keeps its last use,
+    whether the refusals come one by one or race the good exchange."""
+    place = {"grid_site": "LCG.CERN.cern", "destination_site": "ce1.cern.ch", "queue": "long"}
+    s, _ = await register_bulk(api, **place)
+    other, _ = await register_bulk(api, **place)
+    secret = await mint(
+        api, pilot_stamps=[s], sites=["LCG.CERN.cern"], pilot_secret_use_count_max=1
+    )
+    wrong_site = await mint(
+        api, pilot_stamps=[s], sites=["LCG.RAL.uk"], pilot_secret_use_count_max=1
+    )
+    for _ in range(3):
+        await assert_refused(api, other, secret)  # bound to another stamp
+        await assert_refused(api, s, wrong_site)  # the pilot's site is not allowed
+    vacuum = await mint(api, sites=["VAC.Good.uk"], pilot_secret_use_count_max=1)
+    await assert_refused(
+        api, stamp(), vacuum, vo="lhcb", grid_type="", grid_site="VAC.Bad.uk", status=""
+    )
+    ok = await exchange(
+        api, stamp(), vacuum, vo="lhcb", grid_type="", grid_site="VAC.Good.uk", status=""
+    )
+    assert ok.status_code == HTTPStatus.OK
+    # twenty refused attempts racing the one good one: it still gets the last use
+    bad = {"pilot_stamp": other, "pilot_secret": secret}
+    good = {"pilot_stamp": s, "pilot_secret": secret}
+    bodies = [bad] * 10 + [good] + [bad] * 10
+    responses = await asyncio.gather(*(api.anonymous.post(EXCHANGE, json=b) for b in bodies))
+    codes = [r.status_code for r in responses]
+    assert codes[10] == HTTPStatus.OK
+    assert codes.count(HTTPStatus.OK) == 1
+    await assert_refused(api, s, secret)  # and then it is spent
+
+
 async def test_secret_of_another_vo(api: Roles) -> None:
     s, _ = await register_bulk(api)
     secret = await mint(api, vo="dteam")

@@ -209,3 +209,20 @@ def test_keys_command_rotates_the_file_a_setting_names(
         run("list", keys_file=None)
     with pytest.raises(SystemExit2, match="go with rotate"):
         run("list", delay=5)
+
+
+def test_tokens_are_the_bytes_joserfc_signs(store: KeyStore) -> None:
+    """`KeyStore.sign` makes Ed25519 tokens itself (a fast path): Ed25519 is deterministic,
+    so they must be exactly what `joserfc.jwt.encode` makes of the same header and claims,
+    and verify as any other token."""
+    from joserfc import jwt
+
+    claims = {"sub": "a:é", "vo": "lhcb", "iss": ISSUER, "jti": "j", "exp": T0 + 600, "x": [1]}
+    signed = store.sign(dict(claims), typ="at+jwt")
+    kid = kid_of(signed)
+    key = store._keyset.get_by_kid(kid)
+    expected = jwt.encode(
+        {"alg": "EdDSA", "kid": kid, "typ": "at+jwt"}, dict(claims), key, algorithms=["EdDSA"]
+    )
+    assert signed == expected
+    assert store.verify(signed, typ="at+jwt", now=T0)["sub"] == "a:é"
