@@ -112,13 +112,20 @@ class Database:
                 yield conn
 
     @asynccontextmanager
-    async def bounded_read(self, seconds: float) -> AsyncIterator[AsyncConnection]:
+    async def bounded_read(
+        self, seconds: float, *, inline_first: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A read connection on which each statement may run `seconds` at most: past that it
         is stopped and the block raises SearchTimeout. On SQLite its statements also leave
-        the event loop for a worker thread, so one search never holds up other requests."""
+        the event loop for a worker thread, so one search never holds up other requests.
+
+        `inline_first` (SQLite; the caller's promise that no row is costly to test, see
+        `server.db.search.may_start_inline`): each statement first runs on the event loop for
+        up to `sqlite_inline.INLINE_SLICE` and leaves for the worker thread only past that, so
+        a cheap search does not pay the trip to the thread and back."""
         with translated():
             async with self.engine.connect() as conn:
-                inline = await self._limit_time(conn, seconds)
+                inline = await self._limit_time(conn, seconds, inline_first)
                 try:
                     yield conn
                 except DBAPIError as exc:
@@ -132,11 +139,13 @@ class Database:
                 finally:
                     await self._unlimit_time(conn, inline)
 
-    async def _limit_time(self, conn: AsyncConnection, seconds: float) -> InlineConnection | None:
+    async def _limit_time(
+        self, conn: AsyncConnection, seconds: float, inline_first: bool
+    ) -> InlineConnection | None:
         if self.dialect == "sqlite":
             raw: Any = (await conn.get_raw_connection()).driver_connection
             if isinstance(raw, InlineConnection):
-                raw.limit_time(seconds)
+                raw.limit_time(seconds, inline_first=inline_first)
                 return raw
             # an in-memory database on aiosqlite proper: already off the loop; one deadline
             deadline = time.monotonic() + seconds
