@@ -45,7 +45,7 @@ R = TypeVar("R")
 INLINE_SLICE = 0.002
 #: SQLite VM steps between two looks at the clock while a statement runs inline (a step is tens
 #: of nanoseconds; a look, a Python call, a fraction of a microsecond).
-_PROGRESS_STEPS = 1000
+_PROGRESS_STEPS = 4000
 
 
 class _Moved:
@@ -175,6 +175,7 @@ class InlineConnection:
         #: Whether each bounded statement first runs inline for up to `INLINE_SLICE`.
         self.inline_first = False
         self._deadline = 0.0
+        self._slice_wall_end = 0.0
         self._slice_end = 0.0
         self._sliced = False
 
@@ -202,10 +203,13 @@ class InlineConnection:
         self._deadline = time.monotonic() + self.budget
 
     def _progress(self) -> int:
-        if time.monotonic() > self._deadline:
+        now = time.monotonic()
+        if now > self._deadline:
             self.timed_out = True
             return 1
-        if time.thread_time() > self._slice_end:
+        # the thread's CPU time (a system call, where the wall clock is not) cannot have
+        # passed the slice before the wall clock has
+        if now > self._slice_wall_end and time.thread_time() > self._slice_end:
             self._sliced = True
             return 1
         return 0
@@ -221,6 +225,7 @@ class InlineConnection:
         and moving it for that would redo the work and pay the trip as well. The loop does at
         most a slice of the statement's work either way; the budget is wall time, as off the
         loop."""
+        self._slice_wall_end = time.monotonic() + INLINE_SLICE
         self._slice_end = time.thread_time() + INLINE_SLICE
         self._sliced = False
         self._conn.set_progress_handler(self._progress, _PROGRESS_STEPS)
