@@ -11,8 +11,9 @@ errors into the project's own (`server.db.driver_errors`): nothing above this la
 SQLAlchemy or driver exception.
 
 Searches run on `bounded_read` connections: each statement has a time budget on every backend
-(SQLite: a progress handler, in a worker thread; MariaDB: `max_statement_time`; PostgreSQL:
-`statement_timeout`), and one that runs past it is a `SearchTimeout`, not an outage.
+(SQLite: in a worker thread, interrupted at the deadline, or first on the event loop for a
+2 ms slice when the caller says no row is costly to test; MariaDB: `max_statement_time`;
+PostgreSQL: `statement_timeout`), and one that runs past it is a `SearchTimeout`, not an outage.
 """
 
 from __future__ import annotations
