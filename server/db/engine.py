@@ -11,8 +11,9 @@ errors into the project's own (`server.db.driver_errors`): nothing above this la
 SQLAlchemy or driver exception.
 
 Searches run on `bounded_read` connections: each statement has a time budget on every backend
-(SQLite: a progress handler, in a worker thread; MariaDB: `max_statement_time`; PostgreSQL:
-`statement_timeout`), and one that runs past it is a `SearchTimeout`, not an outage.
+(SQLite: in a worker thread, interrupted at the deadline, or first on the event loop for a
+2 ms slice when the caller says no row is costly to test; MariaDB: `max_statement_time`;
+PostgreSQL: `statement_timeout`), and one that runs past it is a `SearchTimeout`, not an outage.
 """
 
 from __future__ import annotations
@@ -112,13 +113,20 @@ class Database:
                 yield conn
 
     @asynccontextmanager
-    async def bounded_read(self, seconds: float) -> AsyncIterator[AsyncConnection]:
+    async def bounded_read(
+        self, seconds: float, *, inline_first: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A read connection on which each statement may run `seconds` at most: past that it
         is stopped and the block raises SearchTimeout. On SQLite its statements also leave
-        the event loop for a worker thread, so one search never holds up other requests."""
+        the event loop for a worker thread, so one search never holds up other requests.
+
+        `inline_first` (SQLite; the caller's promise that no row is costly to test, see
+        `server.db.search.may_start_inline`): each statement first runs on the event loop for
+        up to `sqlite_inline.INLINE_SLICE` and leaves for the worker thread only past that, so
+        a cheap search does not pay the trip to the thread and back."""
         with translated():
             async with self.engine.connect() as conn:
-                inline = await self._limit_time(conn, seconds)
+                inline = await self._limit_time(conn, seconds, inline_first)
                 try:
                     yield conn
                 except DBAPIError as exc:
@@ -132,11 +140,13 @@ class Database:
                 finally:
                     await self._unlimit_time(conn, inline)
 
-    async def _limit_time(self, conn: AsyncConnection, seconds: float) -> InlineConnection | None:
+    async def _limit_time(
+        self, conn: AsyncConnection, seconds: float, inline_first: bool
+    ) -> InlineConnection | None:
         if self.dialect == "sqlite":
             raw: Any = (await conn.get_raw_connection()).driver_connection
             if isinstance(raw, InlineConnection):
-                raw.limit_time(seconds)
+                raw.limit_time(seconds, inline_first=inline_first)
                 return raw
             # an in-memory database on aiosqlite proper: already off the loop; one deadline
             deadline = time.monotonic() + seconds

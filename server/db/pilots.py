@@ -33,6 +33,7 @@ from server.db.schema import JOBS, OUTPUTS, PILOTS, REQUESTS
 from server.db.schema import SECRET_REGISTRATIONS as REGISTRATIONS
 from server.db.search import (
     SpecShape,
+    bound_value_limit,
     bound_values,
     bound_where,
     check_bound_values,
@@ -48,6 +49,9 @@ COLUMNS: dict[str, Column[Any]] = {c.name: c for c in T.columns}
 
 #: Statements built once per shape (see `server.db.search`): how many shapes are kept.
 STATEMENT_CACHE = 256
+#: The largest page offset sent to the database (INTEGER, 32 bits, on PostgreSQL); a search
+#: asking for a page further than that is answered by its count alone.
+_INTEGER_MAX = 2**31 - 1
 
 
 #: A pilot to register in bulk: (stamp, grid type, grid site, destination site, queue,
@@ -370,22 +374,42 @@ async def search(
     narrow index tuples, then the full rows of those ids. Sorting whole rows to keep 100 of
     them costs several times more on every backend. Both statements are built once per shape
     of query (columns, conditions, sort) and reused with this request's values.
+
+    The total comes with the page, as one more column (an uncorrelated scalar subquery, which
+    every backend runs once per statement): one statement per search, not two, unless its
+    conditions' values would not fit twice in one statement (then the count runs alone first)
+    or the page is empty (then the count runs alone after, to tell "no match" from "past the
+    end"). Not for `distinct`, whose count is over a subquery of its own.
     """
     # checked in the order the statements would meet them: columns, conditions, sort
     if parameters:
         for p in parameters:
             column_for(COLUMNS, p)
     params = bound_values(COLUMNS, specs)
-    check_bound_values(conn.dialect.name, specs)
+    needed = check_bound_values(conn.dialect.name, specs)
     for s in sort:
         column_for(COLUMNS, s.parameter)
-    count, page_stmt = _search_statements(
+    count, page_stmt, with_total = _search_statements(
         tuple(parameters) if parameters else None,
         shape(specs),
         tuple((s.parameter, s.direction) for s in sort),
         distinct,
     )
     offset = (page - 1) * per_page
+    # the conditions' values twice (count and page) and the page's two; an offset past the
+    # INTEGER range (a client's page 2**70) fails in the drivers and is past any table's end
+    if (
+        with_total is not None
+        and offset <= _INTEGER_MAX
+        and 2 * needed - 2 <= bound_value_limit(conn.dialect.name)
+    ):
+        result = await conn.execute(with_total, {**params, "p_limit": per_page, "p_offset": offset})
+        keys = [str(k) for k in result.keys()][:-1]  # noqa: SIM118 - plain str keys for orjson
+        found = result.all()
+        if found:
+            # zip stops at the last key: the total column is left out
+            return found[0][-1], [dict(zip(keys, row)) for row in found]  # noqa: B905
+        return (await conn.execute(count, params)).scalar_one(), []
     total = (await conn.execute(count, params)).scalar_one()
     if total == 0 or offset >= total:
         return total, []
@@ -399,8 +423,9 @@ def _search_statements(
     shapes: tuple[SpecShape, ...],
     sort: tuple[tuple[str, str], ...],
     distinct: bool,
-) -> tuple[Select[Any], Select[Any]]:
-    """(count, page) for one shape of search; the page takes `p_limit` and `p_offset`."""
+) -> tuple[Select[Any], Select[Any], Select[Any] | None]:
+    """(count, page, page with the total as its last column) for one shape of search; the
+    pages take `p_limit` and `p_offset`. No third statement for `distinct`."""
     cols = [COLUMNS[p] for p in parameters] if parameters else list(T.columns)
     where = bound_where(COLUMNS, shapes)
     ordering = [COLUMNS[p].desc() if d == "desc" else COLUMNS[p].asc() for p, d in sort]
@@ -411,7 +436,7 @@ def _search_statements(
         if where is not None:
             base = base.where(where)
         count = select(func.count()).select_from(base.subquery())
-        return count, base.order_by(*ordering).limit(limit).offset(offset)
+        return count, base.order_by(*ordering).limit(limit).offset(offset), None
     count = select(func.count()).select_from(T)
     if where is not None:
         count = count.where(where)
@@ -428,7 +453,12 @@ def _search_statements(
     page = (
         select(*cols).join_from(T, page_ids, T.c.PilotID == page_ids.c.PilotID).order_by(*ordering)
     )
-    return count, page
+    with_total = (
+        select(*cols, count.scalar_subquery().label("total_matches"))
+        .join_from(T, page_ids, T.c.PilotID == page_ids.c.PilotID)
+        .order_by(*ordering)
+    )
+    return count, page, with_total
 
 
 async def summary(

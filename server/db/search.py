@@ -117,10 +117,11 @@ def bound_value_limit(dialect: str) -> int:
     return _BOUND_VALUE_LIMITS.get(dialect, 32767)
 
 
-def check_bound_values(dialect: str, specs: Sequence[SearchSpec]) -> None:
+def check_bound_values(dialect: str, specs: Sequence[SearchSpec]) -> int:
     """A search whose conditions need more bound values than the database takes in one
     statement is the request's size, not an outage: TooLarge (413) naming the limit, before
-    the driver fails with an error the app would answer as "database unavailable" (503)."""
+    the driver fails with an error the app would answer as "database unavailable" (503).
+    Returns the count: a caller may send the conditions twice in one statement if that fits."""
     count = _STATEMENT_VALUES + sum(
         len(s.values) if isinstance(s, VectorSearch) else 1 for s in specs
     )
@@ -130,6 +131,7 @@ def check_bound_values(dialect: str, specs: Sequence[SearchSpec]) -> None:
             f"The search needs {count} values (its conditions' values, the caller's VO scope "
             f"and the page); this server's database takes at most {limit} in one statement"
         )
+    return count
 
 
 def column_for(columns: Mapping[str, Column[Any]], parameter: str) -> Column[Any]:
@@ -140,6 +142,17 @@ def column_for(columns: Mapping[str, Column[Any]], parameter: str) -> Column[Any
 
 
 _TEXT_OPERATORS = (ScalarOperator.LIKE, ScalarOperator.NOT_LIKE, ScalarOperator.REGEX)
+
+
+def may_start_inline(specs: Sequence[SearchSpec]) -> bool:
+    """Whether a search's statements may start on the event loop (`Database.bounded_read`'s
+    `inline_first`): true when no condition is a text operator (like, not_like, regex), so
+    testing a row is a fixed, small number of SQLite VM steps and the inline slice bounds how
+    long the loop is held. Any other search, whatever its size, runs in the worker thread from
+    its first step: a regular expression over a long value is one step of unbounded cost.
+    Comparisons, `in` and `not_in` qualify on any column: a scan without an index is many
+    cheap steps, stopped at the slice and finished off the loop under the time budget."""
+    return not any(not isinstance(s, VectorSearch) and s.operator in _TEXT_OPERATORS for s in specs)
 
 
 def _value(column: Column[Any], spec: SearchSpec) -> Any:

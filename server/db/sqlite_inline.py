@@ -16,6 +16,18 @@ Searches are the exception: their cost depends on what a client asks (a regular 
 every log line), so `limit_time` moves a connection's statements to a worker thread (SQLite
 releases the GIL while it works; the RE2 `regexp` function too) and interrupts any statement
 that runs past its budget. The event loop keeps answering other requests meanwhile.
+
+The trip to the thread and back costs more CPU than a small search itself (a future, a queue,
+two thread switches and a loop wake-up per statement). A search whose conditions cannot make a
+row costly (no text operator: see `server.db.search.may_start_inline`) therefore *starts*
+inline (`limit_time(..., inline_first=True)`): a progress handler stops it once it has spent
+`INLINE_SLICE` of CPU time on the loop, and it is then run again in the worker thread under
+what is left of its budget. No statement does more than the slice's work on the loop (plus
+one step of the SQLite VM): a sort or a grouping step only orders the rows the statement
+produced within the slice (each row is steps of its own), and a condition without a text
+operator costs a few steps per row. So a cheap search (the usual dashboard page) never
+leaves the loop, and a heavy one costs the loop one slice, then behaves as before:
+interrupted at its budget (wall time, counted from the statement's start), a 422.
 """
 
 from __future__ import annotations
@@ -27,6 +39,20 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 R = TypeVar("R")
+
+#: CPU seconds a bounded statement started inline may spend on the event loop before it is
+#: stopped and run again in a worker thread.
+INLINE_SLICE = 0.002
+#: SQLite VM steps between two looks at the clock while a statement runs inline (a step is tens
+#: of nanoseconds; a look, a Python call, a fraction of a microsecond).
+_PROGRESS_STEPS = 4000
+
+
+class _Moved:
+    """The result of `InlineConnection.try_inline` for a statement stopped at its slice."""
+
+
+MOVED = _Moved()
 
 
 class _InlineCursor:
@@ -55,8 +81,14 @@ class _InlineCursor:
             # SQLAlchemy fetches every row right after executing (its async cursors are not
             # server-side): one trip to the worker thread for both, not two (each trip is a
             # future, a queue and an event-loop wake-up: most of a small search's CPU)
-            self._owner.start_statement()
-            self._rows = await self._owner.off_loop(self._execute_and_fetch, sql, parameters)
+            owner = self._owner
+            owner.start_statement()
+            if owner.inline_first:
+                rows = owner.try_inline(self._execute_and_fetch, sql, parameters)
+                if not isinstance(rows, _Moved):
+                    self._rows = rows
+                    return self
+            self._rows = await owner.off_loop(self._execute_and_fetch, sql, parameters)
         return self
 
     def _execute_and_fetch(self, sql: str, parameters: Sequence[Any]) -> list[Any] | None:
@@ -140,15 +172,23 @@ class InlineConnection:
         self.budget: float | None = None
         #: Whether the last statement was interrupted for running past its budget.
         self.timed_out = False
+        #: Whether each bounded statement first runs inline for up to `INLINE_SLICE`.
+        self.inline_first = False
         self._deadline = 0.0
+        self._slice_wall_end = 0.0
+        self._slice_end = 0.0
+        self._sliced = False
 
     def cursor(self) -> _InlineCursor:
         return _InlineCursor(self._conn.cursor(), self)
 
-    def limit_time(self, seconds: float | None) -> None:
+    def limit_time(self, seconds: float | None, *, inline_first: bool = False) -> None:
         """From now on, run each statement in a worker thread and interrupt it once it has run
         `seconds` (sqlite3.OperationalError "interrupted", with `timed_out` set); None goes
         back to inline, unbounded statements (before the pool hands the connection on).
+
+        With `inline_first`, each statement first runs inline for up to `INLINE_SLICE` (see
+        the module's docstring): only for statements whose every row is cheap to test.
 
         The interrupt comes from a timer on the event loop (sqlite3_interrupt may be called
         from any thread), which costs nothing per row, where a progress handler would take
@@ -156,10 +196,47 @@ class InlineConnection:
         slow."""
         self.budget = seconds
         self.timed_out = False
+        self.inline_first = inline_first and seconds is not None
 
     def start_statement(self) -> None:
         assert self.budget is not None
         self._deadline = time.monotonic() + self.budget
+
+    def _progress(self) -> int:
+        now = time.monotonic()
+        if now > self._deadline:
+            self.timed_out = True
+            return 1
+        # the thread's CPU time (a system call, where the wall clock is not) cannot have
+        # passed the slice before the wall clock has
+        if now > self._slice_wall_end and time.thread_time() > self._slice_end:
+            self._sliced = True
+            return 1
+        return 0
+
+    def try_inline(self, function: Callable[..., R], *args: Any) -> R | _Moved:
+        """`function(*args)` on the event loop, stopped once it has used `INLINE_SLICE` of
+        this thread's CPU time (then MOVED: the caller runs it again in the worker thread) or
+        at the statement's deadline if that comes first (then sqlite3.OperationalError, with
+        `timed_out` set).
+
+        The slice is CPU time, not wall time: on a loaded machine a statement may be
+        preempted for a scheduler quantum (several ms) in the middle of its 0.1 ms of work,
+        and moving it for that would redo the work and pay the trip as well. The loop does at
+        most a slice of the statement's work either way; the budget is wall time, as off the
+        loop."""
+        self._slice_wall_end = time.monotonic() + INLINE_SLICE
+        self._slice_end = time.thread_time() + INLINE_SLICE
+        self._sliced = False
+        self._conn.set_progress_handler(self._progress, _PROGRESS_STEPS)
+        try:
+            return function(*args)
+        except sqlite3.OperationalError:
+            if self._sliced and not self.timed_out:
+                return MOVED
+            raise
+        finally:
+            self._conn.set_progress_handler(None, 0)
 
     def _interrupt(self) -> None:
         self.timed_out = True

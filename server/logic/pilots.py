@@ -20,6 +20,7 @@ from server.clock import utcnow
 from server.context import ServerContext
 from server.db import pilots as db
 from server.db import tokens as db_tokens
+from server.db.search import may_start_inline
 from server.errors import Forbidden, InvalidRequest, NotFound
 from server.identity import ADMIN, GENERIC_PILOT, TRUSTED_HOST, Identity, refused
 from server.keys import REASON_REVOKED
@@ -312,7 +313,8 @@ async def search(
     ctx: ServerContext, identity: Identity, body: SearchParams | None, page: int, per_page: int
 ) -> tuple[int, list[dict[str, Any]]]:
     body = body or SearchParams()
-    async with ctx.db.bounded_read(ctx.settings.search_timeout) as conn:
+    inline_first = may_start_inline(body.search)
+    async with ctx.db.bounded_read(ctx.settings.search_timeout, inline_first=inline_first) as conn:
         specs = await _resolve_job_ids(conn, list(body.search))
         if specs is None:
             return 0, []
@@ -330,7 +332,8 @@ async def search(
 async def summary(
     ctx: ServerContext, identity: Identity, body: SummaryParams
 ) -> list[dict[str, Any]]:
-    async with ctx.db.bounded_read(ctx.settings.search_timeout) as conn:
+    inline_first = may_start_inline(body.search)
+    async with ctx.db.bounded_read(ctx.settings.search_timeout, inline_first=inline_first) as conn:
         specs = await _resolve_job_ids(conn, list(body.search))
         if specs is None:
             return []

@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 import httpx
+from sqlalchemy import event
 
 from server.routers.pilots import _encode
 from tests.conftest import Roles
@@ -462,6 +463,38 @@ async def test_search_paging_and_content_range(api: Roles) -> None:
     pages = [(await search(api.user, page=p, per_page=5)).json() for p in (1, 2, 3)]
     ids = [row["PilotID"] for page in pages for row in page]
     assert len(set(ids)) == 12  # stable order: no pilot twice, none missed
+
+
+async def test_a_page_and_its_total_are_one_statement(api: Roles) -> None:
+    """The total comes with the page (a scalar subquery): one statement per search; the count
+    runs alone only when the page is empty, to tell no match (200) from past the end (416)."""
+    await _fleet(api)
+    engine = api.sut.app.state.ctx.db.engine.sync_engine
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "PilotAgents" in statement:
+            statements.append(statement)
+
+    body = {
+        "search": [{"parameter": "Status", "operator": "in", "values": ["Running", "Waiting"]}],
+        "sort": [{"parameter": "BenchMark", "direction": "desc"}],
+    }
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        r = await search(api.user, body, page=2, per_page=5)
+        assert len(statements) == 1
+        assert r.status_code == HTTPStatus.PARTIAL_CONTENT
+        assert r.headers["Content-Range"] == "pilots 5-9/12"
+        assert [p["BenchMark"] for p in r.json()] == [6.0, 5.0, 4.0, 3.0, 2.0]
+        assert "total_matches" not in r.json()[0]
+        statements.clear()
+        r = await search(api.user, body, page=4, per_page=5)
+        assert len(statements) == 2
+        assert r.status_code == HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
+        assert r.headers["Content-Range"] == "pilots */12"
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
     assert (await search(api.user, per_page=10001)).status_code == HTTPStatus.UNPROCESSABLE_ENTITY
     assert (await search(api.user, page=0)).status_code == HTTPStatus.UNPROCESSABLE_ENTITY
 
