@@ -51,6 +51,7 @@ from pydantic_settings import (
 from director import ce as ce_registry
 from director.empty_pilots import EmptyPilotPolicy
 from director.errors import ConfigError
+from director.sharing import Sharer
 
 if TYPE_CHECKING:
     CEBlock = Any
@@ -397,6 +398,18 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _share_alike(self) -> Settings:
+        """Queues configured alike share one model, and CEs one backend block
+        (`director.sharing`): the settings live as long as the director."""
+        sharer = Sharer()
+        for site in self.sites.values():
+            for entry in site.ces.values():
+                entry.__dict__["ce"] = sharer.share(entry.ce)
+                for name, queue in entry.queues.items():
+                    entry.queues[name] = sharer.share(queue)
+        return self
 
     def queues(self) -> Iterator[QueueRef]:
         """Every configured queue, enabled or not, in config order; a queue serving several

@@ -315,3 +315,25 @@ def test_a_queues_vos_are_checked(tmp_path: Path, site: str, problem: str) -> No
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, SHARED % site))
     assert problem in str(caught.value)
+
+
+def test_queues_and_ces_configured_alike_share_one_model(tmp_path: Path) -> None:
+    """`director.sharing`: equal models are one object; a difference in a value, or in which
+    fields were set (what `exclude_unset` dumps), keeps them apart."""
+    data = yaml.safe_load(MINIMAL)
+    data["sites"]["Test.Site.org"]["ces"] = {
+        "ce1": {"ce": {"kind": "local"}, "queues": {"a": {}, "b": {}, "c": {"processors": 2}}},
+        "ce2": {"ce": {"kind": "local"}, "queues": {"a": {}, "d": {"processors": 1}}},
+        "ce3": {"ce": {"kind": "local", "slots": 9}, "queues": {"a": {}}},
+    }
+    settings = load_config(write(tmp_path, yaml.safe_dump(data)))
+    ces = settings.sites["Test.Site.org"].ces
+    assert ces["ce1"].queues["a"] is ces["ce1"].queues["b"] is ces["ce2"].queues["a"]
+    assert ces["ce1"].queues["c"] is not ces["ce1"].queues["a"]
+    assert ces["ce2"].queues["d"] is not ces["ce1"].queues["a"]  # processors set, to its default
+    assert ces["ce1"].ce is ces["ce2"].ce
+    assert ces["ce3"].ce is not ces["ce1"].ce
+    assert [ref.key for ref in settings.queues()] == [
+        "Test.Site.org/ce1/a", "Test.Site.org/ce1/b", "Test.Site.org/ce1/c",
+        "Test.Site.org/ce2/a", "Test.Site.org/ce2/d", "Test.Site.org/ce3/a",
+    ]  # fmt: skip
