@@ -194,6 +194,24 @@ make_request = function(i)
 end
 """
 
+# Request scripts that more than one benchmark sends (the same workload, so comparable figures):
+# one pilot registered per request, and one stamp's Status patched per request (`prefix .. i`:
+# the pilots `LUA_REGISTER` made under the same prefix).
+LUA_REGISTER = r"""
+function make_request(i)
+  return wrk.format("POST", "/api/pilots/", nil,
+    '{"pilot_stamp":"' .. prefix .. i .. '","vo":"lhcb","grid_site":"LCG.Site' .. (i % 10) ..
+    '.org","destination_site":"ce' .. (i % 7) .. '.example.org"}')
+end
+"""
+
+LUA_PATCH = r"""
+function make_request(i)
+  return wrk.format("PATCH", "/api/pilots/metadata", nil,
+    '{"' .. prefix .. i .. '":{"Status":"Running","StatusReason":"bench"}}')
+end
+"""
+
 
 @dataclass
 class WrkResult:

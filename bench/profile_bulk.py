@@ -15,19 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import gc
 import statistics
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from in_process import Driver, add_gc_option, set_gc, sqlite_app
 from pydantic import TypeAdapter
 
-from server.app import create_app
 from server.identity import TRUSTED_HOST, mint_user_token
 from server.models import BulkRegistration, PilotMetadata, SecretConstraints
-from server.settings import ServerSettings
 
 _UPDATES: TypeAdapter[dict[str, PilotMetadata]] = TypeAdapter(dict[str, PilotMetadata])
 
@@ -69,74 +65,23 @@ def patch_body(group: int, pilots: int) -> bytes:
     return _UPDATES.dump_json(updates, by_alias=True, exclude_none=True)
 
 
-async def call(app: Any, token: str, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-    """One request straight into the ASGI app; its status and body."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"bench"),
-            (b"authorization", f"Bearer {token}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 8000),
-    }
-    sent = False
-    status = 0
-    chunks: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            await asyncio.sleep(3600)
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return status, b"".join(chunks)
-
-
 async def main(groups: int, pilots: int, profile: Path | None, gc_mode: str = "on") -> None:
-    data = Path(tempfile.mkdtemp(prefix="profile-bulk-"))
-    settings = ServerSettings(
-        data_dir=data,
-        db_url=f"sqlite+aiosqlite:///{data / 'bench.db'}",
-        issuer="https://bench.test",
-        vos=["lhcb"],
-        maintenance=False,
-    )
-    app = create_app(settings)
+    app = sqlite_app("profile-bulk-")
     async with app.router.lifespan_context(app):
         keys = app.state.ctx.keys
         token = mint_user_token(
             keys, sub="bench", vo="lhcb", properties=[TRUSTED_HOST], lifetime=3600
         )
+        director = Driver(app, token)
         # warm-up: a small group, not measured
         warm = register_body(9999, 100)
-        status, _ = await call(app, token, "POST", "/api/pilots/bulk", warm)
+        status, _ = await director.call_for_body("POST", "/api/pilots/bulk", b"", warm)
         assert status == 201, status
-        status, _ = await call(app, token, "PATCH", "/api/pilots/metadata", patch_body(9999, 100))
+        status, _ = await director.call_for_body(
+            "PATCH", "/api/pilots/metadata", b"", patch_body(9999, 100)
+        )
         assert status == 204, status
-        if gc_mode == "freeze":
-            gc.freeze()
-        elif gc_mode == "off":
-            gc.disable()
+        set_gc(gc_mode)
         register_cpu: list[float] = []
         patch_cpu: list[float] = []
         profiler = cProfile.Profile() if profile else None
@@ -145,10 +90,12 @@ async def main(groups: int, pilots: int, profile: Path | None, gc_mode: str = "o
             if profiler:
                 profiler.enable()
             cpu0 = time.process_time()
-            status, answer = await call(app, token, "POST", "/api/pilots/bulk", reg)
+            status, answer = await director.call_for_body("POST", "/api/pilots/bulk", b"", reg)
             cpu1 = time.process_time()
             assert status == 201, (status, answer[:300])
-            status, answer = await call(app, token, "PATCH", "/api/pilots/metadata", patch)
+            status, answer = await director.call_for_body(
+                "PATCH", "/api/pilots/metadata", b"", patch
+            )
             cpu2 = time.process_time()
             if profiler:
                 profiler.disable()
@@ -175,11 +122,6 @@ if __name__ == "__main__":
     parser.add_argument("--groups", type=int, default=5)
     parser.add_argument("--pilots", type=int, default=10_000)
     parser.add_argument("--profile", type=Path)
-    parser.add_argument(
-        "--gc",
-        choices=("on", "freeze", "off"),
-        default="on",
-        help="the cyclic collector as is, with the start-up heap frozen, or off (to see its cost)",
-    )
+    add_gc_option(parser)
     args = parser.parse_args()
     asyncio.run(main(args.groups, args.pilots, args.profile, args.gc))

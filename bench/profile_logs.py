@@ -14,21 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import gc
 import json
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
+from in_process import Driver, add_gc_option, set_gc, sqlite_app
 
-from server.app import create_app
 from server.identity import TRUSTED_HOST, mint_user_token
-from server.settings import ServerSettings
 
 LINES = 250
+PATH = "/api/pilots/internal/message"
 
 
 def batch_body(i: int, start: datetime) -> bytes:
@@ -47,56 +44,8 @@ def batch_body(i: int, start: datetime) -> bytes:
     return json.dumps({"lines": lines}).encode()
 
 
-async def call(app: Any, token: str, body: bytes) -> int:
-    """One POST straight into the ASGI app; the status it answered."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/pilots/internal/message",
-        "raw_path": b"/api/pilots/internal/message",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"bench"),
-            (b"authorization", f"Bearer {token}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 8000),
-    }
-    sent = False
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            await asyncio.sleep(3600)
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
-
-
 async def main(batches: int, profile: Path | None, gc_mode: str = "on") -> None:
-    data = Path(tempfile.mkdtemp(prefix="profile-logs-"))
-    settings = ServerSettings(
-        data_dir=data,
-        db_url=f"sqlite+aiosqlite:///{data / 'bench.db'}",
-        issuer="https://bench.test",
-        vos=["lhcb"],
-        maintenance=False,
-    )
-    app = create_app(settings)
+    app = sqlite_app("profile-logs-")
     async with app.router.lifespan_context(app):
         keys = app.state.ctx.keys
         director = mint_user_token(
@@ -121,20 +70,18 @@ async def main(batches: int, profile: Path | None, gc_mode: str = "on") -> None:
                 x = await client.post("/api/auth/secret-exchange", json=pair)
                 x.raise_for_status()
                 tokens.append(x.json()["access_token"])
+        pilots = [Driver(app, token) for token in tokens]
         start = datetime.now(UTC)
         bodies = [batch_body(i, start) for i in range(batches + 20)]
         for i in range(20):  # warm-up
-            assert await call(app, tokens[i % 100], bodies[i]) == 204
-        if gc_mode == "freeze":
-            gc.freeze()
-        elif gc_mode == "off":
-            gc.disable()
+            assert await pilots[i % 100].call("POST", PATH, b"", bodies[i]) == 204
+        set_gc(gc_mode)
         profiler = cProfile.Profile() if profile else None
         cpu0 = time.process_time()
         if profiler:
             profiler.enable()
         for i in range(20, batches + 20):
-            status = await call(app, tokens[i % 100], bodies[i])
+            status = await pilots[i % 100].call("POST", PATH, b"", bodies[i])
             assert status == 204, status
         if profiler:
             profiler.disable()
@@ -147,11 +94,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=400)
     parser.add_argument("--profile", type=Path)
-    parser.add_argument(
-        "--gc",
-        choices=("on", "freeze", "off"),
-        default="on",
-        help="the cyclic collector as is, with the start-up heap frozen, or off (to see its cost)",
-    )
+    add_gc_option(parser)
     args = parser.parse_args()
     asyncio.run(main(args.batches, args.profile, args.gc))

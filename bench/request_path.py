@@ -25,73 +25,16 @@ import argparse
 import asyncio
 import cProfile
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.app import create_app
+from in_process import Driver, sqlite_app
+
 from server.identity import ADMIN, mint_user_token
-from server.settings import ServerSettings
 
 Request = tuple[str, str, bytes, bytes | None]  # method, path, query, body
-
-
-class Driver:
-    """Calls the app with one HTTP request per call, as uvicorn would, minus the socket."""
-
-    def __init__(self, app: Any, token: str | None) -> None:
-        self.app = app
-        self.token = token
-
-    async def call(self, method: str, path: str, query: bytes, body: bytes | None) -> int:
-        return (await self.call_for_body(method, path, query, body))[0]
-
-    async def call_for_body(
-        self, method: str, path: str, query: bytes, body: bytes | None
-    ) -> tuple[int, bytes]:
-        headers = [(b"host", b"bench"), (b"content-type", b"application/json")]
-        if self.token:
-            headers.append((b"authorization", f"Bearer {self.token}".encode()))
-        if body is not None:
-            headers.append((b"content-length", str(len(body)).encode()))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query,
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 5000),
-            "server": ("127.0.0.1", 8000),
-            "state": {},
-        }
-        sent = False
-        status = 0
-        answer: list[bytes] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body or b"", "more_body": False}
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                answer.append(message.get("body", b""))
-
-        await self.app(scope, receive, send)
-        return status, b"".join(answer)
 
 
 def operations(prefix: str, creds: list[tuple[str, str]]) -> dict[str, Callable[[int], Request]]:
@@ -152,11 +95,7 @@ async def mint(driver: Driver, prefix: str, n: int) -> list[tuple[str, str]]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-path-"))
-    settings = ServerSettings(
-        data_dir=work, vos=["lhcb"], maintenance=False, issuer="https://bench.test"
-    )
-    app = create_app(settings)
+    app = sqlite_app("bench-path-")
     results: dict[str, Any] = {}
     async with app.router.lifespan_context(app):
         keys = app.state.ctx.keys

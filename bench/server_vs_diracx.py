@@ -36,6 +36,8 @@ from typing import Any
 from diracx_baseline import DEFAULT_VENV, configure, ensure_venv
 from goals import GoalReport, check_load, machine_state, vs_diracx
 from harness import (
+    LUA_PATCH,
+    LUA_REGISTER,
     RequestMaker,
     ServerProcess,
     WrkResult,
@@ -51,21 +53,6 @@ from rich.console import Console
 from rich.table import Table
 
 CLIENTS = ("wrk", "httpx")
-
-REGISTER = r"""
-function make_request(i)
-  return wrk.format("POST", "/api/pilots/", nil,
-    '{"pilot_stamp":"' .. prefix .. i .. '","vo":"lhcb","grid_site":"LCG.Site' .. (i % 10) ..
-    '.org","destination_site":"ce' .. (i % 7) .. '.example.org"}')
-end
-"""
-
-PATCH = r"""
-function make_request(i)
-  return wrk.format("PATCH", "/api/pilots/metadata", nil,
-    '{"' .. prefix .. i .. '":{"Status":"Running","StatusReason":"bench"}}')
-end
-"""
 
 SEARCH = r"""
 local body = '{"search":[{"parameter":"Status","operator":"eq","value":"Submitted"}],' ..
@@ -122,8 +109,8 @@ def py_summary(prefix: str) -> RequestMaker:
 
 # op -> (Lua, the same in Python, number of requests, the status every answer must have)
 OPS: dict[str, tuple[str, Callable[[str], RequestMaker], int, str]] = {
-    "register": (REGISTER, py_register, 2000, "201"),
-    "patch": (PATCH, py_patch, 500, "204"),
+    "register": (LUA_REGISTER, py_register, 2000, "201"),
+    "patch": (LUA_PATCH, py_patch, 500, "204"),
     "search": (SEARCH, py_search, 300, "206"),
     "summary": (SUMMARY, py_summary, 300, "200"),
 }

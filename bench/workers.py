@@ -55,8 +55,12 @@ from urllib.parse import urlsplit, urlunsplit
 from goals import GoalReport, check_load, machine_state, workers_cpu
 from harness import (
     CLK_TCK,
+    LUA_PATCH,
+    LUA_REGISTER,
+    SITE_DIRECTOR,
     ServerProcess,
     WrkResult,
+    cpu_seconds,
     free_port,
     lua_script,
     median,
@@ -66,16 +70,6 @@ from harness import (
 )
 from rich.console import Console
 from rich.table import Table
-
-SITE_DIRECTOR = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "site-director")
-
-REGISTER = r"""
-function make_request(i)
-  return wrk.format("POST", "/api/pilots/", nil,
-    '{"pilot_stamp":"' .. prefix .. i .. '","vo":"lhcb","grid_site":"LCG.Site' .. (i % 10) ..
-    '.org","destination_site":"ce' .. (i % 7) .. '.example.org"}')
-end
-"""
 
 BULK = r"""
 function make_request(i)
@@ -137,13 +131,6 @@ function make_request(i)
 end
 """
 
-PATCH = r"""
-function make_request(i)
-  return wrk.format("PATCH", "/api/pilots/metadata", nil,
-    '{"' .. prefix .. i .. '":{"Status":"Running","StatusReason":"bench"}}')
-end
-"""
-
 SEARCH = r"""
 function make_request(i)
   return wrk.format("POST", "/api/pilots/search?page=1&per_page=100", nil,
@@ -161,11 +148,6 @@ ITEMS = {"bulk": "pilot", "logs": "line"}  # the others: one item per request
 
 def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def process_cpu(pid: int) -> float:
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def children(pid: int) -> list[int]:
@@ -186,7 +168,7 @@ def tree_cpu(pid: int) -> dict[int, float]:
     while todo:
         p = todo.pop()
         try:
-            cpu[p] = process_cpu(p)
+            cpu[p] = cpu_seconds(p)
             todo += children(p)
         except OSError:
             continue
@@ -204,7 +186,7 @@ def postgres_cpu(database: str) -> dict[str, dict[int, float]]:
             if (entry / "comm").read_text().strip() != "postgres":
                 continue
             title = (entry / "cmdline").read_text().replace("\0", " ")
-            cpu = process_cpu(int(entry.name))
+            cpu = cpu_seconds(int(entry.name))
         except OSError:
             continue
         if f" {database} " in title:
@@ -447,7 +429,7 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
             f"backends started {m.backends_started}"
         )
 
-    m, _ = bench.phase("register", REGISTER, n, args.connections, "201", prefix=f"r{tag}-")
+    m, _ = bench.phase("register", LUA_REGISTER, n, args.connections, "201", prefix=f"r{tag}-")
     record("register", m, 1)
     bulk_requests = n // 1000 + 1  # more secrets than exchanges
     m, bodies = bench.phase("bulk", BULK, bulk_requests, 2, "201", prefix=f"b{tag}-")
@@ -477,7 +459,7 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
     )
     m, _ = bench.phase("logs", lua, n, args.connections, "204")
     record("logs", m, args.log_lines)
-    m, _ = bench.phase("patch", PATCH, n, args.connections, "204", prefix=f"r{tag}-")
+    m, _ = bench.phase("patch", LUA_PATCH, n, args.connections, "204", prefix=f"r{tag}-")
     record("patch", m, 1)
     m, _ = bench.phase("search", SEARCH, max(100, n // 10), args.connections, "206")
     record("search", m, 1)

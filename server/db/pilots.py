@@ -111,7 +111,7 @@ async def insert_new_pilots(
     was a third of a bulk registration's cost.
     """
     if conn.dialect.name != "sqlite":
-        ids = await insert_pilots(conn, [_new_row(vo, p, now) for p in pilots])
+        ids = await insert_pilots(conn, [pilot_row(vo, p, now) for p in pilots])
         return [ids[p[0]] for p in pilots]
     stamps = [p[0] for p in pilots]
     clash = await existing_stamps(conn, stamps)
@@ -139,14 +139,16 @@ async def insert_new_pilots(
     return [new_ids[stamp] for stamp in stamps]
 
 
-def _new_row(vo: str, pilot: NewPilot, now: datetime) -> dict[str, Any]:
+def pilot_row(vo: str, pilot: NewPilot, now: datetime, reason: str = "Unknown") -> dict[str, Any]:
+    """The row of a new pilot, the one place its defaults are set (every registration path:
+    single, bulk, secret exchange); its reference is its stamp when it has none."""
     stamp, grid_type, grid_site, destination_site, queue, reference, status = pilot
     return {
         "PilotStamp": stamp,
         "VO": vo,
         "PilotJobReference": reference or stamp,
         "Status": status,
-        "StatusReason": "Unknown",
+        "StatusReason": reason,
         "GridType": grid_type,
         "GridSite": grid_site,
         "DestinationSite": destination_site,

@@ -114,23 +114,16 @@ def place_admitted(secret: dict[str, Any], place: PilotPlace) -> bool:
 def _vacuum_row(
     body: SecretExchange, vo: str, status: PilotStatus, now: datetime
 ) -> dict[str, Any]:
-    return {
-        "PilotStamp": body.pilot_stamp,
-        "VO": vo,
-        "PilotJobReference": body.pilot_stamp,
-        "Status": status.value,
-        "StatusReason": "Registered by secret exchange",
-        "GridType": body.grid_type or VACUUM_DEFAULTS["grid_type"],
-        "GridSite": body.grid_site or VACUUM_DEFAULTS["grid_site"],
-        "DestinationSite": body.ce or "NotAssigned",
-        "Queue": body.queue or "Unknown",
-        "SubmissionTime": now,
-        "LastUpdateTime": now,
-        "InitialJobID": 0,
-        "CurrentJobID": 0,
-        "BenchMark": 0.0,
-        "AccountingSent": False,
-    }
+    pilot = (
+        body.pilot_stamp,
+        body.grid_type or VACUUM_DEFAULTS["grid_type"],
+        body.grid_site or VACUUM_DEFAULTS["grid_site"],
+        body.ce or "NotAssigned",
+        body.queue or "Unknown",
+        None,  # the reference is the stamp
+        status.value,
+    )
+    return db_pilots.pilot_row(vo, pilot, now, reason="Registered by secret exchange")
 
 
 @dataclass(frozen=True)

@@ -74,52 +74,20 @@ def _one_pilot_for_legacy(identity: Identity, stamps: list[str] | None) -> None:
         raise Forbidden("Insufficient permissions to modify more than one pilot.")
 
 
-def _pilot_row(
-    vo: str,
-    stamp: str,
-    reference: str | None,
-    status: PilotStatus,
-    *,
-    grid_type: str,
-    grid_site: str,
-    destination_site: str,
-    queue: str,
-    now: Any,
-) -> dict[str, Any]:
-    return {
-        "PilotStamp": stamp,
-        "VO": vo,
-        "PilotJobReference": reference or stamp,
-        "Status": status.value,
-        "StatusReason": "Unknown",
-        "GridType": grid_type,
-        "GridSite": grid_site,
-        "DestinationSite": destination_site,
-        "Queue": queue,
-        "SubmissionTime": now,
-        "LastUpdateTime": now,
-        "InitialJobID": 0,
-        "CurrentJobID": 0,
-        "BenchMark": 0.0,
-        "AccountingSent": False,
-    }
-
-
 async def register_pilot(ctx: ServerContext, identity: Identity, reg: PilotRegistration) -> None:
     require_vo(identity, reg.vo)
     ctx.require_known_vo(reg.vo)
     now = utcnow()
-    row = _pilot_row(
-        reg.vo,
+    pilot = (
         reg.pilot_stamp,
+        reg.grid_type,
+        reg.grid_site,
+        reg.destination_site,
+        "Unknown",  # a single registration names no queue
         reg.pilot_reference,
-        reg.pilot_status,
-        grid_type=reg.grid_type,
-        grid_site=reg.grid_site,
-        destination_site=reg.destination_site,
-        queue="Unknown",
-        now=now,
+        reg.pilot_status.value,
     )
+    row = db.pilot_row(reg.vo, pilot, now)
     async with ctx.db.transaction() as conn:
         await db.insert_pilot(conn, row)
 

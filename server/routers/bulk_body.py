@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from annotated_types import MaxLen
 from fastapi import Depends, Request
 from pydantic import TypeAdapter, ValidationError
 
@@ -35,14 +34,7 @@ from server.models import (
     PilotStatus,
     SecretConstraints,
 )
-from server.routers.fastapi_body import as_fastapi_would, is_plain_json
-
-
-def _max_length(model: type[BulkPilot | BulkRegistration], name: str) -> int:
-    for rule in model.model_fields[name].metadata:
-        if isinstance(rule, MaxLen):
-            return rule.max_length
-    raise LookupError(name)
+from server.routers.fastapi_body import max_length, read_body
 
 
 def _default(name: str) -> Any:
@@ -52,13 +44,13 @@ def _default(name: str) -> Any:
 #: The stamp pattern without its anchors, for `fullmatch` (a `$` in Python's `re` would let a
 #: trailing newline through, which pydantic's regex does not).
 _STAMP = re.compile(STAMP_PATTERN.removeprefix("^").removesuffix("$"))
-_VO_MAX = _max_length(BulkRegistration, "vo")
-_PILOTS_MAX = _max_length(BulkRegistration, "pilots")
-_GRID_TYPE_MAX = _max_length(BulkPilot, "grid_type")
-_GRID_SITE_MAX = _max_length(BulkPilot, "grid_site")
-_DESTINATION_MAX = _max_length(BulkPilot, "destination_site")
-_QUEUE_MAX = _max_length(BulkPilot, "queue")
-_REFERENCE_MAX = _max_length(BulkPilot, "pilot_reference")
+_VO_MAX = max_length(BulkRegistration, "vo")
+_PILOTS_MAX = max_length(BulkRegistration, "pilots")
+_GRID_TYPE_MAX = max_length(BulkPilot, "grid_type")
+_GRID_SITE_MAX = max_length(BulkPilot, "grid_site")
+_DESTINATION_MAX = max_length(BulkPilot, "destination_site")
+_QUEUE_MAX = max_length(BulkPilot, "queue")
+_REFERENCE_MAX = max_length(BulkPilot, "pilot_reference")
 _GRID_TYPE: str = _default("grid_type")
 _GRID_SITE: str = _default("grid_site")
 _DESTINATION: str = _default("destination_site")
@@ -146,6 +138,11 @@ def _pilot(item: Any) -> NewPilot | None:
     return (stamp, grid_type, grid_site, destination, queue, reference, status)
 
 
+def _from_model(body: BulkRegistration) -> Bulk:
+    """A registration pydantic validated, as a `Bulk`."""
+    return Bulk(body.vo, new_pilots(body), body.mint_secrets, body.secret_constraints)
+
+
 def fast_bulk(data: Any) -> Bulk | None:
     """A parsed body as a `Bulk`, or None when it is not plainly a valid BulkRegistration
     (then pydantic decides, and explains)."""
@@ -180,19 +177,7 @@ def fast_bulk(data: Any) -> Bulk | None:
 
 async def read_bulk(request: Request) -> Bulk:
     """The registration, or the 422/400 FastAPI would answer for this body."""
-    raw = await request.body()
-    content_type = request.headers.get("content-type")
-    if raw and is_plain_json(content_type):
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass  # maybe valid for json (a lone surrogate, NaN): the slow path says
-        else:
-            bulk = fast_bulk(data)
-            if bulk is not None:
-                return bulk
-    body = as_fastapi_would(_REGISTRATION, raw, content_type)
-    return Bulk(body.vo, new_pilots(body), body.mint_secrets, body.secret_constraints)
+    return await read_body(request, fast_bulk, _REGISTRATION, _from_model)
 
 
 #: The route's body parameter: a dependency reading it, after the route's policy.

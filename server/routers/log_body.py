@@ -17,26 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from annotated_types import MaxLen
 from fastapi import Request
 from pydantic import TypeAdapter
 
 from server.logic.logs import WireLine
 from server.models import LogBatch, LogLine
-from server.routers.fastapi_body import as_fastapi_would, is_plain_json
+from server.routers.fastapi_body import max_length, read_body
 
-
-def _max_length(name: str) -> int:
-    for rule in LogLine.model_fields[name].metadata:
-        if isinstance(rule, MaxLen):
-            return rule.max_length
-    raise LookupError(name)
-
-
-_TIMESTAMP_MAX = _max_length("timestamp")
-_SEVERITY_MAX = _max_length("severity")
-_SCOPE_MAX = _max_length("scope")
+_TIMESTAMP_MAX = max_length(LogLine, "timestamp")
+_SEVERITY_MAX = max_length(LogLine, "severity")
+_SCOPE_MAX = max_length(LogLine, "scope")
 _SCOPE_DEFAULT: str = LogLine.model_fields["scope"].default
 _BATCH = TypeAdapter(LogBatch)
 
@@ -87,18 +77,11 @@ def fast_lines(data: Any) -> list[WireLine] | None:
     return out
 
 
+def _from_model(batch: LogBatch) -> list[WireLine]:
+    """The lines of a batch pydantic validated."""
+    return [(x.timestamp, x.severity, x.message, x.scope) for x in batch.lines]
+
+
 async def read_lines(request: Request) -> list[WireLine]:
     """The batch's lines, or the 422/400 FastAPI would answer for this body."""
-    raw = await request.body()
-    content_type = request.headers.get("content-type")
-    if raw and is_plain_json(content_type):
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass  # maybe valid for json (a lone surrogate, NaN): the slow path says
-        else:
-            lines = fast_lines(data)
-            if lines is not None:
-                return lines
-    batch = as_fastapi_would(_BATCH, raw, content_type)
-    return [(x.timestamp, x.severity, x.message, x.scope) for x in batch.lines]
+    return await read_body(request, fast_lines, _BATCH, _from_model)

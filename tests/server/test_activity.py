@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 
 from server.db import activity
 from server.db import pilots as db
-from server.logic.pilots import _pilot_row
 from server.models import PilotStatus, ScalarOperator, ScalarSearch
 from tests.conftest import Roles
 
@@ -17,16 +16,8 @@ HOUR = timedelta(hours=1)
 
 async def insert(api: Roles, *times: datetime, vo: str = "lhcb") -> None:
     rows = [
-        _pilot_row(
-            vo,
-            uuid.uuid4().hex,
-            None,
-            PilotStatus.DONE,
-            grid_type="DIRAC",
-            grid_site="Site",
-            destination_site="ce",
-            queue="q",
-            now=t,
+        db.pilot_row(
+            vo, (uuid.uuid4().hex, "DIRAC", "Site", "ce", "q", None, PilotStatus.DONE.value), t
         )
         for t in times
     ]

@@ -12,7 +12,6 @@ import json
 from http import HTTPStatus
 from typing import Annotated, Any
 
-import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
@@ -22,6 +21,7 @@ from server.logic.pilots import BulkRegistered, new_pilots
 from server.models import BulkRegistration, BulkRegistrationResult, MintedSecret, RegisteredPilot
 from server.routers.bulk_body import Bulk, answer, fast_bulk, read_bulk
 from server.settings import ServerSettings
+from tests.server.body_twins import twin_answers, unresolved_refs
 
 
 def _seen(vo: str, pilots: Any, mint: bool, constraints: Any) -> list[str]:
@@ -139,12 +139,8 @@ CASES: list[tuple[str, bytes, str | None]] = [
 
 @pytest.mark.parametrize(("raw", "content_type"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 async def test_the_reader_answers_as_fastapi_does(raw: bytes, content_type: str | None) -> None:
-    headers = {"content-type": content_type} if content_type else {}
-    transport = httpx.ASGITransport(app=twin_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        theirs = await client.post("/fastapi", content=raw, headers=headers)
-        ours = await client.post("/ours", content=raw, headers=headers)
-    assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json())
+    ours, theirs = await twin_answers(twin_app(), raw, content_type)
+    assert ours == theirs
 
 
 def test_the_fast_check_takes_only_what_the_model_takes() -> None:
@@ -208,15 +204,4 @@ def test_the_documented_body_is_the_models_and_every_reference_resolves() -> Non
     components = twin["components"]["schemas"]
     assert resolved(schema, components) == resolved(theirs["schema"], components)
     assert op["responses"]["422"] == twin["paths"]["/fastapi"]["post"]["responses"]["422"]
-
-    def refs(node: Any) -> list[str]:
-        if isinstance(node, dict):
-            found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-            return found + [r for v in node.values() for r in refs(v)]
-        if isinstance(node, list):
-            return [r for v in node for r in refs(v)]
-        return []
-
-    names = spec["components"]["schemas"]
-    for ref in refs(spec):
-        assert ref.removeprefix("#/components/schemas/") in names, ref
+    assert unresolved_refs(spec) == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI, Request
 
@@ -19,6 +18,7 @@ from server.http.handlers import install
 from server.models import LogBatch
 from server.routers.log_body import fast_lines, read_lines
 from server.settings import ServerSettings
+from tests.server.body_twins import twin_answers, unresolved_refs
 
 LINE = {"timestamp": "2026-01-02T03:04:05.123456Z", "severity": "INFO", "message": "hello"}
 
@@ -126,12 +126,8 @@ CASES: list[tuple[str, bytes, str | None]] = [
     ("body", "content_type"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 async def test_the_reader_answers_as_fastapi_does(body: bytes, content_type: str | None) -> None:
-    headers = {"content-type": content_type} if content_type else {}
-    transport = httpx.ASGITransport(app=twin_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        theirs = await client.post("/fastapi", content=body, headers=headers)
-        ours = await client.post("/ours", content=body, headers=headers)
-    assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json())
+    ours, theirs = await twin_answers(twin_app(), body, content_type)
+    assert ours == theirs
 
 
 def test_the_fast_check_takes_only_what_the_model_takes() -> None:
@@ -150,15 +146,4 @@ def test_the_documented_body_is_the_models_and_every_reference_resolves() -> Non
     assert schema["title"] == "LogBatch"
     assert op["requestBody"]["required"] is True
     assert str(int(HTTPStatus.UNPROCESSABLE_ENTITY)) in op["responses"]
-
-    def refs(node: Any) -> list[str]:
-        if isinstance(node, dict):
-            found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-            return found + [r for v in node.values() for r in refs(v)]
-        if isinstance(node, list):
-            return [r for v in node for r in refs(v)]
-        return []
-
-    names = spec["components"]["schemas"]
-    for ref in refs(spec):
-        assert ref.removeprefix("#/components/schemas/") in names, ref
+    assert unresolved_refs(spec) == []
