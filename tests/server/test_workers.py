@@ -509,7 +509,13 @@ async def test_a_key_rotation_reaches_both_workers(server: Workers) -> None:
     for pid in (a, b):
 
         async def signs_new(pid: int = pid) -> bool:
-            stamp, secret = await register(server)
+            try:
+                stamp, secret = await register(server)
+            except AssertionError:
+                # the director's token is signed by this test's key store, which may already
+                # use the new key while the worker that took the request has not re-read the
+                # key file yet (every 5 s): a 401 until then (seen once in a CI rehearsal)
+                return False
             client = await server.client_on(pid)
             r = await client.post(EXCHANGE, json={"pilot_stamp": stamp, "pilot_secret": secret})
             assert r.status_code == HTTPStatus.OK, r.text
