@@ -27,6 +27,9 @@ director's peak memory <= 150 MB; printed last, met or missed (other sizes: "no 
 
 from __future__ import annotations
 
+import director.errors  # noqa: F401 - first, as `site-director run` does (director/__init__.py)
+
+# isort: split
 import argparse
 import asyncio
 import json
@@ -67,10 +70,8 @@ from director.cycle.reconcile import reconcile
 from director.loop import Director
 from server.models import (
     BulkRegistration,
-    BulkRegistrationResult,
     LeaseGrant,
     PilotMetadata,
-    QueuesReport,
 )
 
 PILOTS_PER_QUEUE = 10
@@ -105,14 +106,14 @@ class TimedClient(ServerClient):
 
     phases: Phases
 
-    async def register_bulk(self, body: BulkRegistration) -> BulkRegistrationResult:
+    async def register_bulk(self, body: BulkRegistration | bytes) -> dict[str, str]:
         t = time.perf_counter()
         try:
             return await super().register_bulk(body)
         finally:
             self.phases.add("register+mint", t)
 
-    async def patch_metadata(self, updates: Mapping[str, PilotMetadata]) -> None:
+    async def patch_metadata(self, updates: Mapping[str, PilotMetadata] | bytes) -> None:
         t = time.perf_counter()
         try:
             await super().patch_metadata(updates)
@@ -126,7 +127,7 @@ class TimedClient(ServerClient):
         finally:
             self.phases.add("leases", t)
 
-    async def report_queues(self, body: QueuesReport) -> None:
+    async def report_queues(self, body: bytes) -> None:
         t = time.perf_counter()
         try:
             await super().report_queues(body)

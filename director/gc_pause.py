@@ -46,3 +46,14 @@ def long_lived_frozen() -> Iterator[None]:
         if _depth == 0:
             gc.set_threshold(*saved)
             gc.unfreeze()
+
+
+def collect_cycle_garbage() -> None:
+    """A full pass over the cycle's own objects (the frozen ones are skipped, so it costs
+    ~10 ms at 10,000 queues), where a cycle has just dropped a large structure held in
+    reference cycles: a group's httpx requests and answers (2 MB bodies each). With the young
+    passes made rare they would otherwise live on to the next pass, and the next group's
+    allocations would take new memory rather than theirs: measured ~18 MB of the director's
+    peak at 10,000 queues."""
+    if _depth:
+        gc.collect()

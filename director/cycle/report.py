@@ -10,7 +10,7 @@ from director.cycle.context import CycleContext
 from director.cycle.outcomes import QueueOutcome, kv
 from director.empty_pilots import QueueThrottle
 from director.errors import DirectorError
-from director.queue_report import LastCycle, build_report
+from director.queue_report import LastCycle, report_body
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class QueueReporter:
             return
         queues = context.queues
         try:
-            body = build_report(
+            body = report_body(
                 queues, context.backoff, self._last_cycle, context.clock(), throttles
             )
             await context.client.report_queues(body)

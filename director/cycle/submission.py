@@ -12,7 +12,7 @@ the others up for longer than that:
    waiting and running pilots from the CE, or from the server's records when the CE cannot
    tell; demand from the configured source; n = min(slots, demand) (`director.slots`),
    scaled by the queue's empty-pilot factor (`director.empty_pilots.apply_factor`);
-   n stamps;
+   (the n stamps are made when the queue's group starts);
 2. register + mint (`registration.register`): one server call per VO (per `BULK_MAX` pilots)
    registering every planned pilot and minting one bound secret each, before anything is
    submitted; a failed call fails the queues it carried (they submit next cycle);
@@ -38,6 +38,7 @@ CE's submit descriptions under the output folder.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,7 +60,7 @@ from director.cycle.throttles import Throttles
 from director.demand import DemandSource
 from director.empty_pilots import apply_factor
 from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
-from director.gc_pause import long_lived_frozen
+from director.gc_pause import collect_cycle_garbage, long_lived_frozen
 from director.slots import Limits, plan
 
 log = logging.getLogger(__name__)
@@ -144,17 +145,23 @@ class Submission:
                 for _, outcome in todo:
                     outcome.error = outcome.why = f"{type(exc).__name__}: {exc}"
                 todo = []
-        semaphore = asyncio.Semaphore(context.settings.director.concurrency)
+        concurrency = context.settings.director.concurrency
+        semaphore = asyncio.Semaphore(concurrency)
+        planned: list[Batch | None] = [None] * len(todo)
+        queue = iter(enumerate(todo))
 
-        async def plan_one(ref: QueueRef, outcome: QueueOutcome) -> Batch | None:
-            pilots = unreferenced.get(queue_id(ref), [])
-            return await self._guarded(
-                semaphore, outcome, lambda: self._plan(ref, outcome, pilots, dry_run)
-            )
+        async def planner() -> None:
+            # `concurrency` planners take the queues in turn, rather than a task per queue
+            # waiting on the semaphore: 10,000 tasks and their coroutines were ~7 MB
+            for index, (ref, outcome) in queue:
+                pilots = unreferenced.get(queue_id(ref), [])
+                planned[index] = await self._guarded(
+                    semaphore, outcome, functools.partial(self._plan, ref, outcome, pilots, dry_run)
+                )
 
-        planned = await asyncio.gather(*(plan_one(ref, outcome) for ref, outcome in todo))
+        await asyncio.gather(*(planner() for _ in range(min(concurrency, len(todo)))))
         batches = [batch for batch in planned if batch is not None]
-        del planned
+        planned.clear()
         await self._in_groups(batches, semaphore, dry_run, output)
         json_format = context.settings.director.log_format == "json"
         for outcome in outcomes:
@@ -189,6 +196,8 @@ class Submission:
                 for batch in group:
                     batch.outcome.why = "stopping"
                 return []
+            for batch in group:
+                batch.stamp(new_stamp)
             if not dry_run:
                 await register(context, group)
             return group
@@ -217,6 +226,7 @@ class Submission:
                     await record(context, group)
                 for batch in group:  # counted: the group's results go
                     batch.results = None
+                collect_cycle_garbage()  # its requests and answers, in reference cycles
         finally:
             if following is not None and not following.done():
                 # an unexpected error: a group registered but never submitted is Aborted by
@@ -347,8 +357,7 @@ class Submission:
         if self.context.stopping:
             outcome.why = "stopping"
             return None
-        stamps = [new_stamp() for _ in range(n)]
-        return Batch(ref, outcome, ce, spec, prepared, stamps)
+        return Batch(ref, outcome, ce, spec, prepared, n)
 
     async def _submit(self, batch: Batch, dry_run: bool, output: Path | None) -> None:
         """Phase 3 for one queue: render its wrappers and submit them in one CE call (or write

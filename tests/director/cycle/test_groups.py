@@ -43,18 +43,19 @@ def _batch(queue: str, pilots: int) -> Batch:
     outcome = QueueOutcome(queue=queue, ce="ce", kind="local")
     outcome.n, outcome.why = pilots, "planned"
     unused = cast(Any, None)
-    stamps = [f"{queue}-{i}" for i in range(pilots)]
-    return Batch(unused, outcome, unused, unused, unused, stamps)
+    return Batch(unused, outcome, unused, unused, unused, pilots)
 
 
 def test_a_queue_planning_more_than_a_group_is_capped_at_it() -> None:
     small, big, last = _batch("a", 3), _batch("b", 25), _batch("c", 4)
     groups = group_batches([small, big, last], 10)
     assert groups == [[small], [big], [last]]
-    assert big.stamps == [f"b-{i}" for i in range(10)]
-    assert big.outcome.n == 10
+    assert big.n == big.outcome.n == 10
     assert big.outcome.why == "planned; capped at director.group_pilots 10"
-    assert (small.outcome.n, small.outcome.why, len(small.stamps)) == (3, "planned", 3)
+    assert (small.n, small.outcome.n, small.outcome.why) == (3, 3, "planned")
+    stamps = iter(f"s{i}" for i in range(100))
+    big.stamp(lambda: next(stamps))
+    assert big.stamps == [f"s{i}" for i in range(10)]  # the capped count, made at the group
 
 
 FIVE_QUEUES = {
