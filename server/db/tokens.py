@@ -79,7 +79,14 @@ async def families_of_secrets(conn: AsyncConnection, secret_ids: Sequence[int]) 
 
 
 async def known(conn: AsyncConnection, jti: str) -> bool:
-    row = (await conn.execute(select(RT.c.JTI).where(_jti == jti))).first()
+    """Whether the token was issued (it may be used or revoked since), its row locked to the
+    end of the transaction: of several requests replaying one refresh token, the first whose
+    `mark_used` waited for the winner keeps the row locked anyway (PostgreSQL locks the row it
+    re-checks, even when the check fails). One that came later and did not wait would go on to
+    revoke the family, insert the family row and then wait for the first on the token's row,
+    while the first waited for its family row: a deadlock (a 503, seen with two workers under
+    load). Locking here, every replay queues on the token's row before touching the family."""
+    row = (await conn.execute(select(RT.c.JTI).where(_jti == jti).with_for_update())).first()
     return row is not None
 
 

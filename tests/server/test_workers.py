@@ -367,7 +367,10 @@ async def test_concurrent_refreshes_on_both_workers_one_wins_and_the_family_dies
     assert_both(server, [server.served_by(r) for r in responses])
     winners = [r for r in responses if r.status_code == HTTPStatus.OK]
     assert len(winners) == 1
-    assert sum(r.status_code == HTTPStatus.UNAUTHORIZED for r in responses) == 7
+    assert sum(r.status_code == HTTPStatus.UNAUTHORIZED for r in responses) == 7, (
+        [(r.status_code, r.text) for r in responses],
+        server.log.read_text()[-3000:],
+    )
     new = winners[0].json()
     for _, client in pinned[:2]:  # one on each worker
         r = await client.post(
