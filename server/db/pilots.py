@@ -27,7 +27,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.db import pilot_counts
 from server.db.batch import chunks
 from server.db.driver_sql import marks, quoted, sqlite_time
 from server.db.schema import JOBS, OUTPUTS, PILOTS, REQUESTS
@@ -471,12 +470,8 @@ async def summary(
         column_for(COLUMNS, g)
     params = bound_values(COLUMNS, specs)
     check_bound_values(conn.dialect.name, specs)
-    shapes = shape(specs)
-    if pilot_counts.answers(conn.dialect.name, grouping, shapes):
-        statement = pilot_counts.summary_statement(tuple(grouping), shapes)
-    else:
-        statement = _summary_statement(tuple(grouping), shapes)
-    return rows_as_dicts(await conn.execute(statement, params))
+    rows = await conn.execute(_summary_statement(tuple(grouping), shape(specs)), params)
+    return rows_as_dicts(rows)
 
 
 @lru_cache(maxsize=STATEMENT_CACHE)
