@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Select,
     Table,
     Update,
@@ -207,18 +208,8 @@ def _consume_for_exchange() -> Update:
     """Spend one use of the secret with hash `secret_hash` unless revoked, used up or expired
     at `now`, and return what `_exchange_facts` says of it: one statement, where the backend
     has UPDATE ... RETURNING (built once)."""
-    now = bindparam("now", type_=SECRETS.c.LastUsedAt.type)
-    return (
-        update(SECRETS)
-        .where(
-            SECRETS.c.SecretHash == bindparam("secret_hash", type_=SECRETS.c.SecretHash.type),
-            SECRETS.c.Revoked.is_(False),
-            or_(SECRETS.c.RemainingUses.is_(None), SECRETS.c.RemainingUses > 0),
-            or_(SECRETS.c.ExpiresAt.is_(None), SECRETS.c.ExpiresAt > now),
-        )
-        .values(RemainingUses=SECRETS.c.RemainingUses - 1, LastUsedAt=now)
-        .returning(*_exchange_facts())
-    )
+    which = SECRETS.c.SecretHash == bindparam("secret_hash", type_=SECRETS.c.SecretHash.type)
+    return _spend_one_use(which).returning(*_exchange_facts())
 
 
 def _exchange_lookup() -> Select[Any]:
@@ -268,11 +259,19 @@ def _exchange_lookup() -> Select[Any]:
 
 def _consume() -> Update:
     """Spend one use of `secret_id` unless revoked, used up or expired at `now` (built once)."""
+    which = SECRETS.c.SecretID == bindparam("secret_id", type_=SECRETS.c.SecretID.type)
+    return _spend_one_use(which)
+
+
+def _spend_one_use(which: ColumnElement[bool]) -> Update:
+    """The one definition of spending a use: the secret `which` selects, unless revoked, used
+    up or expired at the bound `now` (both ways of spending, `_consume` and
+    `_consume_for_exchange`, must refuse exactly the same secrets)."""
     now = bindparam("now", type_=SECRETS.c.LastUsedAt.type)
     return (
         update(SECRETS)
         .where(
-            SECRETS.c.SecretID == bindparam("secret_id", type_=SECRETS.c.SecretID.type),
+            which,
             SECRETS.c.Revoked.is_(False),
             or_(SECRETS.c.RemainingUses.is_(None), SECRETS.c.RemainingUses > 0),
             or_(SECRETS.c.ExpiresAt.is_(None), SECRETS.c.ExpiresAt > now),
