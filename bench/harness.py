@@ -212,6 +212,33 @@ function make_request(i)
 end
 """
 
+# One secret exchange per request, each with the next of `creds` (stamp, secret) in turn.
+_LUA_EXCHANGE = r"""
+local creds = { $creds }
+function make_request(i)
+  local c = creds[((i - 1) % #creds) + 1]
+  return wrk.format("POST", "/api/auth/secret-exchange", nil,
+    '{"pilot_stamp":"' .. c[1] .. '","pilot_secret":"' .. c[2] .. '"}')
+end
+"""
+
+# Appended to a script whose answers the benchmark reads (`run_wrk`'s `bodies`).
+LUA_BODIES = r"""
+function on_body(status, body)
+  io.write("BODY " .. body .. "\n")
+end
+"""
+
+
+def lua_list(items: list[str]) -> str:
+    """Lua table items (already Lua literals), for a `{ ... }` in a script."""
+    return ",".join(items)
+
+
+def exchange_script(creds: list[tuple[str, str]]) -> str:
+    """`_LUA_EXCHANGE` over `creds` (stamps and secrets are hex: no Lua escaping needed)."""
+    return _LUA_EXCHANGE.replace("$creds", lua_list([f'{{"{s}","{p}"}}' for s, p in creds]))
+
 
 @dataclass
 class WrkResult:

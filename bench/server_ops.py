@@ -39,8 +39,11 @@ from typing import Any
 import httpx
 from goals import BULK_RATE, EXCHANGE_CPU, LOG_LINE_CPU, GoalReport, check_load, machine_state
 from harness import (
+    LUA_BODIES,
     ServerProcess,
     WrkResult,
+    exchange_script,
+    lua_list,
     lua_script,
     median,
     run_wrk,
@@ -62,18 +65,6 @@ function make_request(i)
   end
   return wrk.format("POST", "/api/pilots/bulk", nil,
     '{"vo":"lhcb","mint_secrets":true,"pilots":[' .. table.concat(parts, ",") .. ']}')
-end
-function on_body(status, body)
-  io.write("BODY " .. body .. "\n")
-end
-"""
-
-EXCHANGE = r"""
-local creds = { $creds }
-function make_request(i)
-  local c = creds[((i - 1) % #creds) + 1]
-  return wrk.format("POST", "/api/auth/secret-exchange", nil,
-    '{"pilot_stamp":"' .. c[1] .. '","pilot_secret":"' .. c[2] .. '"}')
 end
 """
 
@@ -137,10 +128,6 @@ def profiled(server: ServerProcess, out: Path | None, name: str) -> Iterator[Non
         spy.wait(timeout=60)
 
 
-def lua_list(items: list[str]) -> str:
-    return ",".join(items)
-
-
 def check(result: WrkResult, expected: str) -> None:
     unexpected = {k: v for k, v in result.statuses.items() if k != expected}
     if unexpected or result.errors:
@@ -152,7 +139,8 @@ def bulk_phase(
 ) -> tuple[WrkResult, list[tuple[str, str]]]:
     prefix = "b" + secrets.token_hex(3) + "-"
     bodies: list[str] = []
-    lua = lua_script(BULK.replace("$batch", str(batch)), limit=requests, prefix=prefix, token=token)
+    script = BULK.replace("$batch", str(batch)) + LUA_BODIES
+    lua = lua_script(script, limit=requests, prefix=prefix, token=token)
     result = run_wrk("bulk", server.url, lua, server_pid=server.pid, connections=2, bodies=bodies)
     check(result, "201")
     creds: list[tuple[str, str]] = []
@@ -172,8 +160,7 @@ def bulk_phase(
 def exchange_phase(
     server: ServerProcess, creds: list[tuple[str, str]], n: int, connections: int
 ) -> WrkResult:
-    table = lua_list([f'{{"{s}","{p}"}}' for s, p in creds])
-    lua = lua_script(EXCHANGE.replace("$creds", table), limit=n, prefix="", token="unused")
+    lua = lua_script(exchange_script(creds), limit=n, prefix="", token="unused")
     result = run_wrk("exchange", server.url, lua, server_pid=server.pid, connections=connections)
     check(result, "200")
     result.extra = {

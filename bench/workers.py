@@ -55,13 +55,16 @@ from urllib.parse import urlsplit, urlunsplit
 from goals import GoalReport, check_load, machine_state, workers_cpu
 from harness import (
     CLK_TCK,
+    LUA_BODIES,
     LUA_PATCH,
     LUA_REGISTER,
     SITE_DIRECTOR,
     ServerProcess,
     WrkResult,
     cpu_seconds,
+    exchange_script,
     free_port,
+    lua_list,
     lua_script,
     median,
     run_wrk,
@@ -81,21 +84,6 @@ function make_request(i)
   end
   return wrk.format("POST", "/api/pilots/bulk", nil,
     '{"vo":"lhcb","mint_secrets":true,"pilots":[' .. table.concat(parts, ",") .. ']}')
-end
-function on_body(status, body)
-  io.write("BODY " .. body .. "\n")
-end
-"""
-
-EXCHANGE = r"""
-local creds = { $creds }
-function make_request(i)
-  local c = creds[((i - 1) % #creds) + 1]
-  return wrk.format("POST", "/api/auth/secret-exchange", nil,
-    '{"pilot_stamp":"' .. c[1] .. '","pilot_secret":"' .. c[2] .. '"}')
-end
-function on_body(status, body)
-  io.write("BODY " .. body .. "\n")
 end
 """
 
@@ -412,10 +400,6 @@ class Bench:
         sql(self.admin, f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 
 
-def lua_list(items: list[str]) -> str:
-    return ",".join(items)
-
-
 def claims(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
     data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -441,16 +425,15 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
     m, _ = bench.phase("register", LUA_REGISTER, n, args.connections, "201", prefix=f"r{tag}-")
     record("register", m, 1)
     bulk_requests = n // 1000 + 1  # more secrets than exchanges
-    m, bodies = bench.phase("bulk", BULK, bulk_requests, 2, "201", prefix=f"b{tag}-")
+    m, bodies = bench.phase("bulk", BULK + LUA_BODIES, bulk_requests, 2, "201", prefix=f"b{tag}-")
     record("bulk", m, 1000)
     creds = [
         (s["pilot_stamp"], s["pilot_secret"])
         for text in bodies
         for s in json.loads(text)["secrets"]
     ]
-    table = lua_list([f'{{"{s}","{p}"}}' for s, p in creds[:n]])
     m, bodies = bench.phase(
-        "exchange", EXCHANGE.replace("$creds", table), n, args.connections, "200"
+        "exchange", exchange_script(creds[:n]) + LUA_BODIES, n, args.connections, "200"
     )
     record("exchange", m, 1)
     pairs = [json.loads(b) for b in bodies]
