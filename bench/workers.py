@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,10 +163,9 @@ def tree_cpu(pid: int) -> dict[int, float]:
     return cpu
 
 
-def postgres_cpu(database: str) -> dict[str, dict[int, float]]:
-    """CPU seconds of the PostgreSQL processes, by pid: `backends` serving `database` (their
-    title names it), `background` (WAL writer, checkpointer, ... : the cluster's)."""
-    out: dict[str, dict[int, float]] = {"backends": {}, "background": {}}
+def _postgres_processes() -> Iterator[tuple[int, str]]:
+    """The PostgreSQL processes of this machine: pid and command line (NULs as spaces); one
+    gone while being read is left out."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -174,27 +173,34 @@ def postgres_cpu(database: str) -> dict[str, dict[int, float]]:
             if (entry / "comm").read_text().strip() != "postgres":
                 continue
             title = (entry / "cmdline").read_text().replace("\0", " ")
-            cpu = cpu_seconds(int(entry.name))
+        except OSError:
+            continue
+        yield int(entry.name), title
+
+
+def postgres_cpu(database: str) -> dict[str, dict[int, float]]:
+    """CPU seconds of the PostgreSQL processes, by pid: `backends` serving `database` (their
+    title names it), `background` (WAL writer, checkpointer, ... : the cluster's)."""
+    out: dict[str, dict[int, float]] = {"backends": {}, "background": {}}
+    for pid, title in _postgres_processes():
+        try:
+            cpu = cpu_seconds(pid)
         except OSError:
             continue
         if f" {database} " in title:
-            out["backends"][int(entry.name)] = cpu
+            out["backends"][pid] = cpu
         elif title.startswith("postgres: ") and "idle" not in title and "(" not in title:
-            out["background"][int(entry.name)] = cpu
+            out["background"][pid] = cpu
     return out
 
 
 def reaped_cpu() -> float:
     """CPU seconds of the postmaster's ended children (cutime + cstime), all databases."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, title in _postgres_processes():
+        if title.startswith("postgres:"):
+            continue  # a child; the postmaster runs under its program's path
         try:
-            if (entry / "comm").read_text().strip() != "postgres":
-                continue
-            if (entry / "cmdline").read_bytes().startswith(b"postgres:"):
-                continue  # a child; the postmaster runs under its program's path
-            fields = _stat(int(entry.name))
+            fields = _stat(pid)
         except OSError:
             continue
         return (int(fields[13]) + int(fields[14])) / CLK_TCK
