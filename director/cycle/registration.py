@@ -118,6 +118,14 @@ class _Row:
     reason: str | None
 
 
+def _stamp_json(stamp: str) -> bytes:
+    """A stamp as a JSON string, written without an encoder: one that is not a stamp (whose
+    characters never need escaping) raises. The stamps are the director's own (`new_stamp`)."""
+    if not _STAMP.fullmatch(stamp):
+        raise ValueError(f"pilot stamp {stamp!r}: 1-32 of [A-Za-z0-9_-] expected")
+    return b'"' + stamp.encode() + b'"'
+
+
 def registration_body(
     vo: str, pilots: Sequence[tuple[Batch, str]], constraints: SecretConstraints
 ) -> bytes:
@@ -138,8 +146,7 @@ def registration_body(
     parts = [_BULK.dump_json(head, exclude={"pilots"})[:-1], b',"pilots":[']
     fields: dict[int, bytes] = {}
     for batch, stamp in pilots:
-        if not _STAMP.fullmatch(stamp):  # nothing in it needs escaping in JSON
-            raise ValueError(f"pilot stamp {stamp!r}: 1-32 of [A-Za-z0-9_-] expected")
+        quoted = _stamp_json(stamp)  # checked before the queue's fields
         rest = fields.get(id(batch))
         if rest is None:
             pilot = BulkPilot(
@@ -150,7 +157,7 @@ def registration_body(
                 queue=batch.ref.ce_queue,
             )
             rest = fields[id(batch)] = _BULK_PILOT.dump_json(pilot, exclude={"pilot_stamp"})[1:]
-        parts += (b'{"pilot_stamp":"%s",%s' % (stamp.encode(), rest), b",")
+        parts += (b'{"pilot_stamp":%s,%s' % (quoted, rest), b",")
     parts[-1] = b"]}"
     return b"".join(parts)
 
@@ -197,8 +204,6 @@ def record_body(rows: Sequence[_Row]) -> bytes:
     value over the limit raises, as the model did, and fails the chunk's queues."""
     parts: list[bytes] = [b"{"]
     for row in rows:
-        if not _STAMP.fullmatch(row.stamp):
-            raise ValueError(f"pilot stamp {row.stamp!r}: 1-32 of [A-Za-z0-9_-] expected")
         if row.reason is None:
             value = {"PilotJobReference": row.reference}
         else:
@@ -206,7 +211,7 @@ def record_body(rows: Sequence[_Row]) -> bytes:
         for name, text in value.items():
             if text is not None and len(text) > MAX_TEXT:
                 raise ValueError(f"pilot {row.stamp}: {name} over {MAX_TEXT} characters")
-        parts += (b'"%s":%s' % (row.stamp.encode(), json.dumps(value).encode()), b",")
+        parts += (b"%s:%s" % (_stamp_json(row.stamp), json.dumps(value).encode()), b",")
     if len(parts) == 1:
         return b"{}"
     parts[-1] = b"}"
