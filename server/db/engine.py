@@ -76,6 +76,8 @@ class Database:
             kwargs["pool_reset_on_return"] = None
             if parsed.database and parsed.database != ":memory:":
                 kwargs["async_creator"] = inline_creator(parsed.database)
+        #: whether every call on a connection completes without suspending (`sqlite_inline`)
+        self._inline = "async_creator" in kwargs
         if self.dialect in ("mysql", "mariadb"):
             kwargs["isolation_level"] = "READ COMMITTED"
         self.name = parsed.render_as_string(hide_password=True)
@@ -96,9 +98,32 @@ class Database:
         return self.dialect in ("mysql", "mariadb")
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection, given back to the pool when the block ends.
+
+        SQLAlchemy's own `async with engine.connect()` closes the connection in a task of its
+        own and waits for it behind `asyncio.shield`, so that a cancelled request cannot
+        abandon a close halfway through its network round trip. That costs a task and a turn
+        of the event loop per request, and during that turn other requests take connections
+        from the pool: with more requests in flight than the pool holds (5), SQLite
+        connections were opened (with their PRAGMAs) and closed again on every request, 15 %
+        of a summary's server CPU under 16 concurrent clients. With the inline SQLite adapter,
+        closing never suspends, so no cancellation can land in the middle of it: the
+        connection is closed in place."""
+        if not self._inline:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        conn = await self.engine.connect()
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         with translated():
-            async with self.engine.connect() as conn:
+            async with self._connection() as conn:
                 yield conn
 
     @asynccontextmanager
@@ -109,7 +134,7 @@ class Database:
                 async with self.engine.begin() as conn:
                     yield conn
                 return
-            async with self._write_lock, self.engine.begin() as conn:
+            async with self._write_lock, self._connection() as conn, conn.begin():
                 yield conn
 
     @asynccontextmanager
@@ -125,7 +150,7 @@ class Database:
         up to `sqlite_inline.INLINE_SLICE` and leaves for the worker thread only past that, so
         a cheap search does not pay the trip to the thread and back."""
         with translated():
-            async with self.engine.connect() as conn:
+            async with self._connection() as conn:
                 inline = await self._limit_time(conn, seconds, inline_first)
                 try:
                     yield conn
