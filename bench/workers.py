@@ -128,6 +128,8 @@ end
 """
 
 OPS = ("register", "bulk", "exchange", "refresh", "logs", "patch", "search")
+#: with --register-last: register once more as the round's last phase, reported without a goal
+REGISTER_LAST = "register-last"
 ITEMS = {"bulk": "pilot", "logs": "line"}  # the others: one item per request
 
 
@@ -461,6 +463,9 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
     record("patch", m, 1)
     m, _ = bench.phase("search", SEARCH, max(100, n // 10), args.connections, "206")
     record("search", m, 1)
+    if args.register_last:
+        m, _ = bench.phase("register", LUA_REGISTER, n, args.connections, "201", prefix=f"z{tag}-")
+        record(REGISTER_LAST, m, 1)
     out["tables"] = bench.table_sizes()
     return out
 
@@ -470,7 +475,9 @@ def warm_up(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]) 
     its caches (hundreds of ms), and a phase whose connections all landed on one worker left
     the other cold, to be paid for inside a measured phase. Repeated (up to 5 times) until
     every phase of a warm-up round ran on every worker."""
-    warm = argparse.Namespace(**{**vars(args), "requests": 300, "connections": 16})
+    warm = argparse.Namespace(
+        **{**vars(args), "requests": 300, "connections": 16, "register_last": False}
+    )
     for attempt in range(5):
         ran = one_round(bench, warm, lambda _: None)
         cold = [op for op in OPS if op != "bulk" and ran[op]["workers_busy"] < bench.workers]
@@ -498,6 +505,13 @@ def main() -> None:
         help="taskset's CPU list for the server (e.g. 1): with one CPU, N workers take turns "
         "instead of running at once, so the comparison shows the work each request costs, "
         "not two busy processes contending for the cores with wrk and PostgreSQL",
+    )
+    parser.add_argument(
+        "--register-last",
+        action="store_true",
+        help="register once more as each round's last phase (no goal): the first phase after "
+        "the warm-up measured 1.23-1.35x with 2 workers where the same operation measured last "
+        "was 1.07x (docs/performance.md, Several workers on PostgreSQL)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -545,7 +559,7 @@ def summarise(
                "db_reaped_cpu_ms_per_request")  # fmt: skip
     ops: dict[str, Any] = {}
     tables = {w: runs[w][-1]["tables"] for w in counts}
-    for op in OPS:
+    for op in (*OPS, REGISTER_LAST) if args.register_last else OPS:
         entry: dict[str, Any] = {"items_per_request": runs[counts[0]][0][op]["items_per_request"]}
         for w in counts:
             entry[f"{w}w"] = {f: median([r[op][f] for r in runs[w]]) for f in figures}
@@ -554,6 +568,9 @@ def summarise(
             base = entry[f"{counts[0]}w"]["server_cpu_ms_per_request"]
             ratio = entry[f"{counts[-1]}w"]["server_cpu_ms_per_request"] / base
             entry["ratio"] = round(ratio, 3)
+            if op == REGISTER_LAST:
+                ops[op] = entry
+                continue
             full = args.requests >= 2000 and args.repeat >= 3
             goal = workers_cpu(op, counts[-1]) if full else workers_cpu(op, counts[-1], None)
             goals.add(goal, ratio, f"median of {args.repeat}")
