@@ -509,9 +509,9 @@ def main() -> None:
     parser.add_argument(
         "--register-last",
         action="store_true",
-        help="register once more as each round's last phase (no goal): the first phase after "
-        "the warm-up measured 1.23-1.35x with 2 workers where the same operation measured last "
-        "was 1.07x (docs/performance.md, Several workers on PostgreSQL)",
+        help="register once more as each round's last phase (no goal): tells whether being the "
+        "first phase after the warm-up is what costs register more with 2 workers (one run: "
+        "1.23x first, 1.07x last; the next: 1.35x and 1.32x; docs/performance.md)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
