@@ -1,6 +1,7 @@
 """The server's request path in process: CPU per request of the hot routes, and a profile.
 
-Run: `.venv/bin/python bench/request_path.py [--requests 2000] [--profile DIR] [--only OP,...]`
+Run: `.venv/bin/python bench/request_path.py [--requests 2000] [--profile DIR] [--only OP,...]
+[--concurrency N]`
 
 The app is called as an ASGI callable (no uvicorn, no socket, no HTTP client), so the CPU
 time of this process per request (`time.process_time`) is the app's own: middleware, routing,
@@ -118,10 +119,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             make = ops[op]
             base = 0 if op != "exchange" else 200
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            for i in range(n):
-                status = await d.call(*make(base + i))
-                if status != EXPECTED[op]:
-                    raise RuntimeError(f"{op}: status {status}")
+            for i in range(0, n, args.concurrency):
+                batch = range(base + i, base + min(n, i + args.concurrency))
+                statuses = await asyncio.gather(*(d.call(*make(k)) for k in batch))
+                wrong = [status for status in statuses if status != EXPECTED[op]]
+                if wrong:
+                    raise RuntimeError(f"{op}: status {wrong[0]}")
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
             results[op] = {"cpu_ms_per_request": 1000 * cpu / n, "wall_ms": 1000 * wall / n}
             print(f"{op:9} {1000 * cpu / n:7.3f} ms CPU/req {1000 * wall / n:7.3f} ms wall")
@@ -147,6 +150,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per operation")
     parser.add_argument("--fill", type=int, default=2000, help="pilots registered before timing")
     parser.add_argument("--only", help="comma-separated operations (default: all)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests in flight at once (the benchmarks against DiracX keep 16): one at a time "
+        "hid the SQLite pool's opening and closing of connections (docs/performance.md, "
+        "Connections closed in place)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile each operation into DIR/<op>.prof")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
