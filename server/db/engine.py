@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import event, text
@@ -129,12 +129,9 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed when the block ends, rolled back on any exception."""
+        lock = self._write_lock or nullcontext()  # SQLite's one writer, queued here
         with translated():
-            if self._write_lock is None:
-                async with self.engine.begin() as conn:
-                    yield conn
-                return
-            async with self._write_lock, self._connection() as conn, conn.begin():
+            async with lock, self._connection() as conn, conn.begin():
                 yield conn
 
     @asynccontextmanager
