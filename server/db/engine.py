@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from server.db.driver_errors import translated
@@ -37,6 +37,18 @@ from server.errors import SearchTimeout
 #: MariaDB's ER_STATEMENT_TIMEOUT, MySQL's ER_QUERY_TIMEOUT; PostgreSQL's query_canceled.
 _MYSQL_TIMEOUTS = (1969, 3024)
 _PG_TIMEOUT = "57014"
+
+
+def _drop_if_closed(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """asyncpg's check at checkout that a pooled PostgreSQL connection still lives, made
+    without a round trip: asyncpg sees the server close the socket (a restart,
+    `pg_terminate_backend`, an idle timeout) while the connection waits in the pool, and
+    `is_closed()` reads that flag. SQLAlchemy's `pool_pre_ping` asks the server instead:
+    BEGIN, an empty query and ROLLBACK, three round trips, as many as a registration's own
+    (BEGIN, INSERT, COMMIT). Raising DisconnectionError makes the pool discard the connection
+    and hand out a fresh one."""
+    if dbapi_conn.driver_connection.is_closed():
+        raise DisconnectionError("the database server closed this pooled connection")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,9 +78,16 @@ class Database:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()  # sqlite | mysql | mariadb | postgresql
         kwargs: dict[str, Any] = {"echo": echo}
+        #: asyncpg tells a closed connection without a round trip (`_drop_if_closed`);
+        #: MariaDB's driver does not until it reads from it, so there the pool asks the server
+        #: (one COM_PING round trip)
+        self._local_liveness = parsed.get_driver_name() == "asyncpg"
         if self.dialect != "sqlite":
             kwargs.update(
-                pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=3600
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=not self._local_liveness,
+                pool_recycle=3600,
             )
         else:
             # closing a connection already ends its transaction; the pool's reset would be
@@ -91,6 +110,8 @@ class Database:
             ) from exc
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        if self._local_liveness:
+            event.listen(self.engine.sync_engine, "checkout", _drop_if_closed)
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @property
