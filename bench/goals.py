@@ -81,11 +81,15 @@ TQ_MEMORY = Goal("task-queue matching: peak RSS above idle", "MB", 50.0, inclusi
 WORKERS_CPU_RATIO = 1.15
 
 
-def workers_cpu(op: str, workers: int, limit: float | None = WORKERS_CPU_RATIO) -> Goal:
+def workers_cpu(
+    op: str, workers: int, limit: float | None = WORKERS_CPU_RATIO, load: str = ""
+) -> Goal:
     """Server CPU per request (master and workers summed) with `workers` uvicorn workers on
     PostgreSQL over one worker's, medians of 3 alternating rounds: several workers must not
-    cost more CPU per request (bench/workers.py). `limit=None`: a run too small to judge."""
-    return Goal(f"{op}: {workers} workers / 1, server CPU per request", "x", limit)
+    cost more CPU per request (bench/workers.py). `limit=None`: a run too small to judge.
+    `load`: how the load differed from the default (the same connections, unpaced)."""
+    suffix = f", {load}" if load else ""
+    return Goal(f"{op}: {workers} workers / 1, server CPU per request{suffix}", "x", limit)
 
 
 def no_goal(name: str, unit: str) -> Goal:

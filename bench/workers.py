@@ -2,7 +2,7 @@
 and the per-operation costs (server and database) that the capacity model is built on.
 
 Run: `.venv/bin/python bench/workers.py [--workers 1,2] [--repeat 3]
-[--database postgresql+asyncpg://postgres@127.0.0.1:5432/test] [--json out.json]`
+[--database postgresql+asyncpg://postgres@127.0.0.1:5432/test] [--per-worker] [--json out.json]`
 
 For each round and each worker count (alternating, the order flipping every round, so noise on
 this shared machine hits both), a fresh database on the PostgreSQL server named by --database
@@ -28,8 +28,17 @@ backends are sampled every 50 ms, so one that ends within a phase still counts; 
 started in a phase is reported (0 when the pool is big enough). After each round, the bytes on
 disk per row of the tables that grow (PilotLogs: heap, 3 indexes, TOAST), after VACUUM.
 
+The server's context switches are counted too (from /proc/<pid>/status): "preempted" is the
+nonvoluntary ones per request, the scheduler taking a core from a server process that had work.
+With the default load, one worker is rarely preempted (0.05-0.15 a request) and two workers
+often (3-7): two busy Python processes, PostgreSQL's backends and wrk want more than the 2
+cores of this machine, and each preemption costs the process its caches. `--per-worker`
+instead gives each worker the connections one worker had; with `--connections 1` neither
+server fills the machine, and the ratio shows what a second worker itself costs a request.
+
 Goal (issue [6/6], bench/goals.py): with 2 workers, server CPU per request <= 1.15x one
-worker's on each operation (medians over --repeat rounds). Printed last, each met or missed.
+worker's on each operation (medians over --repeat rounds). Printed last, each met or missed,
+named with the load when it is not the default.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from goals import GoalReport, check_load, machine_state, workers_cpu
+from goals import WORKERS_CPU_RATIO, GoalReport, check_load, machine_state, workers_cpu
 from harness import (
     CLK_TCK,
     LUA_BODIES,
@@ -127,6 +136,8 @@ function make_request(i)
 end
 """
 
+#: wrk's connections: within the pool of one worker (10), and enough to keep one worker busy
+DEFAULT_CONNECTIONS = 8
 OPS = ("register", "bulk", "exchange", "refresh", "logs", "patch", "search")
 #: with --register-last: register once more as the round's last phase, reported without a goal
 REGISTER_LAST = "register-last"
@@ -163,6 +174,36 @@ def tree_cpu(pid: int) -> dict[int, float]:
         except OSError:
             continue
     return cpu
+
+
+def tree_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """Context switches of a process and its descendants, each by pid: (voluntary: the
+    process waited, its event loop had nothing to do; nonvoluntary: the scheduler took the
+    CPU from it while it had work, because more processes wanted to run than there were
+    cores)."""
+    out: dict[int, tuple[int, int]] = {}
+    for p in tree_cpu(pid):
+        counts: dict[str, int] = {}
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                    counts[key] = int(value)
+        except OSError:
+            continue
+        out[p] = (counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"])
+    return out
+
+
+def switches_delta(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> tuple[int, int]:
+    """(voluntary, nonvoluntary) switches between two readings, summed over the processes."""
+    waits = preempted = 0
+    for pid, (v, n) in after.items():
+        v0, n0 = before.get(pid, (0, 0))
+        waits, preempted = waits + v - v0, preempted + n - n0
+    return waits, preempted
 
 
 def _postgres_processes() -> Iterator[tuple[int, str]]:
@@ -294,6 +335,7 @@ class Measured:
     workers_busy: int  # workers that spent CPU in the phase
     backends_started: int
     reaped_cpu: float
+    switches: tuple[int, int]  # the server's (voluntary, nonvoluntary) context switches
 
     def as_dict(self, items_per_request: int) -> dict[str, Any]:
         n = max(self.result.issued, 1)
@@ -308,6 +350,8 @@ class Measured:
             "workers_busy": self.workers_busy,
             "db_backends_started": self.backends_started,
             "db_reaped_cpu_ms_per_request": round(1000 * self.reaped_cpu / n, 4),
+            "server_waits_per_request": round(self.switches[0] / n, 3),
+            "server_preemptions_per_request": round(self.switches[1] / n, 3),
         }
 
 
@@ -315,7 +359,12 @@ class Bench:
     """One server (N workers) on a fresh database; runs measured phases against it."""
 
     def __init__(
-        self, workers: int, admin: str, base: str, work: Path, cpus: str | None = None
+        self,
+        workers: int,
+        admin: str,
+        base: str,
+        work: Path,
+        cpus: str | None = None,
     ) -> None:
         self.workers = workers
         self.admin = admin
@@ -353,11 +402,13 @@ class Bench:
         bodies: list[str] = []
         script = lua_script(lua, limit=limit, prefix=prefix, token=self.token)
         wal0 = wal_lsn(self.admin)
+        switches0 = tree_switches(self.server.pid)
         cpu0, sampler = tree_cpu(self.server.pid), PostgresSampler(self.database)
         result = run_wrk(
             op, self.server.url, script, server_pid=None, connections=connections, bodies=bodies
         )
         cpu1, (db_cpu, background_cpu, started, reaped) = tree_cpu(self.server.pid), sampler.stop()
+        switches = switches_delta(switches0, tree_switches(self.server.pid))
         wal1 = wal_lsn(self.admin)
         unexpected = {k: v for k, v in result.statuses.items() if k != expect}
         if unexpected or result.errors:
@@ -376,6 +427,7 @@ class Bench:
             busy,
             started,
             reaped,
+            switches,
         )
         return measured, bodies
 
@@ -419,6 +471,7 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
     out: dict[str, Any] = {}
     tag = secrets.token_hex(3)
     n = args.requests
+    conns = args.connections * (bench.workers if args.per_worker else 1)
 
     def record(op: str, m: Measured, items: int) -> None:
         out[op] = m.as_dict(items)
@@ -426,11 +479,12 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
             f"  {bench.workers}w {op:9} {m.result.rps:8.0f} req/s  server "
             f"{out[op]['server_cpu_ms_per_request']:6.3f} ms/req  db "
             f"{out[op]['db_cpu_ms_per_request']:6.3f} ms/req  WAL "
-            f"{out[op]['wal_bytes_per_request']:8.0f} B/req  workers busy {m.workers_busy}  "
+            f"{out[op]['wal_bytes_per_request']:8.0f} B/req  preempted "
+            f"{out[op]['server_preemptions_per_request']:5.2f}/req  workers busy {m.workers_busy}  "
             f"backends started {m.backends_started}"
         )
 
-    m, _ = bench.phase("register", LUA_REGISTER, n, args.connections, "201", prefix=f"r{tag}-")
+    m, _ = bench.phase("register", LUA_REGISTER, n, conns, "201", prefix=f"r{tag}-")
     record("register", m, 1)
     bulk_requests = n // 1000 + 1  # more secrets than exchanges
     m, bodies = bench.phase("bulk", BULK + LUA_BODIES, bulk_requests, 2, "201", prefix=f"b{tag}-")
@@ -440,16 +494,12 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
         for text in bodies
         for s in json.loads(text)["secrets"]
     ]
-    m, bodies = bench.phase(
-        "exchange", exchange_script(creds[:n]) + LUA_BODIES, n, args.connections, "200"
-    )
+    m, bodies = bench.phase("exchange", exchange_script(creds[:n]) + LUA_BODIES, n, conns, "200")
     record("exchange", m, 1)
     pairs = [json.loads(b) for b in bodies]
     tokens = [(claims(p["access_token"])["pilot_stamp"], p) for p in pairs]
     table = lua_list([f'{{"{s}","{p["refresh_token"]}"}}' for s, p in tokens])
-    m, _ = bench.phase(
-        "refresh", REFRESH.replace("$pairs", table), len(tokens) - 50, args.connections, "200"
-    )
+    m, _ = bench.phase("refresh", REFRESH.replace("$pairs", table), len(tokens) - 50, conns, "200")
     record("refresh", m, 1)
     access = lua_list([f'"{p["access_token"]}"' for _, p in tokens[-50:]])  # not refreshed
     lua = (
@@ -457,14 +507,14 @@ def one_round(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
         .replace("$lines", str(args.log_lines))
         .replace("$start", str(int(time.time())))
     )
-    m, _ = bench.phase("logs", lua, n, args.connections, "204")
+    m, _ = bench.phase("logs", lua, n, conns, "204")
     record("logs", m, args.log_lines)
-    m, _ = bench.phase("patch", LUA_PATCH, n, args.connections, "204", prefix=f"r{tag}-")
+    m, _ = bench.phase("patch", LUA_PATCH, n, conns, "204", prefix=f"r{tag}-")
     record("patch", m, 1)
-    m, _ = bench.phase("search", SEARCH, max(100, n // 10), args.connections, "206")
+    m, _ = bench.phase("search", SEARCH, max(100, n // 10), conns, "206")
     record("search", m, 1)
     if args.register_last:
-        m, _ = bench.phase("register", LUA_REGISTER, n, args.connections, "201", prefix=f"z{tag}-")
+        m, _ = bench.phase("register", LUA_REGISTER, n, conns, "201", prefix=f"z{tag}-")
         record(REGISTER_LAST, m, 1)
     out["tables"] = bench.table_sizes()
     return out
@@ -476,7 +526,13 @@ def warm_up(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]) 
     the other cold, to be paid for inside a measured phase. Repeated (up to 5 times) until
     every phase of a warm-up round ran on every worker."""
     warm = argparse.Namespace(
-        **{**vars(args), "requests": 300, "connections": 16, "register_last": False}
+        **{
+            **vars(args),
+            "requests": 300,
+            "connections": 16,
+            "per_worker": False,
+            "register_last": False,
+        }
     )
     for attempt in range(5):
         ran = one_round(bench, warm, lambda _: None)
@@ -496,7 +552,7 @@ def main() -> None:
     parser.add_argument(
         "--connections",
         type=int,
-        default=8,
+        default=DEFAULT_CONNECTIONS,
         help="wrk's connections (bulk: 2); at most the server's pool (10 a worker), so that "
         "the figures are the operations', not the pool's opening and closing of connections",
     )
@@ -512,6 +568,13 @@ def main() -> None:
         help="register once more as each round's last phase (no goal): tells whether being the "
         "first phase after the warm-up is what costs register more with 2 workers (one run: "
         "1.23x first, 1.07x last; the next: 1.35x and 1.32x; docs/performance.md)",
+    )
+    parser.add_argument(
+        "--per-worker",
+        action="store_true",
+        help="--connections for each worker (N workers: N times as many), so that each worker "
+        "carries the load one worker carried; with 1, neither server fills this machine's 2 "
+        "cores, and the ratio is the server's own cost of a second worker (docs/performance.md)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -547,6 +610,14 @@ def main() -> None:
     write_json(args.json, report)
 
 
+def load_condition(args: argparse.Namespace) -> str:
+    """How this run's load differs from the default (8 connections for every worker count);
+    empty for the default."""
+    if args.per_worker:
+        return f"{args.connections} connection(s) per worker"
+    return "" if args.connections == DEFAULT_CONNECTIONS else f"{args.connections} connection(s)"
+
+
 def summarise(
     runs: dict[int, list[dict[str, Any]]],
     counts: list[int],
@@ -556,7 +627,8 @@ def summarise(
     figures = ("server_cpu_ms_per_request", "db_cpu_ms_per_request",
                "db_background_cpu_ms_per_request", "wal_bytes_per_request", "req_per_s",
                "p50_ms", "p95_ms", "db_backends_started",
-               "db_reaped_cpu_ms_per_request")  # fmt: skip
+               "db_reaped_cpu_ms_per_request", "server_waits_per_request",
+               "server_preemptions_per_request")  # fmt: skip
     ops: dict[str, Any] = {}
     tables = {w: runs[w][-1]["tables"] for w in counts}
     for op in (*OPS, REGISTER_LAST) if args.register_last else OPS:
@@ -572,7 +644,8 @@ def summarise(
                 ops[op] = entry
                 continue
             full = args.requests >= 2000 and args.repeat >= 3
-            goal = workers_cpu(op, counts[-1]) if full else workers_cpu(op, counts[-1], None)
+            limit = WORKERS_CPU_RATIO if full else None
+            goal = workers_cpu(op, counts[-1], limit, load_condition(args))
             goals.add(goal, ratio, f"median of {args.repeat}")
         ops[op] = entry
     return {
@@ -583,7 +656,8 @@ def summarise(
         "database": "PostgreSQL " + str(sql(admin_dsn(args.database)[0], "SHOW server_version")),
         "workers": counts,
         "server_cpus": args.server_cpus or "any",
-        "client": f"wrk -t1 (Lua scripts), {args.connections} connections (bulk 2)",
+        "client": f"wrk -t1 (Lua scripts), {args.connections} connections (bulk 2)"
+        + (f", {load_condition(args)}" if load_condition(args) else ""),
         "machine": machine_state(),
         "ops": ops,
         "tables_after_last_round": tables,
@@ -597,7 +671,7 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
     table = Table(title=f"Workers on PostgreSQL (medians of {report['repeat']} round(s))")
     table.add_column("op")
     for w in counts:
-        for col in ("req/s", "server ms/req", "db ms/req", "WAL B/req"):
+        for col in ("req/s", "server ms/req", "preempted /req", "db ms/req", "WAL B/req"):
             table.add_column(f"{w}w {col}", justify="right")
     table.add_column("ratio", justify="right")
     for op, e in report["ops"].items():
@@ -607,6 +681,7 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
             row += [
                 f"{f['req_per_s']:.0f}",
                 f"{f['server_cpu_ms_per_request']:.3f}",
+                f"{f['server_preemptions_per_request']:.2f}",
                 f"{f['db_cpu_ms_per_request']:.3f}",
                 f"{f['wal_bytes_per_request']:.0f}",
             ]
