@@ -30,11 +30,10 @@ disk per row of the tables that grow (PilotLogs: heap, 3 indexes, TOAST), after 
 
 The server's context switches are counted too (from /proc/<pid>/status): "preempted" is the
 nonvoluntary ones per request, the scheduler taking a core from a server process that had work.
-With the default load, one worker is rarely preempted (0.05-0.15 a request) and two workers
-often (3-7): two busy Python processes, PostgreSQL's backends and wrk want more than the 2
-cores of this machine, and each preemption costs the process its caches. `--per-worker`
-instead gives each worker the connections one worker had; with `--connections 1` neither
-server fills the machine, and the ratio shows what a second worker itself costs a request.
+One worker at the default load is rarely preempted (0.05-0.15 a request) and two workers often
+(3-7): two busy Python processes, PostgreSQL's backends and wrk want more than the 2 cores of
+this machine. `--per-worker` gives each worker the connections one worker had (N workers get N
+times --connections); a round in which a phase did not reach every worker is run again.
 
 Goal (issue [6/6], bench/goals.py): with 2 workers, server CPU per request <= 1.15x one
 worker's on each operation (medians over --repeat rounds). Printed last, each met or missed,
@@ -606,8 +605,7 @@ def main() -> None:
         "--per-worker",
         action="store_true",
         help="--connections for each worker (N workers: N times as many), so that each worker "
-        "carries the load one worker carried; with 1, neither server fills this machine's 2 "
-        "cores, and the ratio is the server's own cost of a second worker (docs/performance.md)",
+        "carries the load one worker carried (docs/performance.md, Several workers)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
