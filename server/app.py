@@ -82,7 +82,7 @@ def create_app(settings: ServerSettings, *, fast_lane: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.db_pool_size)
         if settings.auto_migrate:
             await upgrade(db)
         keys = open_server_keys(settings)

@@ -84,6 +84,13 @@ class ServerSettings(BaseSettings):
     db_url: str | None = Field(
         None, description="SQLAlchemy async URL; SQLite under data_dir if unset."
     )
+    db_pool_size: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="MariaDB and PostgreSQL: connections each server process keeps open; as"
+        " many again at peak, each opened and closed per request. Not used on SQLite.",
+    )
     issuer: str | None = Field(
         None,
         description="`iss` of every token, the public base URL: recorded in the key set when"

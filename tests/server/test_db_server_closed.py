@@ -1,18 +1,22 @@
-"""Pooled connections that the database server closed (a restart, an administrator's kill, an
-idle timeout) are replaced at checkout, so the requests after it succeed
-(`server.db.engine.Database`): PostgreSQL by asyncpg's own flag, checked without a round trip
-(`_drop_if_closed`), MariaDB by the pool's ping."""
+"""The pool of a MariaDB or PostgreSQL database (`server.db.engine.Database`): connections that
+the database server closed (a restart, an administrator's kill, an idle timeout) are replaced
+at checkout, so the requests after it succeed (PostgreSQL by asyncpg's own flag, checked
+without a round trip, `_drop_if_closed`; MariaDB by the pool's ping); its size is the
+server's `db_pool_size`."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
 
+from server.app import create_app
 from server.db.engine import Database
+from server.settings import ServerSettings
 from tests.conftest import BACKENDS, async_wait_until, missing
 
 DB = f"sdtest_{os.getpid()}_closed"
@@ -132,3 +136,24 @@ async def test_connections_the_server_closed_are_replaced_before_use(db: Databas
     assert opened[0] == 4
     async with db.read() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 4
+
+
+async def test_the_pool_holds_db_pool_size_connections(db: Database, tmp_path: Path) -> None:
+    url = db.engine.url.render_as_string(hide_password=False)
+    settings = ServerSettings(
+        db_url=url, db_pool_size=3, data_dir=tmp_path, auto_migrate=False, maintenance=False
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        pool = app.state.ctx.db.engine.pool
+        assert pool.size() == 3
+        all_in = asyncio.Barrier(6)
+
+        async def hold() -> None:
+            async with app.state.ctx.db.read() as conn:
+                await conn.execute(text("SELECT 1"))
+                await all_in.wait()
+                assert pool.checkedout() == 6  # 3, and as many again at peak
+
+        await asyncio.gather(*(hold() for _ in range(6)))
+        assert pool.checkedin() == 3  # the overflow closed again
