@@ -3,10 +3,12 @@
 The quota row is locked (SELECT ... FOR UPDATE; SQLite's single writer does the same) for the
 length of the ingesting transaction, so two batches of one pilot cannot both slip under a limit.
 Lines go in with one executemany per batch. On SQLite, the embedded default where one core does
-all the work, the ingesting statements go straight to the driver as fixed SQL text: the pilot
-and its quota in one SELECT, the quota written back in one upsert, the lines in one
-executemany. Building, caching and compiling SQLAlchemy statements cost more than SQLite's
-own work for these.
+all the work, the ingesting statements go straight to the driver as fixed SQL text: the pilot,
+its quota and whether the sending token's family is revoked in one SELECT, the quota written
+back in one upsert, the lines in one executemany. Building, caching and compiling SQLAlchemy
+statements cost more than SQLite's own work for these. On PostgreSQL the same three facts come
+in one statement too, the quota row locked by it, once the pilot has a quota row (from its
+second batch on): each statement there is a round trip to the database.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.db.driver_sql import sqlite_time
 from server.db.schema import LOG_QUOTA as Q
 from server.db.schema import LOGS, PILOTS
+from server.db.schema import REVOKED_FAMILIES as RF
 from server.db.search import check_bound_values, order_by, rows_as_dicts, where_clause
 from server.db.secrets import insert_ignoring_conflicts
+from server.db.tokens import family_revoked
 from server.errors import InvalidRequest
 from server.models import SearchSpec, SortSpec
 
@@ -41,26 +45,41 @@ class Quota:
 
 @dataclass(frozen=True)
 class Sender:
-    """The pilot sending a batch, and its quota row (locked until the transaction ends)."""
+    """The pilot sending a batch, its quota row (locked until the transaction ends), and
+    whether the family of the token it sends with is revoked."""
 
     pilot_id: int
     vo: str
     quota: Quota
+    revoked: bool
 
 
-async def sender(conn: AsyncConnection, stamp: str, now: datetime) -> Sender | None:
-    """The pilot `stamp` and its quota row (a fresh one if it has none yet); None if there is no
-    such pilot. On SQLite one statement by the driver, where the write lock is the `Database`'s
-    and the quota row is written whole by `save_quota`; elsewhere the pilot's row, then its quota
-    row created if missing and locked FOR UPDATE (not possible across an outer join)."""
+async def sender(
+    conn: AsyncConnection, stamp: str, now: datetime, family_id: str | None = None
+) -> Sender | None:
+    """The pilot `stamp`, its quota row (a fresh one if it has none yet) and whether the token
+    family `family_id` is revoked (never, without one); None if there is no such pilot.
+
+    SQLite: one statement by the driver, where the write lock is the `Database`'s and the quota
+    row is written whole by `save_quota`. PostgreSQL: one statement that locks the quota row
+    FOR UPDATE, when the pilot has one. Otherwise, and on MariaDB, which cannot lock one table
+    of a join: the family, the pilot's row, then its quota row created if missing and locked
+    (not possible across an outer join)."""
     if conn.dialect.name == "sqlite":
-        row: Any = (await conn.exec_driver_sql(_SQLITE_SENDER, (stamp,))).first()
+        row: Any = (await conn.exec_driver_sql(_SQLITE_SENDER, (family_id, stamp))).first()
         if row is None:
             return None
         if row[2] is None:
-            return Sender(int(row[0]), row[1], Quota(0, now, 0))
+            return Sender(int(row[0]), row[1], Quota(0, now, 0), bool(row[5]))
         window = datetime.fromisoformat(row[3])
-        return Sender(int(row[0]), row[1], Quota(int(row[2]), window, int(row[4])))
+        quota = Quota(int(row[2]), window, int(row[4]))
+        return Sender(int(row[0]), row[1], quota, bool(row[5]))
+    if conn.dialect.name == "postgresql":
+        locked = (await conn.execute(_locked_sender(stamp, family_id))).first()
+        if locked is not None:
+            quota = Quota(int(locked[2]), locked[3], int(locked[4]))
+            return Sender(int(locked[0]), locked[1], quota, bool(locked[5]))
+    revoked = family_id is not None and await family_revoked(conn, family_id)
     found = (
         await conn.execute(
             select(PILOTS.c.PilotID, PILOTS.c.VO).where(PILOTS.c.PilotStamp == stamp)
@@ -68,11 +87,34 @@ async def sender(conn: AsyncConnection, stamp: str, now: datetime) -> Sender | N
     ).first()
     if found is None:
         return None
-    return Sender(int(found[0]), found[1], await lock_quota(conn, stamp, now))
+    return Sender(int(found[0]), found[1], await lock_quota(conn, stamp, now), revoked)
+
+
+def _family_is_revoked(family_id: str | None) -> Any:
+    return exists().where(RF.c.FamilyID == family_id)
+
+
+def _locked_sender(stamp: str, family_id: str | None) -> Any:
+    """PostgreSQL: the pilot, its quota row locked FOR UPDATE (an inner join: no row when the
+    pilot has no quota row yet) and whether the family is revoked, in one statement."""
+    return (
+        select(
+            PILOTS.c.PilotID,
+            PILOTS.c.VO,
+            Q.c.TotalBytes,
+            Q.c.WindowStart,
+            Q.c.WindowLines,
+            _family_is_revoked(family_id),
+        )
+        .join(Q, Q.c.PilotStamp == PILOTS.c.PilotStamp)
+        .where(PILOTS.c.PilotStamp == stamp)
+        .with_for_update(of=Q)
+    )
 
 
 _SQLITE_SENDER = (
-    'SELECT p."PilotID", p."VO", q."TotalBytes", q."WindowStart", q."WindowLines" '
+    'SELECT p."PilotID", p."VO", q."TotalBytes", q."WindowStart", q."WindowLines", '
+    'EXISTS (SELECT 1 FROM "RevokedFamilies" f WHERE f."FamilyID" = ?) '
     'FROM "PilotAgents" p LEFT JOIN "PilotLogQuota" q ON q."PilotStamp" = p."PilotStamp" '
     'WHERE p."PilotStamp" = ?'
 )

@@ -290,3 +290,31 @@ async def test_retention(api: Roles) -> None:
     assert [x["Message"] for x in (await search(api.admin)).json()] == ["keep"]
     assert await logic.purge(ctx, older_than_days=1, now=utcnow() + timedelta(days=2)) == 1
     assert (await search(api.admin)).json() == []
+
+
+@pytest.mark.parametrize("sent_before", [False, True], ids=["first batch", "later batch"])
+async def test_a_revoked_family_sends_no_lines(api: Roles, sent_before: bool) -> None:
+    # The family is checked by the statement that finds the pilot: on PostgreSQL one that also
+    # locks its quota row, which exists from the pilot's second batch on, and before that the
+    # fallback; both must refuse.
+    s = uuid.uuid4().hex
+    r = await api.director.post(
+        "/api/pilots/bulk",
+        json={"vo": "lhcb", "pilots": [{"pilot_stamp": s}], "mint_secrets": True},
+    )
+    secret = r.json()["secrets"][0]["pilot_secret"]
+    r = await api.anonymous.post(
+        "/api/auth/secret-exchange", json={"pilot_stamp": s, "pilot_secret": secret}
+    )
+    pair = r.json()
+    sender = api.with_token(pair["access_token"])
+    if sent_before:
+        r = await sender.post(LOGS, json={"lines": [line("before")]})
+        assert r.status_code == HTTPStatus.NO_CONTENT, r.text
+    r = await api.anonymous.post("/api/auth/revoke", data={"token": pair["refresh_token"]})
+    assert r.status_code == HTTPStatus.OK
+    r = await sender.post(LOGS, json={"lines": [line("after")]})
+    assert r.status_code == HTTPStatus.UNAUTHORIZED, r.text
+    query = {"search": [{"parameter": "PilotStamp", "operator": "eq", "value": s}]}
+    r = await search(api.admin, query)
+    assert [row["Message"] for row in r.json()] == (["before"] if sent_before else [])
