@@ -1,6 +1,6 @@
 """Refresh tokens and revoked token families.
 
-A refresh token is usable once: `mark_used` is a conditional UPDATE, so of two requests racing
+A refresh token is usable once: `spend` is a conditional UPDATE, so of two requests racing
 with the same token exactly one rotates it and the other is treated as reuse. Revoking a family
 marks every refresh token of it and records the family id, which the pilot endpoints consult so
 access tokens of the family die too (RFC 7009 section 2.1). Each token records the secret its
@@ -10,9 +10,11 @@ family was exchanged for, so revoking a secret revokes the families issued from 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.db.batch import chunks
@@ -55,12 +57,43 @@ async def insert_refresh_token(
 
 async def mark_used(conn: AsyncConnection, jti: str, now: datetime) -> bool:
     """Spend a refresh token; False if it was already used, revoked, expired or unknown."""
-    result = await conn.execute(
-        update(RT)
-        .where(_jti == jti, RT.c.Used.is_(False), RT.c.Revoked.is_(False), RT.c.ExpiresAt > now)
-        .values(Used=True)
-    )
+    result = await conn.execute(_spendable(jti, now).values(Used=True))
     return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class Spent:
+    """A refresh token just spent: the secret its family was exchanged for, and whether the
+    family is revoked (then the caller refuses, and the rollback unspends the token)."""
+
+    secret_id: int | None
+    family_revoked: bool
+
+
+async def spend(conn: AsyncConnection, jti: str, family_id: str, now: datetime) -> Spent | None:
+    """`mark_used`, `secret_of` and `family_revoked` in one round trip where UPDATE ...
+    RETURNING exists (PostgreSQL, SQLite): a refresh is a pilot's most frequent call after
+    its log batches. None: not spendable (used, revoked, expired or unknown). MariaDB has no
+    UPDATE ... RETURNING: the three statements, the family first."""
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        row = (
+            await conn.execute(
+                _spendable(jti, now)
+                .values(Used=True)
+                .returning(RT.c.SecretID, exists().where(RF.c.FamilyID == family_id))
+            )
+        ).first()
+        return None if row is None else Spent(row[0], bool(row[1]))
+    revoked = await family_revoked(conn, family_id)
+    if not await mark_used(conn, jti, now):
+        return None
+    return Spent(await secret_of(conn, jti), revoked)
+
+
+def _spendable(jti: str, now: datetime) -> Any:
+    return update(RT).where(
+        _jti == jti, RT.c.Used.is_(False), RT.c.Revoked.is_(False), RT.c.ExpiresAt > now
+    )
 
 
 async def secret_of(conn: AsyncConnection, jti: str) -> int | None:

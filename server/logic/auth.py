@@ -241,12 +241,14 @@ async def refresh(ctx: ServerContext, refresh_token: str, stamp: str) -> TokenRe
     now = utcnow()
     reused = False
     async with ctx.db.transaction() as conn:
-        if await db_tokens.family_revoked(conn, family):
-            raise _refuse()
-        if await db_tokens.mark_used(conn, jti, now):
-            secret_id = await db_tokens.secret_of(conn, jti)
-            grant = _Grant(str(claims["vo"]), stamp, family, uuid.uuid4().hex, now, secret_id)
+        spent = await db_tokens.spend(conn, jti, family, now)
+        if spent is not None:
+            if spent.family_revoked:
+                raise _refuse()  # the rollback unspends the token
+            grant = _Grant(str(claims["vo"]), stamp, family, uuid.uuid4().hex, now, spent.secret_id)
             await _store_refresh(ctx, conn, grant)
+        elif await db_tokens.family_revoked(conn, family):
+            raise _refuse()
         elif await db_tokens.known(conn, jti):
             reused = True
             await db_tokens.revoke_families(conn, conn.dialect.name, [family], now)

@@ -9,7 +9,10 @@ from http import HTTPStatus
 from typing import Any
 
 import httpx
+from sqlalchemy import insert, select
 
+from server.clock import utcnow
+from server.db.schema import REFRESH_TOKENS, REVOKED_FAMILIES
 from tests.conftest import LiveServer, Roles
 
 REFRESH = "/api/auth/pilot-token"
@@ -229,3 +232,21 @@ async def test_revoked_family_cannot_patch_its_pilot(api: Roles) -> None:
         "/api/pilots/metadata", json={s: {"Status": "Running"}}
     )
     assert r.status_code == HTTPStatus.UNAUTHORIZED
+
+
+async def test_a_live_token_of_a_revoked_family_is_refused_and_stays_unspent(api: Roles) -> None:
+    # A revocation marks the family's refresh tokens and records the family. A refresh that
+    # was storing the family's next token meanwhile commits that token unmarked: the family's
+    # record alone must stop it, and the refused refresh must not spend it either.
+    s, pair = await pilot_tokens(api)
+    family = api.sut.keys.verify(pair["refresh_token"])["fam"]
+    jti = str(api.sut.keys.verify(pair["refresh_token"])["jti"])
+    ctx = api.sut.app.state.ctx
+    async with ctx.db.transaction() as conn:
+        await conn.execute(insert(REVOKED_FAMILIES).values(FamilyID=family, RevokedAt=utcnow()))
+    r = await refresh(api, pair["refresh_token"], s)
+    assert r.status_code == HTTPStatus.UNAUTHORIZED
+    async with ctx.db.read() as conn:
+        by_jti = REFRESH_TOKENS.c["JTI"] == jti
+        used = await conn.execute(select(REFRESH_TOKENS.c.Used).where(by_jti))
+        assert used.scalar_one() is False
