@@ -24,10 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.db.driver_sql import sqlite_time
 from server.db.schema import LOG_QUOTA as Q
 from server.db.schema import LOGS, PILOTS
-from server.db.schema import REVOKED_FAMILIES as RF
 from server.db.search import check_bound_values, order_by, rows_as_dicts, where_clause
 from server.db.secrets import insert_ignoring_conflicts
-from server.db.tokens import family_revoked
+from server.db.tokens import family_is_revoked, family_revoked
 from server.errors import InvalidRequest
 from server.models import SearchSpec, SortSpec
 
@@ -90,10 +89,6 @@ async def sender(
     return Sender(int(found[0]), found[1], await lock_quota(conn, stamp, now), revoked)
 
 
-def _family_is_revoked(family_id: str | None) -> Any:
-    return exists().where(RF.c.FamilyID == family_id)
-
-
 def _locked_sender(stamp: str, family_id: str | None) -> Any:
     """PostgreSQL: the pilot, its quota row locked FOR UPDATE (an inner join: no row when the
     pilot has no quota row yet) and whether the family is revoked, in one statement."""
@@ -104,7 +99,7 @@ def _locked_sender(stamp: str, family_id: str | None) -> Any:
             Q.c.TotalBytes,
             Q.c.WindowStart,
             Q.c.WindowLines,
-            _family_is_revoked(family_id),
+            family_is_revoked(family_id),
         )
         .join(Q, Q.c.PilotStamp == PILOTS.c.PilotStamp)
         .where(PILOTS.c.PilotStamp == stamp)

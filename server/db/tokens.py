@@ -80,7 +80,7 @@ async def spend(conn: AsyncConnection, jti: str, family_id: str, now: datetime) 
             await conn.execute(
                 _spendable(jti, now)
                 .values(Used=True)
-                .returning(RT.c.SecretID, exists().where(RF.c.FamilyID == family_id))
+                .returning(RT.c.SecretID, family_is_revoked(family_id))
             )
         ).first()
         return None if row is None else Spent(row[0], bool(row[1]))
@@ -121,6 +121,11 @@ async def known(conn: AsyncConnection, jti: str) -> bool:
     load). Locking here, every replay queues on the token's row before touching the family."""
     row = (await conn.execute(select(RT.c.JTI).where(_jti == jti).with_for_update())).first()
     return row is not None
+
+
+def family_is_revoked(family_id: str | None) -> Any:
+    """The SQL truth of the family being revoked, to ask it within another statement."""
+    return exists().where(RF.c.FamilyID == family_id)
 
 
 async def family_revoked(conn: AsyncConnection, family_id: str) -> bool:
