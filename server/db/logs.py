@@ -162,6 +162,12 @@ _SQLITE_INSERT = (
 )
 
 
+_PG_INSERT = (
+    'INSERT INTO "PilotLogs" ("PilotID", "PilotStamp", "VO", "TimeStamp", "Severity", "Scope", '
+    '"Message", "ReceivedTime") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)'
+)
+
+
 async def insert_lines(
     conn: AsyncConnection,
     *,
@@ -172,8 +178,18 @@ async def insert_lines(
     lines: Sequence[tuple[datetime, str, str, str]],
 ) -> None:
     """One executemany per batch of one pilot's `(TimeStamp, Severity, Scope, Message)` lines.
-    On SQLite (the embedded default, where ingestion rate matters most) straight to the driver
-    with rows built as tuples: SQLAlchemy's per-value processing was half the cost."""
+    On SQLite and PostgreSQL straight to the driver with rows built as tuples: SQLAlchemy's
+    per-value processing was half the cost on SQLite, and a tenth of a 20-line batch's on
+    PostgreSQL (every value coerced, every row's parameters built)."""
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(
+            _PG_INSERT,
+            [
+                (pilot_id, stamp, vo, timestamp, severity, scope, message, received)
+                for timestamp, severity, scope, message in lines
+            ],
+        )
+        return
     if conn.dialect.name != "sqlite":
         rows = [
             {
