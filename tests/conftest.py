@@ -52,8 +52,8 @@ BACKENDS = [
 ]
 
 
-async def _make_database(backend: str, tmp: Path) -> str:
-    """Create this run's database on the backend; returns its async URL."""
+async def _make_database(backend: str, tmp: Path, name: str = RUN_DB) -> str:
+    """Create this run's database (or another `name`) on the backend; returns its async URL."""
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{tmp / 'test.db'}"
     if backend == "mariadb":
@@ -61,29 +61,29 @@ async def _make_database(backend: str, tmp: Path) -> str:
 
         conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="")
         async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {RUN_DB}")
-            await cur.execute(f"CREATE DATABASE {RUN_DB} CHARACTER SET utf8mb4")
+            await cur.execute(f"DROP DATABASE IF EXISTS {name}")
+            await cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
         conn.close()
-        return f"mysql+asyncmy://root@127.0.0.1:3306/{RUN_DB}?charset=utf8mb4"
+        return f"mysql+asyncmy://root@127.0.0.1:3306/{name}?charset=utf8mb4"
     if backend == "postgres":
         import asyncpg
 
         conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
-        await conn.execute(f"DROP DATABASE IF EXISTS {RUN_DB}")
-        await conn.execute(f"CREATE DATABASE {RUN_DB}")
+        await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        await conn.execute(f"CREATE DATABASE {name}")
         await conn.close()
-        return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{RUN_DB}"
+        return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     raise ValueError(backend)
 
 
-async def _drop_database(backend: str) -> None:
+async def _drop_database(backend: str, name: str = RUN_DB) -> None:
     try:
         if backend == "mariadb":
             import asyncmy
 
             conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="")
             async with conn.cursor() as cur:
-                await cur.execute(f"DROP DATABASE IF EXISTS {RUN_DB}")
+                await cur.execute(f"DROP DATABASE IF EXISTS {name}")
             conn.close()
         elif backend == "postgres":
             import asyncpg
@@ -91,7 +91,7 @@ async def _drop_database(backend: str) -> None:
             conn = await asyncpg.connect(
                 host="127.0.0.1", port=5432, user="postgres", database="test"
             )
-            await conn.execute(f"DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             await conn.close()
     except OSError:
         pass

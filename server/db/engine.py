@@ -81,12 +81,12 @@ class Database:
         #: asyncpg tells a closed connection without a round trip (`_drop_if_closed`);
         #: MariaDB's driver does not until it reads from it, so there the pool asks the server
         #: (one COM_PING round trip)
-        self._local_liveness = parsed.get_driver_name() == "asyncpg"
+        local_liveness = parsed.get_driver_name() == "asyncpg"
         if self.dialect != "sqlite":
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=not self._local_liveness,
+                pool_pre_ping=not local_liveness,
                 pool_recycle=3600,
             )
         else:
@@ -110,7 +110,7 @@ class Database:
             ) from exc
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        if self._local_liveness:
+        if local_liveness:
             event.listen(self.engine.sync_engine, "checkout", _drop_if_closed)
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 

@@ -17,59 +17,29 @@ from sqlalchemy import event, text
 from server.app import create_app
 from server.db.engine import Database
 from server.settings import ServerSettings
-from tests.conftest import BACKENDS, async_wait_until, missing
+from tests.conftest import (
+    BACKENDS,
+    _drop_database,
+    _make_database,
+    async_wait_until,
+    missing,
+)
 
 DB = f"sdtest_{os.getpid()}_closed"
 
 
-async def _create(backend: str) -> str:
-    """A database of this test's own; returns its async URL."""
-    try:
-        if backend == "postgres":
-            import asyncpg
-
-            conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
-            await conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {DB}")
-            await conn.close()
-            return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}"
-        import asyncmy
-
-        my = await asyncmy.connect(host="127.0.0.1", user="root", password="")
-        async with my.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {DB}")
-            await cur.execute(f"CREATE DATABASE {DB}")
-        my.close()
-        return f"mysql+asyncmy://root@127.0.0.1:3306/{DB}?charset=utf8mb4"
-    except OSError as exc:
-        missing(f"no {backend} on 127.0.0.1: {exc}")
-        raise
-
-
-async def _drop(backend: str) -> None:
-    if backend == "postgres":
-        import asyncpg
-
-        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
-        await conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        await conn.close()
-    else:
-        import asyncmy
-
-        my = await asyncmy.connect(host="127.0.0.1", user="root", password="")
-        async with my.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {DB}")
-        my.close()
-
-
 @pytest.fixture(params=[b for b in ("postgres", "mariadb") if b in BACKENDS])
-async def db(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
-    database = Database(await _create(request.param))
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    try:
+        url = await _make_database(request.param, tmp_path, DB)
+    except (OSError, ConnectionError) as exc:
+        missing(f"{request.param} is not reachable on 127.0.0.1: {exc}")
+    database = Database(url)
     async with database.transaction() as conn:
         await conn.execute(text("CREATE TABLE t (x INTEGER)"))
     yield database
     await database.close()
-    await _drop(request.param)
+    await _drop_database(request.param, DB)
 
 
 async def session_ids(db: Database, conn_count: int) -> set[int]:
