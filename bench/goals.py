@@ -87,7 +87,7 @@ def workers_cpu(
     """Server CPU per request (master and workers summed) with `workers` uvicorn workers on
     PostgreSQL over one worker's, medians of 3 alternating rounds: several workers must not
     cost more CPU per request (bench/workers.py). `limit=None`: a run too small to judge.
-    `load`: how the load differed from the default (the same connections, unpaced)."""
+    `load`: how the load differed from the default (8 connections for every worker count)."""
     suffix = f", {load}" if load else ""
     return Goal(f"{op}: {workers} workers / 1, server CPU per request{suffix}", "x", limit)
 

@@ -656,6 +656,7 @@ def summarise(
                "db_reaped_cpu_ms_per_request", "server_waits_per_request",
                "server_preemptions_per_request")  # fmt: skip
     ops: dict[str, Any] = {}
+    load = load_condition(args)
     tables = {w: runs[w][-1]["tables"] for w in counts}
     for op in (*OPS, REGISTER_LAST) if args.register_last else OPS:
         entry: dict[str, Any] = {"items_per_request": runs[counts[0]][0][op]["items_per_request"]}
@@ -672,7 +673,7 @@ def summarise(
                 continue
             full = args.requests >= 2000 and args.repeat >= 3
             limit = WORKERS_CPU_RATIO if full else None
-            goal = workers_cpu(op, counts[-1], limit, load_condition(args))
+            goal = workers_cpu(op, counts[-1], limit, load)
             goals.add(goal, ratio, f"median of {args.repeat}")
         ops[op] = entry
     return {
@@ -684,7 +685,7 @@ def summarise(
         "workers": counts,
         "server_cpus": args.server_cpus or "any",
         "client": f"wrk -t1 (Lua scripts), {args.connections} connections (bulk 2)"
-        + (f", {load_condition(args)}" if load_condition(args) else ""),
+        + (f", {load}" if load else ""),
         "machine": machine_state(),
         "ops": ops,
         "tables_after_last_round": tables,
