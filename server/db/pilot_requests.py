@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.db import pilot_counts
 from server.db.batch import chunks
 from server.db.schema import OUTPUTS
 from server.db.schema import PILOTS as P
@@ -167,6 +168,7 @@ async def abort_pilot(conn: AsyncConnection, pilot_id: int, reason: str, now: da
     """The pilot ends Aborted with `reason`, unless it already ended; whether it changed."""
     result = await conn.execute(
         update(P)
+        .prefix_with(pilot_counts.WRITE_PREFIX, dialect="sqlite")  # see pilot_counts
         .where(P.c.PilotID == pilot_id, P.c.Status.not_in(_FINAL))
         .values(Status=PilotStatus.ABORTED.value, StatusReason=reason, LastUpdateTime=now)
     )

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.db import pilot_counts
 from server.db.batch import chunks
 from server.db.driver_sql import marks, quoted, sqlite_time
 from server.db.schema import JOBS, OUTPUTS, PILOTS, REQUESTS
@@ -45,6 +46,9 @@ from server.errors import AlreadyExists
 from server.models import FINAL_STATUSES, SearchSpec, SortSpec
 
 T = PILOTS
+#: INSERT and UPDATE of pilots; on SQLite with OR FAIL (`pilot_counts.WRITE_PREFIX` says why)
+_INSERT = insert(T).prefix_with(pilot_counts.WRITE_PREFIX, dialect="sqlite")
+_UPDATE = update(T).prefix_with(pilot_counts.WRITE_PREFIX, dialect="sqlite")
 COLUMNS: dict[str, Column[Any]] = {c.name: c for c in T.columns}
 
 #: Statements built once per shape (see `server.db.search`): how many shapes are kept.
@@ -76,9 +80,10 @@ _NEW_COLUMNS = (
     "BenchMark",
     "AccountingSent",
 )
+# OR FAIL: no statement journal for the counts' trigger (`pilot_counts` says why)
 _SQLITE_INSERT = (
-    f'INSERT INTO "PilotAgents" ({", ".join(map(quoted, _NEW_COLUMNS))}) '  # noqa: S608 (names)
-    f"VALUES ({marks(len(_NEW_COLUMNS))})"
+    f'INSERT {pilot_counts.WRITE_PREFIX} INTO "PilotAgents" '  # noqa: S608 (names)
+    f"({', '.join(map(quoted, _NEW_COLUMNS))}) VALUES ({marks(len(_NEW_COLUMNS))})"
 )
 _SQLITE_MAX_ID = 'SELECT max("PilotID") FROM "PilotAgents"'
 _SQLITE_EXISTING = 'SELECT "PilotStamp" FROM "PilotAgents" WHERE "PilotStamp" IN '
@@ -174,7 +179,7 @@ async def insert_pilots(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
             {"message": "Pilot stamps already registered", "pilot_stamps": sorted(clash)}
         )
     try:
-        await conn.execute(insert(T), list(rows))
+        await conn.execute(_INSERT, list(rows))
     except IntegrityError as exc:  # a concurrent registration won the race
         clash = await existing_stamps(conn, stamps)
         raise AlreadyExists(
@@ -187,7 +192,7 @@ async def insert_pilot(conn: AsyncConnection, row: dict[str, Any]) -> None:
     """Insert one pilot: one statement, the unique index decides clashes (the hot path of
     DiracX-style registration, one pilot per request)."""
     try:
-        await conn.execute(insert(T), row)
+        await conn.execute(_INSERT, row)
     except IntegrityError as exc:
         raise AlreadyExists(f"Pilot {row['PilotStamp']!r} already exists") from exc
 
@@ -231,10 +236,8 @@ _FINAL = sorted(s.value for s in FINAL_STATUSES)
 def _update_statement(columns: tuple[str, ...], scoped: bool = False, live: bool = False) -> Update:
     """UPDATE of `columns` (and LastUpdateTime) by stamp, optionally only within VOs `b_vos`,
     optionally (`live`) only while the pilot is not in a final status."""
-    stmt = (
-        update(T)
-        .where(T.c.PilotStamp == bindparam("b_stamp"))
-        .values({COLUMNS[c]: bindparam(f"v_{c}") for c in (*columns, "LastUpdateTime")})
+    stmt = _UPDATE.where(T.c.PilotStamp == bindparam("b_stamp")).values(
+        {COLUMNS[c]: bindparam(f"v_{c}") for c in (*columns, "LastUpdateTime")}
     )
     if scoped:
         stmt = stmt.where(T.c.VO.in_(bindparam("b_vos", expanding=True)))
@@ -328,7 +331,9 @@ def _sqlite_update_sql(columns: tuple[str, ...], scope: int | None) -> str:
     """UPDATE of `columns` and LastUpdateTime by stamp, optionally within `scope` VOs."""
     # the names are our columns', from COLUMNS, never the client's text
     assignments = ", ".join(f"{quoted(COLUMNS[c].name)} = ?" for c in (*columns, "LastUpdateTime"))
-    sql = f'UPDATE "PilotAgents" SET {assignments} WHERE "PilotStamp" = ?'  # noqa: S608
+    sql = (
+        f'UPDATE {pilot_counts.WRITE_PREFIX} "PilotAgents" SET {assignments} WHERE "PilotStamp" = ?'  # noqa: S608
+    )
     if scope is not None:
         sql += f' AND "VO" IN ({marks(scope)})' if scope else " AND 0"
     return sql
@@ -470,8 +475,12 @@ async def summary(
         column_for(COLUMNS, g)
     params = bound_values(COLUMNS, specs)
     check_bound_values(conn.dialect.name, specs)
-    rows = await conn.execute(_summary_statement(tuple(grouping), shape(specs)), params)
-    return rows_as_dicts(rows)
+    shapes = shape(specs)
+    if pilot_counts.answers(conn.dialect.name, grouping, shapes):
+        statement = pilot_counts.summary_statement(tuple(grouping), shapes)
+    else:
+        statement = _summary_statement(tuple(grouping), shapes)
+    return rows_as_dicts(await conn.execute(statement, params))
 
 
 @lru_cache(maxsize=STATEMENT_CACHE)
@@ -539,7 +548,7 @@ async def add_jobs(
     values: dict[str, Any] = {"CurrentJobID": max(job_ids), "LastUpdateTime": now}
     if not row[0]:
         values["InitialJobID"] = min(job_ids)
-    await conn.execute(update(T).where(T.c.PilotID == pilot_id).values(values))
+    await conn.execute(_UPDATE.where(T.c.PilotID == pilot_id).values(values))
 
 
 async def jobs_of(conn: AsyncConnection, pilot_id: int) -> list[int]:
