@@ -60,7 +60,7 @@ from director.cycle.throttles import Throttles
 from director.demand import DemandSource
 from director.empty_pilots import apply_factor
 from director.errors import CEError, ConfigError, DirectorError, ServerError, ServerUnavailable
-from director.gc_pause import collect_cycle_garbage, long_lived_frozen
+from director.gc_pause import collect_cycle_garbage, freeze_planned, long_lived_frozen
 from director.slots import Limits, plan
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class Submission:
                 semaphore, batch.outcome, lambda: self._submit(batch, dry_run, output)
             )
 
+        freeze_planned()  # the groups' passes skip the plans (`gc_pause` says why)
         following = asyncio.create_task(registered(groups[0])) if groups else None
         try:
             for index in range(len(groups)):
