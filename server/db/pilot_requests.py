@@ -15,8 +15,8 @@ from sqlalchemy import ColumnElement, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.db import pilot_counts
 from server.db.batch import chunks
+from server.db.pilots import UPDATE_PILOTS
 from server.db.schema import OUTPUTS
 from server.db.schema import PILOTS as P
 from server.db.schema import REQUESTS as T
@@ -167,10 +167,9 @@ async def close_open(
 async def abort_pilot(conn: AsyncConnection, pilot_id: int, reason: str, now: datetime) -> bool:
     """The pilot ends Aborted with `reason`, unless it already ended; whether it changed."""
     result = await conn.execute(
-        update(P)
-        .prefix_with(pilot_counts.WRITE_PREFIX, dialect="sqlite")  # see pilot_counts
-        .where(P.c.PilotID == pilot_id, P.c.Status.not_in(_FINAL))
-        .values(Status=PilotStatus.ABORTED.value, StatusReason=reason, LastUpdateTime=now)
+        UPDATE_PILOTS.where(P.c.PilotID == pilot_id, P.c.Status.not_in(_FINAL)).values(
+            Status=PilotStatus.ABORTED.value, StatusReason=reason, LastUpdateTime=now
+        )
     )
     return bool(result.rowcount)
 

@@ -46,9 +46,10 @@ from server.errors import AlreadyExists
 from server.models import FINAL_STATUSES, SearchSpec, SortSpec
 
 T = PILOTS
-#: INSERT and UPDATE of pilots; on SQLite with OR FAIL (`pilot_counts.WRITE_PREFIX` says why)
+#: INSERT and UPDATE of pilots, for every module that writes them: on SQLite with OR FAIL
+#: (`pilot_counts.WRITE_PREFIX` says why)
 _INSERT = insert(T).prefix_with(pilot_counts.WRITE_PREFIX, dialect="sqlite")
-_UPDATE = update(T).prefix_with(pilot_counts.WRITE_PREFIX, dialect="sqlite")
+UPDATE_PILOTS = update(T).prefix_with(pilot_counts.WRITE_PREFIX, dialect="sqlite")
 COLUMNS: dict[str, Column[Any]] = {c.name: c for c in T.columns}
 
 #: Statements built once per shape (see `server.db.search`): how many shapes are kept.
@@ -236,7 +237,7 @@ _FINAL = sorted(s.value for s in FINAL_STATUSES)
 def _update_statement(columns: tuple[str, ...], scoped: bool = False, live: bool = False) -> Update:
     """UPDATE of `columns` (and LastUpdateTime) by stamp, optionally only within VOs `b_vos`,
     optionally (`live`) only while the pilot is not in a final status."""
-    stmt = _UPDATE.where(T.c.PilotStamp == bindparam("b_stamp")).values(
+    stmt = UPDATE_PILOTS.where(T.c.PilotStamp == bindparam("b_stamp")).values(
         {COLUMNS[c]: bindparam(f"v_{c}") for c in (*columns, "LastUpdateTime")}
     )
     if scoped:
@@ -548,7 +549,7 @@ async def add_jobs(
     values: dict[str, Any] = {"CurrentJobID": max(job_ids), "LastUpdateTime": now}
     if not row[0]:
         values["InitialJobID"] = min(job_ids)
-    await conn.execute(_UPDATE.where(T.c.PilotID == pilot_id).values(values))
+    await conn.execute(UPDATE_PILOTS.where(T.c.PilotID == pilot_id).values(values))
 
 
 async def jobs_of(conn: AsyncConnection, pilot_id: int) -> list[int]:

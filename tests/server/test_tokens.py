@@ -239,8 +239,8 @@ async def test_a_live_token_of_a_revoked_family_is_refused_and_stays_unspent(api
     # was storing the family's next token meanwhile commits that token unmarked: the family's
     # record alone must stop it, and the refused refresh must not spend it either.
     s, pair = await pilot_tokens(api)
-    family = api.sut.keys.verify(pair["refresh_token"])["fam"]
-    jti = str(api.sut.keys.verify(pair["refresh_token"])["jti"])
+    claims = api.sut.keys.verify(pair["refresh_token"])
+    family, jti = claims["fam"], str(claims["jti"])
     ctx = api.sut.app.state.ctx
     async with ctx.db.transaction() as conn:
         await conn.execute(insert(REVOKED_FAMILIES).values(FamilyID=family, RevokedAt=utcnow()))
